@@ -1,0 +1,74 @@
+"""The `monoscope` command: parses a stage's config and calls its `run`; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from monoscope.config_args import add_config_arguments, config_from_args
+
+
+def _sites(args: argparse.Namespace) -> None:
+    from monoscope.models import load_model
+
+    lm = load_model(args.model)
+    print(f"{lm.name}: {type(lm.model).__name__}, {lm.n_layers} layers, d_model {lm.d_model}")
+    for name, width in lm.sites().items():
+        print(f"{name}\t{width}")
+
+
+def _harvest(args: argparse.Namespace) -> None:
+    from monoscope.harvest import HarvestConfig, run
+
+    store = run(config_from_args(HarvestConfig, args))
+    print(f"wrote {store.n_tokens:,} tokens x {len(store.sites)} site(s) to {store.path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from monoscope.demo import DemoConfig, run
+
+    run(config_from_args(DemoConfig, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from monoscope.demo import DemoConfig
+    from monoscope.harvest import HarvestConfig
+
+    parser = argparse.ArgumentParser(
+        prog="monoscope", description="Dictionary learning on language models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sites = commands.add_parser("sites", help="list a model's sites with their widths")
+    sites.add_argument("model", help="built-in name (smollm2-135m), local folder or hub id")
+    sites.set_defaults(func=_sites)
+
+    harvest = commands.add_parser("harvest", help="store a model's activations on a corpus")
+    add_config_arguments(harvest, HarvestConfig, rename={"sites": "site"})
+    harvest.set_defaults(func=_harvest)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the built-in model and corpus")
+    add_config_arguments(demo, DemoConfig, rename={})
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError, RuntimeError) as err:
+        # Bad input and known failures get one clear line, not a traceback.
+        print(f"monoscope {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"monoscope {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Typed config dataclasses as argparse options: the field docstrings are the `--help` text.
+
+So help never drifts from the code: a field `tokens: int = 10**6` with the docstring below it
+becomes `--tokens TOKENS  Number of tokens ... (default: 1000000)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import re
+import textwrap
+import typing
+
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmb]?)\s*$", re.IGNORECASE)
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """Parse counts such as 1000000, 1e6, 250k or 2M into an int."""
+    match = _COUNT.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (try 1000000, 1e6, 250k or 2M)")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal written under each field of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, rename: dict[str, str]
+) -> None:
+    """Add one option per dataclass field; `rename` maps field -> flag for list fields
+    (e.g. sites -> --site, repeatable)."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + rename.get(f.name, f.name).replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+        else:
+            kind = parse_count if hint is int else float if hint is float else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Build the dataclass from parsed options (list fields left unset keep their default)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        if value is not None or typing.get_origin(typing.get_type_hints(cls)[f.name]) is not list:
+            values[f.name] = value
+    return cls(**values)

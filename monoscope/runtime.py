@@ -1,0 +1,57 @@
+"""Device, dtype, thread and cache-directory decisions, in one place, with the reasons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map 'bf16', 'bfloat16', torch.bfloat16 ... to a torch dtype; a clear error otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The canonical name written into manifests ('float32', 'bfloat16', 'float16')."""
+    return str(dtype).removeprefix("torch.")
+
+
+def default_device() -> torch.device:
+    # CUDA when present: harvesting is forward passes, which a GPU does far faster.
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Use every core for intra-op parallelism unless told otherwise.
+
+    torch defaults to the physical-core count, which on small shared VMs is sometimes 1;
+    `MONOSCOPE_THREADS` overrides.
+    """
+    n = n or int(os.environ.get("MONOSCOPE_THREADS", 0)) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def cache_dir() -> Path:
+    """User cache for converted models: $MONOSCOPE_CACHE, else $XDG_CACHE_HOME/monoscope."""
+    root = os.environ.get("MONOSCOPE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "monoscope"
