@@ -11,31 +11,22 @@ import torch
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox")
 
-_TRAINING_TEXT = (
-    "The quick brown fox jumps over the lazy dog. Sparse autoencoders find features in "
-    "language models. def add(a, b):\n    return a + b\n"
-    "Activations are read at the residual stream, the MLP and the attention output. "
-)
 
-
-def tiny_tokenizer(vocab_size: int = 300):
-    """A byte-level BPE tokenizer (any text encodes) with <bos>, <eos> and <pad> tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(bos: bool = True, eos: bool = True):
+    """Byte-level tokenizer with no merges: one token per UTF-8 byte (ids 0..255), so any text
+    encodes and token counts are predictable; <bos> is 256 and <eos> 257 when asked for."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<bos>", "<eos>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_TRAINING_TEXT] * 4, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
+    tok.add_special_tokens(["<bos>", "<eos>"])
+    specials = {"bos_token": "<bos>"} if bos else {}
+    if eos:
+        specials["eos_token"] = "<eos>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
 def tiny_config(family: str, vocab_size: int, n_layers: int = 3, d_model: int = 32):
@@ -48,7 +39,7 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 3, d_model: int = 
         Qwen2Config,
     )
 
-    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
+    common = {"vocab_size": vocab_size, "bos_token_id": 256, "eos_token_id": 257}
     llama_like = dict(
         hidden_size=d_model,
         intermediate_size=2 * d_model,

@@ -23,7 +23,6 @@ from monoscope.runtime import configure_threads, dtype_name, parse_dtype
 # Manifest keys that must match for a rerun to resume an existing store.
 _IDENTITY_KEYS = (
     "model",
-    "sites",
     "dtype",
     "context",
     "corpus",
@@ -32,6 +31,12 @@ _IDENTITY_KEYS = (
     "heldout_fraction",
     "shard_tokens",
 )
+
+
+def _identity(manifest: dict) -> dict:
+    """What a rerun must agree on to continue a store (not its progress or statistics)."""
+    sites = {site: info["d"] for site, info in manifest["sites"].items()}
+    return {"sites": sites, **{k: manifest.get(k) for k in _IDENTITY_KEYS}}
 
 
 def _corpus_spec(cfg: HarvestConfig) -> CorpusSpec:
@@ -76,11 +81,10 @@ def _open_folder(out: Path, fresh: dict, overwrite: bool) -> dict:
         shutil.rmtree(out)
     elif manifest_path.exists():
         existing = read_json(manifest_path)
-        differ = [k for k in _IDENTITY_KEYS if existing.get(k) != fresh[k]]
+        had, asked = _identity(existing), _identity(fresh)
+        differ = [k for k in had if had[k] != asked[k]]
         if differ:
-            details = "; ".join(
-                f"{k}: store has {existing.get(k)!r}, asked {fresh[k]!r}" for k in differ
-            )
+            details = "; ".join(f"{k}: store has {had[k]!r}, asked {asked[k]!r}" for k in differ)
             raise StoreError(
                 f"{out} holds a different activation store ({details}). "
                 "Pass --overwrite to replace it, or choose another --out."

@@ -93,7 +93,7 @@ def capture(
 
         return record
 
-    with patch([(s, recorder(s)) for s in sites]), torch.inference_mode(), suppress(_StopForward):
+    with patch([(s, recorder(s)) for s in sites]), torch.no_grad(), suppress(_StopForward):
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     missing = names - captured.keys()
     if missing:

@@ -76,5 +76,5 @@ class LanguageModel:
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Full forward pass: logits [batch, pos, vocab]."""
-        with torch.inference_mode():
+        with torch.no_grad():
             return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits

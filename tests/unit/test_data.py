@@ -11,8 +11,6 @@ from pydoc_data.topics import topics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from monoscope.data import (
     CorpusError,
@@ -23,19 +21,7 @@ from monoscope.data import (
     iter_documents,
 )
 from monoscope.data.builtin import document_refs
-
-
-def tiny_tokenizer(bos: bool = True, eos: bool = True) -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer with no merges: one token per UTF-8 byte, so counts are predictable."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<bos>", "<eos>"])
-    specials = {"bos_token": "<bos>"} if bos else {}
-    if eos:
-        specials["eos_token"] = "<eos>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+from monoscope.testing import tiny_tokenizer
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
