@@ -68,7 +68,10 @@ def add_config_arguments(
                 help=help_text,
             )
         elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+            metavar = rename.get(f.name, f.name).upper()
+            parser.add_argument(
+                flag, dest=f.name, action="append", default=None, metavar=metavar, help=help_text
+            )
         else:
             kind = parse_count if hint is int else float if hint is float else str
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)

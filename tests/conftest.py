@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never touch the network: the hub client reads this once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import json
 from pathlib import Path
 
@@ -25,7 +30,8 @@ def tiny_llama(tiny_model_dirs) -> LanguageModel:
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     """A JSONL corpus of ~40 kB of varied English-like text (about 40k byte tokens)."""
-    words = "the model reads a token and writes features into the residual stream".split()
+    words = ["the", "model", "reads", "a", "token", "and", "writes"]
+    words += ["features", "into", "the", "residual", "stream"]
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with open(path, "w") as f:
         for i in range(400):
