@@ -26,7 +26,7 @@ Targets: harvest / full forward >= 1.7x; harvest / truncated forward >= 0.9;
 peak RSS(4N) / peak RSS(N) about 1.0.
 
 Run from the repository root:
-    MONOSCOPE_CACHE=/tmp/mcache python benchmarks/harvest.py [--tokens N] [--site S] [--quick]
+    python benchmarks/harvest.py [--tokens N] [--site S] [--quick]
 (about 4-6 minutes on 2 CPU cores; --quick about 2 minutes).
 """
 
