@@ -25,6 +25,13 @@ class StoreError(ValueError):
     """A store that is missing, incomplete, or does not fit where it was passed."""
 
 
+def _check_finite(acts: Tensor, file: str, site: str) -> None:
+    bad = ~torch.isfinite(acts).all(dim=-1)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise StoreError(f"non-finite activation (NaN or Inf) in {file}, row {row}, site {site}")
+
+
 def heldout_mask(context_index: Tensor, fraction: float) -> Tensor:
     """True for rows whose context is in the held-out split.
 
@@ -75,12 +82,12 @@ class ActivationStore:
         return float(self.manifest["heldout_fraction"])
 
     def d(self, site: str | None = None) -> int:
-        return int(self.manifest["sites"][self._site(site)]["d"])
+        return int(self.manifest["sites"][self.resolve_site(site)]["d"])
 
     def mean_norm(self, site: str | None = None) -> float:
-        return float(self.manifest["sites"][self._site(site)]["mean_norm"])
+        return float(self.manifest["sites"][self.resolve_site(site)]["mean_norm"])
 
-    def _site(self, site: str | None) -> str:
+    def resolve_site(self, site: str | None) -> str:
         if site is None:
             if len(self.sites) != 1:
                 raise StoreError(f"store {self.path} holds several sites {self.sites}: name one")
@@ -104,7 +111,7 @@ class ActivationStore:
                 f"{recorded['name']!r}, not {revision!r}"
             )
         if site is not None:
-            self._site(site)
+            self.resolve_site(site)
 
     # -- reading -----------------------------------------------------------------------
     def load_shard(self, index: int, verify: bool = True) -> dict[str, Tensor]:
@@ -131,10 +138,15 @@ class ActivationStore:
         world_size: int = 1,
         shuffle_shards: bool = False,
         seed: int = 0,
+        max_norm: float | None = None,
     ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         """Per shard: (activations [n, d], index tensors {token_ids, context_index, ...}) of
-        the rows in `split` ("train", "heldout" or "all")."""
-        site = self._site(site)
+        the rows in `split` ("train", "heldout" or "all"), without rows whose stored norm
+        exceeds `max_norm` (outlier tokens) when given.
+
+        A non-finite activation stops the read with a StoreError naming the shard and row.
+        """
+        site = self.resolve_site(site)
         if split not in ("train", "heldout", "all"):
             raise ValueError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
         order = self.shard_indices(rank, world_size)
@@ -143,14 +155,26 @@ class ActivationStore:
         for index in order:
             shard = self.load_shard(index)
             acts = shard[f"acts.{site}"]
+            _check_finite(acts, self.shards[index]["file"], site)
             meta = {k: shard[k] for k in INDEX_KEYS}
             meta["norms"] = shard[f"norms.{site}"]
+            keep = torch.ones(acts.shape[0], dtype=torch.bool)
             if split != "all":
-                keep = heldout_mask(meta["context_index"], self.heldout_fraction)
-                if split == "train":
-                    keep = ~keep
-                acts, meta = acts[keep], {k: v[keep] for k, v in meta.items()}
-            yield acts, meta
+                held = heldout_mask(meta["context_index"], self.heldout_fraction)
+                keep &= held if split == "heldout" else ~held
+            if max_norm is not None:
+                keep &= meta["norms"] <= max_norm
+            yield acts[keep], {k: v[keep] for k, v in meta.items()}
+
+    def median_norm(self, site: str | None = None, max_rows: int = 1 << 20) -> float:
+        """Median per-token activation norm over (up to max_rows of) the train split."""
+        norms, held = [], 0
+        for _, meta in self.rows(site, "train"):
+            norms.append(meta["norms"])
+            held += norms[-1].shape[0]
+            if held >= max_rows:
+                break
+        return float(torch.cat(norms).median())
 
     def batches(
         self,
@@ -164,6 +188,7 @@ class ActivationStore:
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
         drop_last: bool = False,
+        max_norm: float | None = None,
     ) -> Iterator[Tensor]:
         """Batches of activations [batch_size, d], shuffled over tokens.
 
@@ -176,7 +201,8 @@ class ActivationStore:
         gen = torch.Generator().manual_seed(seed)
         pool: list[Tensor] = []
         held = 0
-        for acts, _ in self.rows(site, split, rank, world_size, shuffle_shards=shuffle, seed=seed):
+        rows = self.rows(site, split, rank, world_size, shuffle, seed, max_norm)
+        for acts, _ in rows:
             pool.append(acts)
             held += acts.shape[0]
             if held >= buffer_tokens:

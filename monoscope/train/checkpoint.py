@@ -1,0 +1,75 @@
+"""Training checkpoints: everything needed to continue a run bit-identically.
+
+`checkpoint-<step>.safetensors` holds the SAE parameters, Adam's moment estimates and the
+dead-latent counters; `checkpoint.json` holds the step, the scalar state and the name and sha256 of
+that tensor file. Both are written atomically, tensors first, so the JSON never points at a file
+that is not whole; older tensor files are removed only after the JSON moved on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from monoscope.artifacts import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+
+POINTER = "checkpoint.json"
+
+
+@dataclass
+class TrainingState:
+    step: int
+    scalars: dict  # JSON-able: controller state, SAE config, timing...
+    tensors: dict[str, torch.Tensor]
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Adam's per-parameter state as flat named tensors, plus its param groups (JSON-able)."""
+    state = opt.state_dict()
+    flat = {
+        f"adam.{index}.{key}": value
+        for index, per_param in state["state"].items()
+        for key, value in per_param.items()
+    }
+    return flat, state["param_groups"]
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("adam."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(folder: Path, state: TrainingState) -> None:
+    data = save_bytes({k: v.contiguous() for k, v in state.tensors.items()})
+    name = f"checkpoint-{state.step:08d}.safetensors"
+    atomic_write_bytes(folder / name, data)
+    atomic_write_json(
+        folder / POINTER,
+        {"step": state.step, "file": name, "sha256": sha256_bytes(data), **state.scalars},
+    )
+    for old in folder.glob("checkpoint-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(folder: Path) -> TrainingState | None:
+    """The latest checkpoint in `folder`, or None; a corrupt one is an error, not ignored."""
+    pointer = folder / POINTER
+    if not pointer.exists():
+        return None
+    meta = read_json(pointer)
+    data = (folder / meta["file"]).read_bytes()
+    if sha256_bytes(data) != meta["sha256"]:
+        raise RuntimeError(f"checkpoint {folder / meta['file']} does not match its sha256")
+    step = meta.pop("step")
+    for key in ("file", "sha256"):
+        meta.pop(key)
+    return TrainingState(step, meta, load_bytes(data))

@@ -1,0 +1,98 @@
+"""`TrainConfig`: everything `monoscope train` needs; field docstrings are the CLI help.
+
+Defaults follow Anthropic's April 2024 update for `relu` (Adam 0.9/0.999, λ = 5 warmed up over
+the first 5% of steps, learning rate decayed linearly to 0 over the last 20%, gradient-norm clip
+1.0, inputs scaled so E‖x‖ = √d) and Gao et al. 2024 for `topk` (AuxK coefficient 1/32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+
+# Architecture defaults: (learning rate, sparsity coefficient).
+# relu: lr 5e-5 and λ = 5 (APR24 as reimplemented, secondary source; SM's λ convention needs
+# E‖x‖² ≈ d). topk/batchtopk: the coefficient is AuxK's 1/32 (Gao et al.); lr chosen by the
+# quality benchmark (docs/LOG.md). jumprelu: λ of the L0 penalty, in units of the summed MSE.
+DEFAULTS: dict[str, tuple[float, float]] = {
+    "relu": (5e-5, 5.0),
+    "topk": (2e-3, 1 / 32),
+    "batchtopk": (2e-3, 1 / 32),
+    "jumprelu": (1e-3, 0.5),
+}
+
+
+@dataclass
+class TrainConfig:
+    acts: str = "runs/demo/acts"
+    """Activation store folder, or a .npy/.safetensors file holding one [n, d] array."""
+    out: str = "runs/demo/sae"
+    """Output folder of the SAE (config.json, weights.safetensors, train_log.jsonl)."""
+    arch: str = "topk"
+    """Architecture: relu (the paper's recipe), topk, batchtopk or jumprelu."""
+    features: str = "16x"
+    """Dictionary size: a count (9216) or a multiple of the input width (16x)."""
+    k: int = 32
+    """Active latents per token (topk; the batch mean for batchtopk)."""
+    tokens: int = 0
+    """Training tokens; 0 means one epoch of the store's train split."""
+    batch_size: int = 4096
+    """Tokens per optimizer step."""
+    lr: float = 0.0
+    """Adam learning rate; 0 means the architecture's default."""
+    coefficient: float = -1.0
+    """Sparsity coefficient (relu: L1 λ, default 5; jumprelu: L0 λ; topk: AuxK weight, 1/32);
+    negative means the architecture's default."""
+    target_l0: float = 0.0
+    """relu/jumprelu: adjust the coefficient by feedback to reach this mean L0 (0: off)."""
+    warmup_fraction: float = 0.05
+    """Fraction of steps over which the sparsity coefficient ramps up linearly from 0."""
+    decay_fraction: float = 0.2
+    """Fraction of steps at the end over which the learning rate decays linearly to 0."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping threshold (0: off)."""
+    dead_window: int = 10_000_000
+    """A latent not fired within this many tokens counts as dead (the paper: 1e7)."""
+    outlier_multiple: float = 10.0
+    """Skip tokens whose norm exceeds this multiple of the median norm (0: keep all)."""
+    site: str = ""
+    """Site to train on when the store holds several."""
+    seed: int = 0
+    """Seed of the initialisation and the data order."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (a final one is always written)."""
+    log_every: int = 10
+    """Steps between lines of train_log.jsonl."""
+    logger: str = "none"
+    """Also log to 'wandb' or 'tensorboard' (must be installed), or 'none'."""
+    overwrite: bool = False
+    """Replace a trained SAE at --out instead of refusing."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.batch_size <= 0 or self.k <= 0 or self.tokens < 0:
+            raise ValueError("batch_size and k must be positive, tokens non-negative")
+        if self.target_l0 and self.arch not in ("relu", "jumprelu"):
+            raise ValueError("target_l0 applies to relu and jumprelu; topk sets L0 with --k")
+        if self.logger not in ("none", "wandb", "tensorboard"):
+            raise ValueError(f"logger must be none, wandb or tensorboard, got {self.logger!r}")
+        self.n_features(1)  # validates the features string
+
+    def n_features(self, d_in: int) -> int:
+        text = str(self.features).strip().lower()
+        try:
+            return int(float(text[:-1]) * d_in) if text.endswith("x") else int(text)
+        except ValueError:
+            raise ValueError(
+                f"features must be a count (9216) or a multiple like 16x, got {self.features!r}"
+            ) from None
+
+    def lr_value(self) -> float:
+        return self.lr or DEFAULTS[self.arch][0]
+
+    def coefficient_value(self) -> float:
+        return self.coefficient if self.coefficient >= 0 else DEFAULTS[self.arch][1]

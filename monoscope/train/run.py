@@ -1,0 +1,226 @@
+"""The training loop: batches -> SAE steps with the recipe's schedules, logging, checkpoints.
+
+A run killed at any point and started again with the same command continues from its last
+checkpoint and ends bit-identical to an uninterrupted run: the data order is a pure function of
+the seed and the step, and the checkpoint holds every piece of mutable state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from monoscope.runtime import configure_threads
+from monoscope.sae import SAEConfig, SparseAutoencoder, build_sae
+from monoscope.train.checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
+from monoscope.train.config import TrainConfig
+from monoscope.train.dead import DeadLatentTracker
+from monoscope.train.loggers import MetricLogger
+from monoscope.train.schedules import coefficient_warmup, learning_rate
+from monoscope.train.sources import open_source
+from monoscope.train.target_l0 import L0Controller
+
+_INIT_SAMPLE = 16_384  # rows used to estimate the input scale and initialise b_dec
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch.Tensor]:
+    """Endless batches: epoch e is shuffled with seed (cfg.seed, e)."""
+    for epoch in itertools.count():
+        yielded = False
+        for batch in source.epoch(cfg.batch_size, cfg.seed * 100_003 + epoch, max_norm):
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError(
+                f"no full batch of {cfg.batch_size} tokens in the training data: lower --batch-size"
+            )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if (out / "config.json").exists() and not (out / "checkpoint.json").exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a trained SAE: pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    elif overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoencoder:
+    n_features = cfg.n_features(source.d)
+    sae_cfg = SAEConfig(
+        arch=cfg.arch,
+        d_in=source.d,
+        n_features=n_features,
+        k=cfg.k if cfg.arch in ("topk", "batchtopk") else None,
+        site=source.site,
+        model=source.model,
+    )
+    sae = build_sae(sae_cfg, seed=cfg.seed)
+    sample = source.sample(_INIT_SAMPLE)
+    if max_norm is not None:
+        sample = sample[sample.norm(dim=-1) <= max_norm]
+    # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
+    sae.cfg.input_scale = math.sqrt(source.d) / float(sample.norm(dim=-1).mean())
+    if hasattr(sae, "init_b_dec"):
+        sae.init_b_dec(sample)
+    return sae
+
+
+def run(cfg: TrainConfig) -> SparseAutoencoder:
+    """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one."""
+    configure_threads()
+    source = open_source(cfg.acts, cfg.site or None)
+    out = Path(cfg.out)
+    _prepare_out(out, cfg.overwrite)
+    median = source.median_norm()
+    max_norm = cfg.outlier_multiple * median if cfg.outlier_multiple > 0 else None
+    tokens = cfg.tokens or source.n_train_tokens()
+    total_steps = tokens // cfg.batch_size
+    if total_steps < 1:
+        raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
+
+    state = load_checkpoint(out)
+    if state is not None:
+        sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
+        if state.scalars["train_config"] != asdict(cfg) | {"overwrite": False, "progress": False}:
+            raise ValueError(
+                f"{out} holds a checkpoint of a run with other settings; "
+                "pass --overwrite to start over, or rerun with the same options"
+            )
+    else:
+        sae = _new_sae(cfg, source, max_norm)
+    if cfg.arch in ("topk", "batchtopk") and cfg.k > sae.cfg.n_features:
+        raise ValueError(f"--k {cfg.k} is larger than the number of features {sae.cfg.n_features}")
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_value(), betas=(0.9, 0.999))
+    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window)
+    controller = L0Controller(cfg.target_l0, cfg.coefficient_value()) if cfg.target_l0 else None
+    start = 0
+    if state is not None:
+        sae.load_state_dict({k[4:]: v for k, v in state.tensors.items() if k.startswith("sae.")})
+        restore_optimizer(opt, state.tensors, state.scalars["adam_groups"])
+        tracker.tokens_since_fired = state.tensors["dead.tokens_since_fired"].clone()
+        if controller is not None:
+            controller.load_state(state.scalars["controller"])
+        start = state.step
+
+    logger = MetricLogger(
+        out / "train_log.jsonl", cfg.logger, resume_step=start, config=asdict(cfg)
+    )
+    batches = itertools.islice(_batches(source, cfg, max_norm), start, None)
+    bar = tqdm(
+        total=total_steps, initial=start, unit="step", disable=not cfg.progress, desc="train"
+    )
+    t0, tokens_timed = time.perf_counter(), 0
+
+    def checkpoint(step: int) -> None:
+        tensors, groups = optimizer_tensors(opt)
+        tensors |= {f"sae.{k}": v for k, v in sae.state_dict().items()}
+        tensors["dead.tokens_since_fired"] = tracker.tokens_since_fired
+        scalars = {
+            "sae": sae.cfg.to_json(),
+            "adam_groups": groups,
+            "controller": controller.state() if controller else None,
+            "train_config": asdict(cfg) | {"overwrite": False, "progress": False},
+        }
+        save_checkpoint(out, TrainingState(step, scalars, tensors))
+
+    try:
+        for step, x in zip(range(start, total_steps), batches, strict=False):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, total_steps, cfg.lr_value(), cfg.decay_fraction)
+            coefficient = controller.coefficient if controller else cfg.coefficient_value()
+            if cfg.arch in ("relu", "jumprelu"):
+                coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
+            result = sae.training_step(x, coefficient, dead_mask=tracker.dead_mask)
+            if not torch.isfinite(result.loss):
+                raise TrainingDivergedError(
+                    f"loss became {result.loss.item()} at step {step}; the last good checkpoint "
+                    f"is kept in {out} (lower --lr, or check the activations)"
+                )
+            opt.zero_grad(set_to_none=True)
+            result.loss.backward()
+            sae.before_optimizer_step()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            opt.step()
+            sae.after_optimizer_step()
+            tracker.update(result.fired, x.shape[0])
+            if controller is not None:
+                controller.update(float(result.l0))
+            tokens_timed += x.shape[0]
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+                rate = tokens_timed / (time.perf_counter() - t0)
+                metrics = {
+                    "step": step + 1,
+                    "tokens": (step + 1) * cfg.batch_size,
+                    "loss": float(result.loss),
+                    "mse": float(result.mse),
+                    "fvu": float(result.fvu),
+                    "l0": float(result.l0),
+                    "sparsity": float(result.sparsity),
+                    "coefficient": coefficient,
+                    "lr": opt.param_groups[0]["lr"],
+                    "dead_fraction": tracker.dead_fraction(),
+                    "tokens_per_s": round(rate, 1),
+                }
+                logger.log(metrics)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.3g}",
+                    fvu=f"{metrics['fvu']:.3f}",
+                    l0=f"{metrics['l0']:.1f}",
+                    dead=f"{metrics['dead_fraction']:.1%}",
+                    tok_s=f"{rate:,.0f}",
+                )
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+                checkpoint(step + 1)
+    finally:
+        bar.close()
+        logger.close()
+
+    sae.cfg.training = {
+        "tokens": total_steps * cfg.batch_size,
+        "steps": total_steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr_value(),
+        "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
+        "median_norm": median,
+        "max_norm": max_norm,
+        "dead_window": cfg.dead_window,
+        "dead_fraction": tracker.dead_fraction(),
+        "data": source.description,
+        "seed": cfg.seed,
+    }
+    sae.save(out)
+    # Finished: the folder now holds a trained SAE, not a run to resume.
+    (out / "checkpoint.json").unlink(missing_ok=True)
+    for leftover in out.glob("checkpoint-*.safetensors"):
+        leftover.unlink()
+    return sae.eval()
+
+
+def read_log(out: str | Path) -> list[dict]:
+    path = Path(out) / "train_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
