@@ -1,0 +1,278 @@
+"""`evaluate`: an SAE on its store's held-out split -> metrics, eval.json and plots.
+
+eval.json layout:
+  format, version      "monoscope.eval", 1
+  sae                  site, d_in, n_features, model (from the SAE's config), path (run only)
+  store                path, model, split ("heldout"), max_tokens
+  reconstruction       tokens, fvu, explained_variance, mse, mse_per_element, l0,
+                       features {n_features, dead_fraction, dense_fraction, dense_threshold,
+                                 density_histogram {log10_edges, counts, dead}},
+                       without_outliers {median_norm, outlier_multiple, threshold_norm, excluded,
+                                         tokens, fvu, ...} (when outlier_multiple > 0)
+  splice               null, or contexts, predictions, ce {clean, sae, sae_with_error,
+                       zero_ablation, mean_ablation}, ce_increase, kl {...}, loss_recovered
+                       {zero_ablation, mean_ablation} (see splice.py for the conventions)
+  seconds              wall time
+Undefined values (FVU of data without variance, loss recovered when ablation changes nothing)
+are null.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope.evaluate.metrics import ReconstructionStats
+from monoscope.evaluate.splice import heldout_contexts, run_sae, splice_metrics
+from monoscope.harvest import ActivationStore, StoreError
+from monoscope.models import LanguageModel, load_model
+from monoscope.runtime import configure_threads
+
+EVAL_FORMAT_VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    sae: str = "runs/demo/sae"
+    """SAE folder to evaluate."""
+    acts: str = "runs/demo/acts"
+    """Activation store the SAE was trained on; its held-out split is evaluated."""
+    model: str | None = None
+    """Model to splice the SAE into for loss recovered and KL (none: reconstruction only)."""
+    out: str | None = None
+    """Report file (default: eval.json beside the SAE folder); plots go to plots/ next to it."""
+    batch_size: int = 4096
+    """Activation rows per SAE forward pass."""
+    max_tokens: int = 200_000
+    """Held-out tokens to evaluate, the first in store order (0: the whole held-out split)."""
+    n_contexts: int = 64
+    """Held-out contexts for the splice metrics."""
+    splice_batch: int = 8
+    """Contexts per model forward pass (memory: a few splice_batch x context x vocab floats)."""
+    outlier_multiple: float = 10.0
+    """Also report metrics without tokens of norm over this multiple of the train split's median
+    norm, the trainer's outlier filter (0: off)."""
+    plots: bool = False
+    """Plot the feature-density histogram (needs matplotlib: pip install monoscope[plots])."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "n_contexts", "splice_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0 (0: all), got {self.max_tokens}")
+        if self.outlier_multiple != 0 and self.outlier_multiple < 1:
+            raise ValueError(
+                f"outlier_multiple must be 0 (off) or at least 1, got {self.outlier_multiple}"
+            )
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out else Path(self.sae).parent / "eval.json"
+
+
+def _site(sae: nn.Module, store: ActivationStore) -> str:
+    """The SAE's site; for an SAE that names none (some imports), the store's only site."""
+    return sae.cfg.site if sae.cfg.site is not None else store.resolve_site(None)
+
+
+def check_compatible(sae: nn.Module, store: ActivationStore, lm: LanguageModel | None) -> str:
+    """The SAE's site; StoreError unless the store holds it at the SAE's width (and came from
+    `lm`)."""
+    site, d_in = _site(sae, store), sae.cfg.d_in
+    if site not in store.sites:
+        raise StoreError(f"the SAE reads site {site!r}, but store {store.path} holds {store.sites}")
+    if store.d(site) != d_in:
+        raise StoreError(
+            f"the SAE has d_in {d_in}, but site {site!r} of store {store.path} has width "
+            f"{store.d(site)}"
+        )
+    if lm is not None:
+        store.check_compatible(revision=lm.revision)
+    return site
+
+
+def _json_safe(value):
+    """The report with nan and inf (undefined metrics) as None, which JSON can hold."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate(
+    sae: nn.Module,
+    store: ActivationStore | str | Path,
+    model: LanguageModel | str | None = None,
+    *,
+    batch_size: int = EvalConfig.batch_size,
+    max_tokens: int = EvalConfig.max_tokens,
+    n_contexts: int = EvalConfig.n_contexts,
+    splice_batch: int = EvalConfig.splice_batch,
+    outlier_multiple: float = EvalConfig.outlier_multiple,
+) -> dict:
+    """Metrics of `sae` on the held-out split of `store`, and with `model` the splice metrics:
+    the eval.json document (see the module docstring). Options are EvalConfig's fields."""
+    start = time.perf_counter()
+    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    lm = load_model(model) if isinstance(model, str) else model
+    site = check_compatible(sae, store, lm)
+    if store.heldout_fraction <= 0:
+        raise StoreError(f"store {store.path} has no held-out split (heldout_fraction 0)")
+    # The trainer's outlier filter: a multiple of the median norm of the train split.
+    median = store.median_norm(site) if outlier_multiple > 0 else None
+    stats = ReconstructionStats(median, outlier_multiple)
+    left = max_tokens or store.n_tokens
+    with torch.no_grad():
+        # The store's reader stops on a NaN or Inf with the shard and row named.
+        for acts, meta in store.rows(site, split="heldout"):
+            xs, norms = acts[:left].split(batch_size), meta["norms"][:left].split(batch_size)
+            for x, norm in zip(xs, norms, strict=True):
+                f, x_hat = run_sae(sae, x)
+                stats.update(x.to(x_hat.device), x_hat, f, norm)
+            left -= min(left, acts.shape[0])
+            if left == 0:
+                break
+    splice = None
+    if lm is not None:
+        contexts = heldout_contexts(store.manifest, lm.tokenizer, n_contexts)
+        splice = splice_metrics(lm, sae, site, contexts, stats.mean, splice_batch)
+    report = {
+        "format": "monoscope.eval",
+        "version": EVAL_FORMAT_VERSION,
+        "sae": {
+            "site": site,
+            "d_in": sae.cfg.d_in,
+            "n_features": sae.cfg.n_features,
+            "model": sae.cfg.model,
+        },
+        "store": {
+            "path": str(store.path),
+            "model": store.manifest["model"]["name"],
+            "split": "heldout",
+            "max_tokens": max_tokens,
+        },
+        "reconstruction": stats.result(),
+        "splice": splice,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return _json_safe(report)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "plots need matplotlib: pip install monoscope[plots] (or turn plots off)"
+        ) from None
+
+
+def plot_density(report: dict, path: Path) -> None:
+    """Write the feature-density histogram of an eval report as a PNG, atomically."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    hist = report["reconstruction"]["features"]["density_histogram"]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.stairs(hist["counts"], hist["log10_edges"], fill=True)
+    ax.set_xlabel("log10 feature density (fraction of tokens on which it fires)")
+    ax.set_ylabel("features")
+    n_tokens = report["reconstruction"]["tokens"]
+    ax.set_title(
+        f"{report['sae']['site']}: {report['sae']['n_features']:,} features, "
+        f"{hist['dead']:,} dead over {n_tokens:,} tokens"
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None = None) -> dict:
+    """Evaluate as `cfg` says (`sae`/`lm` given: used instead of loading cfg.sae/cfg.model);
+    write eval.json and, with cfg.plots, plots/feature_density.png beside it."""
+    configure_threads()
+    if cfg.plots:
+        _require_matplotlib()  # fail before the evaluation, not after it
+    if sae is None:
+        # Imported on use: evaluating an SAE object (the Python API) needs no SAE loader.
+        from monoscope.sae import load_sae
+
+        sae = load_sae(cfg.sae)
+    report = evaluate(
+        sae,
+        cfg.acts,
+        lm if lm is not None else cfg.model,
+        batch_size=cfg.batch_size,
+        max_tokens=cfg.max_tokens,
+        n_contexts=cfg.n_contexts,
+        splice_batch=cfg.splice_batch,
+        outlier_multiple=cfg.outlier_multiple,
+    )
+    report["sae"]["path"] = cfg.sae
+    out = cfg.out_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, report)
+    if cfg.plots:
+        plot_density(report, out.parent / "plots" / "feature_density.png")
+    return report
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_table(report: dict) -> str:
+    """The metrics of an eval report as a plain-text table."""
+    sae, rec = report["sae"], report["reconstruction"]
+    feats = rec["features"]
+    lines = [
+        f"SAE at {sae['site']}: d_in {sae['d_in']} -> {sae['n_features']:,} features; "
+        f"{rec['tokens']:,} held-out tokens of {report['store']['path']}",
+    ]
+    columns = [("all tokens", rec)]
+    clean = rec.get("without_outliers")
+    if clean is not None:
+        columns.append((f"without {clean['excluded']:,} outliers", clean))
+    rows = [
+        ("FVU", "fvu", ".4f"),
+        ("explained variance", "explained_variance", ".2%"),
+        ("MSE per token", "mse", ".4g"),
+        ("MSE per element", "mse_per_element", ".4g"),
+        ("L0", "l0", ".1f"),
+    ]
+    lines.append(f"{'':24}" + "".join(f"{title:>26}" for title, _ in columns))
+    for label, key, spec in rows:
+        lines.append(f"{label:24}" + "".join(f"{_num(c.get(key), spec):>26}" for _, c in columns))
+    if clean is not None:
+        lines.append(
+            f"{'':24}outliers: |x| > {clean['outlier_multiple']:g} x median "
+            f"{clean['median_norm']:.4g} = {clean['threshold_norm']:.4g}"
+        )
+    lines.append(f"{'dead features':24}{feats['dead_fraction']:>26.2%}")
+    lines.append(f"{'dense features':24}{feats['dense_fraction']:>26.2%}")
+    splice = report.get("splice")
+    if splice:
+        names = ["clean", "sae", "sae_with_error", "zero_ablation", "mean_ablation"]
+        lines.append(f"{'':24}" + "".join(f"{n:>15}" for n in names))
+        lines.append(f"{'CE (nats)':24}" + "".join(f"{splice['ce'][n]:>15.4f}" for n in names))
+        kl = [f"{'':>15}", *(f"{_num(splice['kl'][n], '.4g'):>15}" for n in names[1:])]
+        lines.append(f"{'KL(clean || variant)':24}" + "".join(kl))
+        recovered = splice["loss_recovered"]
+        lines.append(
+            f"{'loss recovered':24}{_num(recovered['zero_ablation'], '.2%')} vs zero ablation, "
+            f"{_num(recovered['mean_ablation'], '.2%')} vs mean ablation "
+            f"({splice['contexts']} contexts, {splice['predictions']:,} predictions)"
+        )
+    return "\n".join(lines)

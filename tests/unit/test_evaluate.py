@@ -1,0 +1,267 @@
+"""monoscope.evaluate: metrics against hand-computed values, the streaming accumulator, outliers,
+splicing into a tiny model (identity, perfect and zero SAEs), and the store checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from monoscope.artifacts import atomic_write_json
+from monoscope.evaluate import (
+    EvalConfig,
+    ReconstructionStats,
+    dead_fraction,
+    dense_fraction,
+    densities,
+    density_histogram,
+    evaluate,
+    explained_variance,
+    firing_counts,
+    format_table,
+    fvu,
+    heldout_contexts,
+    mean_l0,
+    mse,
+    mse_per_element,
+    run,
+)
+from monoscope.harvest import ActivationStore, HarvestConfig, StoreError, heldout_mask
+from monoscope.harvest import run as harvest
+from monoscope.harvest.shards import write_shard
+
+SITE = "blocks.1.hook_resid_post"
+D = 32  # width of the tiny llama's residual stream
+
+
+class StandInSAE(nn.Module):
+    """A ReLU SAE with given weights, on the protocol the evaluation reads: cfg, encode, decode."""
+
+    def __init__(self, w_enc: torch.Tensor, w_dec: torch.Tensor, site: str = SITE) -> None:
+        super().__init__()
+        d_in, n_features = w_enc.shape
+        self.cfg = SimpleNamespace(d_in=d_in, n_features=n_features, site=site, model=None)
+        self.w_enc = nn.Parameter(w_enc)  # [d_in, n_features]
+        self.w_dec = nn.Parameter(w_dec)  # [n_features, d_in]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [b, d_in] -> [b, n_features]
+        return torch.relu(x @ self.w_enc)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:  # [b, n_features] -> [b, d_in]
+        return f @ self.w_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def random_sae(d_in: int = D, n_features: int = 4 * D, site: str = SITE) -> StandInSAE:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(d_in, n_features, generator=gen) / d_in**0.5
+    return StandInSAE(w, w.T.clone(), site)
+
+
+def perfect_sae(d_in: int = D) -> StandInSAE:
+    """Features ±q_i of an orthonormal basis q: relu(y) − relu(−y) = y, so decode(encode(x)) = x."""
+    q, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=torch.Generator().manual_seed(1)))
+    return StandInSAE(torch.cat([q, -q], dim=1), torch.cat([q.T, -q.T], dim=0))
+
+
+def zero_sae(d_in: int = D) -> StandInSAE:
+    sae = random_sae(d_in)
+    sae.w_dec.data.zero_()  # decode returns 0: the splice is a zero ablation
+    return sae
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_fvu_against_a_hand_computed_case():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])
+    x_hat = torch.tensor([[1.0, 1.0], [3.0, 5.0], [4.0, 9.0]])
+    # Mean over tokens (3, 5); deviations (-2,-3), (0,-1), (2,4): 4+9+0+1+4+16 = 34.
+    # Errors (0,1), (0,-1), (1,0): 3. So FVU = 3/34, not 3/136 (uncentred: Σx² = 136).
+    assert fvu(x, x_hat) == pytest.approx(3 / 34)
+    assert explained_variance(x, x_hat) == pytest.approx(31 / 34)
+    assert mse(x, x_hat) == pytest.approx(1.0)  # 3 squared error over 3 tokens
+    assert mse_per_element(x, x_hat) == pytest.approx(0.5)
+
+
+def test_fvu_of_perfect_and_mean_reconstructions():
+    x = torch.randn(64, 8) * 3 + 5
+    assert fvu(x, x) == 0.0
+    assert fvu(x, x.mean(dim=0).expand_as(x)) == pytest.approx(1.0)
+    assert torch.isnan(torch.tensor(fvu(torch.ones(4, 2), torch.zeros(4, 2))))  # no variance
+
+
+def test_feature_densities_dead_dense_and_histogram():
+    f = torch.zeros(10, 5)
+    f[:, 0] = 1.0  # every token: density 1
+    f[3, 1] = 0.5  # one token: 0.1, not dense (the threshold is strict)
+    f[:2, 3] = 2.0  # feature 2 never fires; feature 3: 0.2
+    f[5:, 4] = 0.1  # 0.5
+    counts = firing_counts(f)
+    assert counts.tolist() == [10, 1, 0, 2, 5]
+    density = densities(counts, 10)
+    assert dead_fraction(density) == pytest.approx(0.2)
+    assert dense_fraction(density) == pytest.approx(0.6)
+    assert mean_l0(f) == pytest.approx(1.8)
+    hist = density_histogram(counts, 10)
+    # One decade [-1, 0] in 10 bins: log10 0.1 = -1, log10 0.2 = -0.70, log10 0.5 = -0.30, 0.
+    assert hist["counts"] == [1, 0, 0, 1, 0, 0, 1, 0, 0, 1] and hist["dead"] == 1
+    assert hist["log10_edges"][0] == -1 and hist["log10_edges"][-1] == 0
+
+
+def test_streaming_stats_equal_the_one_shot_metrics():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 8, generator=gen, dtype=torch.float64) + 1e7  # a large shared offset
+    x_hat = x + 0.3 * torch.randn(100, 8, generator=gen, dtype=torch.float64)
+    f = torch.relu(torch.randn(100, 20, generator=gen))
+    stats = ReconstructionStats()
+    for rows in torch.arange(100).split([7, 30, 1, 62]):
+        stats.update(x[rows], x_hat[rows], f[rows])
+    result = stats.result()
+    assert result["tokens"] == 100 and "without_outliers" not in result
+    # The offset cancels in FVU; a one-pass Σx² − n x̄² would have lost it to rounding.
+    assert result["fvu"] == pytest.approx(fvu(x - 1e7, x_hat - 1e7), rel=1e-9)
+    assert result["mse"] == pytest.approx(mse(x, x_hat))
+    assert result["mse_per_element"] == pytest.approx(mse_per_element(x, x_hat))
+    assert result["l0"] == pytest.approx(mean_l0(f))
+    dead = dead_fraction(densities(firing_counts(f), 100))
+    assert result["features"]["dead_fraction"] == pytest.approx(dead)
+    torch.testing.assert_close(stats.mean, x.mean(dim=0))
+
+
+def test_outlier_tokens_are_reported_apart():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=gen)
+    x[[3, 17, 40]] *= 1000  # a few tokens with huge norms, like SmolLM2's after BOS
+    x_hat = x + 0.1 * torch.randn(50, 4, generator=gen)
+    f = torch.relu(torch.randn(50, 6, generator=gen))
+    median = float(x.norm(dim=-1).median())
+    stats = ReconstructionStats(median_norm=median, outlier_multiple=10.0)
+    for rows in torch.arange(50).split(16):
+        stats.update(x[rows], x_hat[rows], f[rows])
+    result = stats.result()
+    kept = torch.ones(50, dtype=torch.bool)
+    kept[[3, 17, 40]] = False
+    clean = result["without_outliers"]
+    assert clean["excluded"] == 3 and clean["tokens"] == 47 and result["tokens"] == 50
+    assert clean["threshold_norm"] == pytest.approx(10 * median)
+    assert clean["fvu"] == pytest.approx(fvu(x[kept], x_hat[kept]))
+    assert clean["l0"] == pytest.approx(mean_l0(f[kept]))
+    assert result["fvu"] == pytest.approx(fvu(x, x_hat))
+
+
+# -- on a store --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tiny_llama, corpus_file, tmp_path_factory) -> ActivationStore:
+    cfg = HarvestConfig(
+        sites=[SITE],
+        corpus=str(corpus_file),
+        tokens=600,
+        out=str(tmp_path_factory.mktemp("eval") / "acts"),
+        context=16,
+        batch_tokens=64,
+        shard_tokens=150,
+        heldout_fraction=0.3,
+        progress=False,
+    )
+    return harvest(cfg, tiny_llama)
+
+
+def heldout_acts(store: ActivationStore) -> torch.Tensor:
+    return torch.cat([acts for acts, _ in store.rows(SITE, split="heldout")])  # [n, D]
+
+
+def test_run_writes_eval_json_and_plot(store, tmp_path):
+    sae = random_sae()
+    cfg = EvalConfig(sae=str(tmp_path / "sae"), acts=str(store.path), batch_size=32, plots=True)
+    report = run(cfg, sae=sae)
+    assert json.loads((tmp_path / "eval.json").read_text()) == report
+    assert (tmp_path / "plots" / "feature_density.png").stat().st_size > 0
+    x = heldout_acts(store)
+    with torch.no_grad():
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+    rec = report["reconstruction"]
+    assert rec["tokens"] == x.shape[0] > 100
+    assert rec["fvu"] == pytest.approx(fvu(x, x_hat))
+    assert rec["l0"] == pytest.approx(mean_l0(f))
+    assert rec["without_outliers"]["median_norm"] == store.median_norm(SITE)
+    assert report["sae"]["path"] == cfg.sae and report["splice"] is None
+    assert "FVU" in format_table(report)
+    assert evaluate(sae, store, max_tokens=50)["reconstruction"]["tokens"] == 50
+
+
+def test_splice_identity_perfect_and_zero_saes(store, tiny_llama):
+    perfect = evaluate(perfect_sae(), store, tiny_llama, n_contexts=6, splice_batch=4)
+    splice = perfect["splice"]
+    ce = splice["ce"]
+    assert splice["contexts"] == 6 and splice["predictions"] == 6 * 14
+    assert ce["sae_with_error"] == pytest.approx(ce["clean"], abs=1e-6)
+    assert splice["kl"]["sae_with_error"] == pytest.approx(0.0, abs=1e-6)
+    # The ablations must move the loss (a random model's loss may fall as well as rise).
+    assert abs(ce["zero_ablation"] - ce["clean"]) > 1e-3
+    assert abs(ce["mean_ablation"] - ce["clean"]) > 1e-3
+    assert splice["loss_recovered"]["zero_ablation"] == pytest.approx(1.0, abs=1e-3)
+    assert splice["loss_recovered"]["mean_ablation"] == pytest.approx(1.0, abs=1e-3)
+    assert perfect["reconstruction"]["fvu"] == pytest.approx(0.0, abs=1e-9)
+
+    zero = evaluate(zero_sae(), store, tiny_llama, n_contexts=6, splice_batch=4)["splice"]
+    assert zero["ce"]["sae"] == zero["ce"]["zero_ablation"]
+    assert zero["loss_recovered"]["zero_ablation"] == 0.0
+    assert zero["ce"]["clean"] == ce["clean"]
+    assert "loss recovered" in format_table({**perfect, "splice": splice})
+
+
+def test_heldout_contexts_are_the_stores(store, tiny_llama):
+    contexts = heldout_contexts(store.manifest, tiny_llama.tokenizer, 3)
+    assert contexts.shape == (3, 16)
+    assert (contexts[:, 0] == store.manifest["bos_token_id"]).all()
+    _, meta = next(store.rows(SITE, split="heldout"))
+    first = meta["context_index"][0]
+    assert heldout_mask(first, store.heldout_fraction)
+    rows = meta["context_index"] == first
+    assert meta["token_ids"][rows].tolist() == contexts[0, 1:].tolist()
+
+
+def test_site_and_width_mismatches_are_refused(store):
+    with pytest.raises(StoreError, match=r"reads site 'blocks.0.hook_resid_post'.*holds"):
+        evaluate(random_sae(site="blocks.0.hook_resid_post"), store)
+    with pytest.raises(StoreError, match=r"d_in 16, but site 'blocks.1.hook_resid_post'.*32"):
+        evaluate(random_sae(d_in=16), store)
+
+
+def test_nan_in_a_store_row_names_the_shard_and_row(store, tmp_path):
+    folder = tmp_path / "acts"
+    shutil.copytree(store.path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    index, entry = 2, manifest["shards"][2]
+    tensors = ActivationStore(folder).load_shard(index)
+    row = int(heldout_mask(tensors["context_index"], store.heldout_fraction).nonzero()[0, 0])
+    tensors[f"acts.{SITE}"][row, 5] = float("nan")
+    entry.update(write_shard(folder / entry["file"], tensors))  # new size and checksum
+    atomic_write_json(folder / "manifest.json", manifest)
+    with pytest.raises(StoreError, match=rf"shard-00002.safetensors, row {row}\b"):
+        evaluate(random_sae(), folder)
+
+
+def test_plots_need_matplotlib_and_config_is_validated(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    cfg = EvalConfig(sae=str(tmp_path / "sae"), acts=str(store.path), plots=True)
+    with pytest.raises(ImportError, match=r"pip install monoscope\[plots\]"):
+        run(cfg, sae=random_sae())
+    assert not (tmp_path / "eval.json").exists()
+    assert EvalConfig(sae="runs/a/sae").out_path == Path("runs/a/eval.json")
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match="outlier_multiple"):
+        EvalConfig(outlier_multiple=0.5)
