@@ -24,6 +24,31 @@ def _harvest(args: argparse.Namespace) -> None:
     print(f"wrote {store.n_tokens:,} tokens x {len(store.sites)} site(s) to {store.path}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from monoscope.train import TrainConfig, run
+
+    cfg = config_from_args(TrainConfig, args)
+    sae = run(cfg)
+    summary = sae.cfg.training
+    print(
+        f"trained {sae.cfg.arch} SAE ({sae.cfg.n_features:,} features) on "
+        f"{summary['tokens']:,} tokens -> {cfg.out}"
+    )
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from monoscope.evaluate import EvalConfig, format_table, run
+
+    print(format_table(run(config_from_args(EvalConfig, args))))
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from monoscope.sae import convert
+
+    out = convert(args.src, to=args.to, out=args.out, overwrite=args.overwrite)
+    print(f"wrote {args.to} SAE to {out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monoscope.demo import DemoConfig, run
 
@@ -32,7 +57,9 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from monoscope.demo import DemoConfig
+    from monoscope.evaluate import EvalConfig
     from monoscope.harvest import HarvestConfig
+    from monoscope.train import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="monoscope", description="Dictionary learning on language models."
@@ -46,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     harvest = commands.add_parser("harvest", help="store a model's activations on a corpus")
     add_config_arguments(harvest, HarvestConfig, rename={"sites": "site"})
     harvest.set_defaults(func=_harvest)
+
+    train = commands.add_parser("train", help="train a sparse autoencoder on stored activations")
+    add_config_arguments(train, TrainConfig, rename={})
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate an SAE: FVU, L0, dead, loss recovered")
+    add_config_arguments(evaluate, EvalConfig, rename={})
+    evaluate.set_defaults(func=_eval)
+
+    convert = commands.add_parser("convert", help="convert an SAE between formats")
+    convert.add_argument("src", help="SAE folder: monoscope, SAELens or sparsify format")
+    convert.add_argument("--to", required=True, choices=["saelens", "monoscope"])
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--overwrite", action="store_true", help="replace files in --out")
+    convert.set_defaults(func=_convert)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in model and corpus")
     add_config_arguments(demo, DemoConfig, rename={})

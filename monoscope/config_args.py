@@ -13,6 +13,7 @@ import inspect
 import itertools
 import re
 import textwrap
+import types
 import typing
 
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmb]?)\s*$", re.IGNORECASE)
@@ -58,7 +59,7 @@ def add_config_arguments(
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {default})"
-        hint = hints[f.name]
+        hint = _unwrap_optional(hints[f.name])
         if hint is bool:
             parser.add_argument(
                 flag,
@@ -75,6 +76,13 @@ def add_config_arguments(
         else:
             kind = parse_count if hint is int else float if hint is float else str
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+
+
+def _unwrap_optional(hint):
+    """`int | None` -> int: an optional option parses as its type and defaults to None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return args[0] if is_union and len(args) == 1 else hint
 
 
 def config_from_args(cls: type, args: argparse.Namespace):

@@ -1,5 +1,6 @@
 """SAE -> metrics on held-out activations; loss recovered with the SAE spliced into the model."""
 
+from monoscope.evaluate.evaluator import EvalConfig, evaluate, format_table, run
 from monoscope.evaluate.metrics import (
     ReconstructionStats,
     dead_fraction,
@@ -14,7 +15,6 @@ from monoscope.evaluate.metrics import (
     mse,
     mse_per_element,
 )
-from monoscope.evaluate.run import EvalConfig, evaluate, format_table, run
 from monoscope.evaluate.splice import heldout_contexts, splice_metrics
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Model + corpus -> activation store; and the reader of stores."""
 
 from monoscope.harvest.config import HarvestConfig
-from monoscope.harvest.run import harvest, run
+from monoscope.harvest.harvester import harvest, run
 from monoscope.harvest.shards import CorruptShardError
 from monoscope.harvest.store import ActivationStore, StoreError, heldout_mask
 

@@ -14,7 +14,12 @@ import math
 
 class L0Controller:
     def __init__(
-        self, target_l0: float, coefficient: float, gain: float = 0.05, smoothing: float = 0.9
+        self,
+        target_l0: float,
+        coefficient: float,
+        gain: float = 0.02,
+        smoothing: float = 0.9,
+        max_step: float = 0.02,
     ) -> None:
         if target_l0 <= 0:
             raise ValueError(f"target_l0 must be positive, got {target_l0}")
@@ -22,6 +27,7 @@ class L0Controller:
         self.coefficient = coefficient
         self.gain = gain
         self.smoothing = smoothing
+        self.max_step = max_step
         self.smoothed_l0: float | None = None
 
     def update(self, l0: float) -> float:
@@ -29,8 +35,9 @@ class L0Controller:
         prev = self.smoothed_l0
         self.smoothed_l0 = l0 if prev is None else self.smoothing * prev + (1 - self.smoothing) * l0
         error = math.log(max(self.smoothed_l0, 1e-3) / self.target)
-        # Bounded step: at most x/÷ e^0.1 per update, so a dead batch cannot collapse it.
-        self.coefficient *= math.exp(max(-0.1, min(0.1, self.gain * error)))
+        # Bounded step: the SAE responds to a new coefficient only over many steps, and a
+        # fast controller overshoots until every latent is dead (dead ReLU latents never return).
+        self.coefficient *= math.exp(max(-self.max_step, min(self.max_step, self.gain * error)))
         return self.coefficient
 
     def state(self) -> dict:

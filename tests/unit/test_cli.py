@@ -82,3 +82,50 @@ def test_help_comes_from_field_docstrings():
 )
 def test_counts_accept_suffixes(text, value):
     assert parse_count(text) == value
+
+
+def test_train_eval_and_convert_commands(tiny_model_dirs, corpus_file, tmp_path, capsys):
+    model = str(tiny_model_dirs["llama"])
+    acts, sae, exported = tmp_path / "acts", tmp_path / "run" / "sae", tmp_path / "saelens"
+    harvest = [
+        "harvest",
+        "--model",
+        model,
+        "--site",
+        "blocks.1.hook_resid_post",
+        "--corpus",
+        str(corpus_file),
+        "--tokens",
+        "3k",
+        "--out",
+        str(acts),
+        "--context",
+        "32",
+        "--no-progress",
+    ]
+    assert main(harvest) == 0
+    train = [
+        "train",
+        "--acts",
+        str(acts),
+        "--out",
+        str(sae),
+        "--arch",
+        "topk",
+        "--features",
+        "4x",
+        "--k",
+        "4",
+        "--batch-size",
+        "256",
+        "--no-progress",
+    ]
+    assert main(train) == 0
+    assert main(train) == 2  # refuses to overwrite a trained SAE
+    assert "already holds a trained SAE" in capsys.readouterr().err
+    assert main(["eval", "--sae", str(sae), "--acts", str(acts), "--model", model]) == 0
+    out = capsys.readouterr().out
+    assert "FVU" in out and "loss recovered" in out.lower()
+    assert (tmp_path / "run" / "eval.json").exists()
+    assert main(["convert", str(sae), "--to", "saelens", "--out", str(exported)]) == 0
+    assert (exported / "cfg.json").exists() and (exported / "sae_weights.safetensors").exists()

@@ -1,0 +1,154 @@
+"""SAE training throughput against the machine's matmul bound, measured in the same run.
+
+Workload (issue "SAE training"): the built-in model's middle layer (d = 576), batch 4096,
+fp32, the threads torch uses here (2 on this machine):
+- `topk`: k = 32, 16 x d = 9,216 features. Its bound is one dense matmul of the encoder's
+  shape ([4096, 576] @ [576, 9216]) per step: every other cost (sparse decoder, sparse
+  backward, Adam) should be small next to it. Target: >= 75% of the bound.
+- `relu`: dense by nature; its bound is three matmuls of that shape. Target: >= 60%.
+- peak memory of a training process against weights + Adam state + one batch (target <= 1.5x).
+
+The matmul bound is measured in this run, interleaved with the training steps (best of
+repeats), because the machine is shared and noisy. Activations come from an activation store
+when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise Gaussian data of
+the same shape (throughput does not depend on the values).
+
+Run from the repository root:
+    python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+
+import torch  # noqa: E402
+
+from monoscope.runtime import configure_threads  # noqa: E402
+from monoscope.sae import SAEConfig, build_sae  # noqa: E402
+
+D, BATCH, K = 576, 4096, 32
+N_FEATURES = 16 * D
+
+
+def batches(acts: str | None, n: int) -> list[torch.Tensor]:
+    if acts:
+        from monoscope.harvest import ActivationStore
+
+        it = ActivationStore(acts).batches(BATCH, seed=0, drop_last=True)
+        got = [b for _, b in zip(range(n), it, strict=False)]
+        if len(got) == n:
+            return got
+        print(f"(store has fewer than {n} batches: cycling them)")
+        return [got[i % len(got)] for i in range(n)]
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(BATCH, D, generator=gen) * 7 for _ in range(n)]
+
+
+def matmul_seconds(reps: int) -> float:
+    x, w = torch.randn(BATCH, D), torch.randn(D, N_FEATURES)
+    x @ w  # warm-up
+    start = time.perf_counter()
+    for _ in range(reps):
+        x @ w
+    return (time.perf_counter() - start) / reps
+
+
+class Trainer:
+    """The trainer's inner step (same calls as monoscope.train.run), without I/O."""
+
+    def __init__(self, arch: str, data: list[torch.Tensor]) -> None:
+        cfg = SAEConfig(arch=arch, d_in=D, n_features=N_FEATURES, k=K if arch == "topk" else None)
+        self.sae = build_sae(cfg, seed=0)
+        self.sae.cfg.input_scale = D**0.5 / float(data[0].norm(dim=-1).mean())
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
+        self.coefficient = 5.0 if arch == "relu" else 1 / 32
+        self.dead = torch.zeros(N_FEATURES, dtype=torch.bool)
+        self.data = data
+
+    def steps(self) -> float:
+        start = time.perf_counter()
+        for x in self.data:
+            out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.sae.before_optimizer_step()
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
+            self.opt.step()
+            self.sae.after_optimizer_step()
+        return (time.perf_counter() - start) / len(self.data)
+
+
+def peak_memory(arch: str) -> tuple[float, float]:
+    """(peak RSS growth of a process training 4 steps, weights + Adam + batch), in MiB."""
+    code = (
+        "import resource, sys, torch\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import benchmarks.train as b\n"
+        "data = b.batches(None, 4)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"t = b.Trainer({arch!r}, data); t.steps()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    )
+    grown_kb = int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+    n_params = 2 * D * N_FEATURES + N_FEATURES + D
+    expected = (3 * n_params * 4 + BATCH * D * 4) / 2**20  # weights + 2 Adam moments + batch
+    return grown_kb / 1024, expected
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--acts", default=None, help="activation store to read batches from")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    threads = configure_threads()
+    data = batches(args.acts, args.steps)
+    trainers = {arch: Trainer(arch, data) for arch in ("topk", "relu")}
+    for t in trainers.values():  # warm-up: allocator, threads
+        t.data, full = t.data[:1], t.data
+        t.steps()
+        t.data = full
+    best = {"matmul": float("inf"), "topk": float("inf"), "relu": float("inf")}
+    for _ in range(args.repeats):
+        best["matmul"] = min(best["matmul"], matmul_seconds(5))
+        for arch, trainer in trainers.items():
+            best[arch] = min(best[arch], trainer.steps())
+    gflops = 2 * BATCH * D * N_FEATURES / best["matmul"] / 1e9
+    bound_topk = BATCH / best["matmul"]
+    bound_relu = BATCH / (3 * best["matmul"])
+    print(
+        f"torch {torch.__version__}, {threads} threads; d {D}, {N_FEATURES:,} features, "
+        f"batch {BATCH}, k {K}; best of {args.repeats} x {args.steps} steps"
+    )
+    print(f"encoder-shape matmul: {best['matmul'] * 1e3:.1f} ms = {gflops:.0f} GFLOP/s fp32")
+    for arch, bound, target in (("topk", bound_topk, 0.75), ("relu", bound_relu, 0.60)):
+        rate = BATCH / best[arch]
+        verdict = "PASS" if rate / bound >= target else "below target"
+        print(
+            f"{arch:5s} {best[arch] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  bound "
+            f"{bound:8,.0f} tok/s  ratio {rate / bound:.2f} (target >= {target})  {verdict}"
+        )
+    for arch in ("topk", "relu"):
+        grown, expected = peak_memory(arch)
+        print(
+            f"{arch:5s} peak RSS growth {grown:6.0f} MiB vs weights + Adam + batch "
+            f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5)"
+        )
+    print(f"(process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

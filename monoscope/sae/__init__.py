@@ -1,0 +1,36 @@
+"""monoscope.sae: sparse autoencoders (relu, topk, batchtopk, jumprelu), their files and interop.
+
+Build one with `build_sae(SAEConfig(...))`, train it with `training_step`, save it with
+`sae.save(folder)`, and read any supported format back with `load_sae(folder)`.
+"""
+
+from monoscope.sae.base import SparseAutoencoder, TrainStep
+from monoscope.sae.batchtopk import BatchTopKSAE
+from monoscope.sae.build import SAE_CLASSES, build_sae
+from monoscope.sae.config import ARCHITECTURES, SAEConfig
+from monoscope.sae.convert import convert
+from monoscope.sae.files import SAEFormatError
+from monoscope.sae.io import detect_format, load_sae
+from monoscope.sae.jumprelu import JumpReLUSAE
+from monoscope.sae.relu import ReluSAE
+from monoscope.sae.saelens import export_saelens
+from monoscope.sae.topk import AUXK_COEFFICIENT, TopKSAE
+
+__all__ = [
+    "ARCHITECTURES",
+    "AUXK_COEFFICIENT",
+    "SAE_CLASSES",
+    "BatchTopKSAE",
+    "JumpReLUSAE",
+    "ReluSAE",
+    "SAEConfig",
+    "SAEFormatError",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "TrainStep",
+    "build_sae",
+    "convert",
+    "detect_format",
+    "export_saelens",
+    "load_sae",
+]

@@ -1,0 +1,173 @@
+"""`SparseAutoencoder`: parameters, input scaling, encode/decode and saving, shared by every
+architecture; `TrainStep`: what one training step reports.
+
+Two spaces. Callers pass raw activations x [batch, d_in] and get reconstructions in raw units;
+inside, the SAE works on x * cfg.input_scale (the "normalised" space: E||x * scale|| = sqrt(d_in)),
+where its parameters and its training loss live. Feature activations are reported in the
+architecture's `activation_convention` (see config.py).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import save as save_bytes
+from torch import Tensor, nn
+
+from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope.sae.config import SAEConfig
+from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
+
+
+@dataclass
+class TrainStep:
+    """The outcome of `SparseAutoencoder.training_step` on one batch (normalised space)."""
+
+    loss: Tensor
+    """Scalar training loss: backpropagate this."""
+    mse: Tensor
+    """Mean over the batch of ||x_n - x_hat_n||^2, detached."""
+    sparsity: Tensor
+    """The sparsity term before its coefficient (relu: mean Σ f_i ||W_dec_i||; jumprelu: mean
+    L0; topk, batchtopk: the AuxK loss), detached."""
+    l0: Tensor
+    """Mean number of active latents per token, detached."""
+    fired: Tensor
+    """[n_features] bool: latents active anywhere in the batch."""
+    fvu: Tensor
+    """Σ||x - x_hat||^2 / Σ||x - mean_batch(x)||^2 over the batch, detached."""
+
+
+class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
+    """x_hat = decode(encode(x)); parameters in the normalised space.
+
+    W_enc [d_in, n_features], b_enc [n_features], W_dec [n_features, d_in], b_dec [d_in].
+    """
+
+    arch: ClassVar[str]
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        if cfg.arch != self.arch:
+            raise ValueError(f"{type(self).__name__} is a {self.arch} SAE, not {cfg.arch}")
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.d_in, cfg.n_features
+        self.W_enc = nn.Parameter(torch.zeros(d, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.zeros(n, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+
+    # -- initialisation ------------------------------------------------------------------
+    @abc.abstractmethod
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Initialise every parameter as the architecture's paper does."""
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: Tensor, iterations: int = 50) -> None:
+        """Set b_dec to the geometric median of a sample of raw activations [n, d_in].
+
+        Weiszfeld's iterations in the normalised space, from the mean (Gao et al. 2024 initialise
+        the pre-encoder bias so; it is more robust to outlier tokens than the mean).
+        """
+        points = self.normalise(sample).double()
+        median = points.mean(0)
+        for _ in range(iterations):
+            weights = 1.0 / (points - median).norm(dim=-1).clamp_min(1e-8)
+            updated = (weights[:, None] * points).sum(0) / weights.sum()
+            step = (updated - median).norm()
+            median = updated
+            if step <= 1e-6 * median.norm().clamp_min(1e-12):
+                break
+        self.b_dec.copy_(median.to(self.b_dec.dtype))
+
+    # -- inference -------------------------------------------------------------------------
+    def normalise(self, x: Tensor) -> Tensor:
+        """Raw activations [..., d_in] -> the normalised space the parameters live in."""
+        return x.to(self.W_enc.dtype) * self.cfg.input_scale
+
+    def encoder_input(self, x_norm: Tensor) -> Tensor:
+        """What the encoder matmul reads: x (normalised), minus b_dec where the config says so."""
+        return x_norm - self.b_dec if self.cfg.subtract_b_dec_in_encoder else x_norm
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Raw x [..., d_in] -> encoder pre-activations [..., n_features]."""
+        return self.encoder_input(self.normalise(x)) @ self.W_enc + self.b_enc
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Raw x [..., d_in] -> dense feature activations [..., n_features], in the reporting
+        convention."""
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Feature activations [..., n_features] (reporting convention) -> raw x_hat [..., d_in]."""
+        return (f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec) / self.cfg.input_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction of raw x [..., d_in], in raw units."""
+        return self.decode(self.encode(x))
+
+    # -- training --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def training_step(
+        self, x: Tensor, coefficient: float, dead_mask: Tensor | None = None
+    ) -> TrainStep:
+        """The architecture's training loss on raw x [batch, d_in], computed in the normalised
+        space. `coefficient` weighs the sparsity term (relu: L1; jumprelu: L0; topk, batchtopk:
+        AuxK); `dead_mask` [n_features] bool marks latents the trainer considers dead."""
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward, before the optimizer step (gradient constraints)."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after the optimizer step (parameter constraints)."""
+
+    @staticmethod
+    def _reconstruction_stats(x_norm: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(per-token squared error [batch], total variance of the batch about its mean)."""
+        squared_error = (x_norm - x_hat).pow(2).sum(-1)
+        total_variance = (x_norm - x_norm.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return squared_error, total_variance
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write folder/config.json and folder/weights.safetensors, each atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(folder / WEIGHTS_FILE, save_bytes(weights))
+        atomic_write_json(folder / CONFIG_FILE, self.cfg.to_json())
+
+    @torch.no_grad()
+    def load_weights(self, tensors: dict[str, Tensor], source: str) -> None:
+        """Copy `tensors` into the parameters; missing, extra or misshapen keys are named."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise SAEFormatError(
+                f"{source}: a {self.arch} SAE has tensors {sorted(expected)}; "
+                f"missing {missing}, unexpected {extra}"
+            )
+        for key, target in expected.items():
+            if tuple(tensors[key].shape) != tuple(target.shape):
+                raise SAEFormatError(
+                    f"{source}: {key} has shape {list(tensors[key].shape)}, expected "
+                    f"{list(target.shape)} (d_in={self.cfg.d_in}, "
+                    f"n_features={self.cfg.n_features})"
+                )
+            target.copy_(tensors[key])
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.k is not None else ""
+        return f"d_in={c.d_in}, n_features={c.n_features}{k}, input_scale={c.input_scale:.4g}"
+
+
+def random_directions(n: int, d: int, generator: torch.Generator) -> Tensor:
+    """n random unit vectors [n, d], uniform on the sphere."""
+    v = torch.randn(n, d, generator=generator)
+    return v / v.norm(dim=-1, keepdim=True)

@@ -1,0 +1,28 @@
+"""One class per architecture; `build_sae` makes a freshly initialised SAE from a config."""
+
+from __future__ import annotations
+
+import torch
+
+from monoscope.sae.base import SparseAutoencoder
+from monoscope.sae.batchtopk import BatchTopKSAE
+from monoscope.sae.config import SAEConfig
+from monoscope.sae.jumprelu import JumpReLUSAE
+from monoscope.sae.relu import ReluSAE
+from monoscope.sae.topk import TopKSAE
+
+SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
+    cls.arch: cls for cls in (ReluSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+}
+
+
+def empty_sae(cfg: SAEConfig) -> SparseAutoencoder:
+    """An SAE of the config's architecture with zero parameters (to load weights into)."""
+    return SAE_CLASSES[cfg.arch](cfg)
+
+
+def build_sae(cfg: SAEConfig, seed: int = 0) -> SparseAutoencoder:
+    """An SAE initialised as its architecture's paper does, on the CPU in float32."""
+    sae = empty_sae(cfg)
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    return sae

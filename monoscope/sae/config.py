@@ -1,0 +1,130 @@
+"""`SAEConfig`: what an SAE is (architecture, sizes, input scale) and where it came from.
+
+Written to `config.json` next to the weights, so a loaded SAE reproduces the numbers it was
+trained and evaluated with: the activation convention and whether `b_dec` is subtracted from
+the encoder input are recorded, not implied by the code version that reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SAE_FORMAT = "monoscope.sae"
+SAE_FORMAT_VERSION = 1
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+
+# "f*||W_dec_i||": features are reported as f_i times the decoder row norm, as Scaling
+# Monosemanticity reports them; the other architectures report f itself.
+DEFAULT_CONVENTION = {
+    "relu": "f*||W_dec_i||",
+    "topk": "f",
+    "batchtopk": "f",
+    "jumprelu": "f",
+}
+
+# Gao et al. 2024 subtract b_dec before encoding; the April 2024 update (relu) and Gemma Scope
+# (jumprelu) do not.
+DEFAULT_SUBTRACT_B_DEC = {"relu": False, "topk": True, "batchtopk": True, "jumprelu": False}
+
+
+@dataclass
+class SAEConfig:
+    arch: str
+    """Architecture: relu, topk, batchtopk or jumprelu."""
+    d_in: int
+    """Width of the activations the SAE reads."""
+    n_features: int
+    """Number of latents (dictionary size)."""
+    k: int | None = None
+    """Active latents per token (topk); mean active latents per token (batchtopk)."""
+    input_scale: float = 1.0
+    """Raw activations are multiplied by this before encoding and decode divides it out; the
+    trainer sets it so that E||x * scale|| = sqrt(d_in) (Anthropic, April 2024 update)."""
+    site: str | None = None
+    """Site the SAE was trained on, e.g. blocks.15.hook_resid_post."""
+    model: str | None = None
+    """Model name (and revision) the SAE was trained on."""
+    jumprelu_bandwidth: float = 0.001
+    """Width of the rectangle kernel of the JumpReLU straight-through estimator."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial JumpReLU threshold of every latent."""
+    batchtopk_threshold: float | None = None
+    """BatchTopK inference threshold: running mean of the smallest kept activation in training."""
+    activation_convention: str | None = None
+    """How feature activations are reported: 'f*||W_dec_i||' (relu) or 'f' (the others);
+    unset means the architecture's convention."""
+    subtract_b_dec_in_encoder: bool | None = None
+    """Encode x - b_dec instead of x (SAELens' apply_b_dec_to_input); unset means the
+    architecture's default (topk, batchtopk: yes; relu, jumprelu: no)."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Free-form summary written by the trainer (tokens, steps, final metrics) or the importer."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown SAE architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
+        for name in ("d_in", "n_features"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.arch in ("topk", "batchtopk"):
+            if self.k is None:
+                raise ValueError(f"{self.arch} needs k, the number of active latents per token")
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
+                raise ValueError(f"k must be a positive integer, got {self.k!r}")
+            if self.k > self.n_features:
+                raise ValueError(
+                    f"--k {self.k} is larger than the number of features {self.n_features}"
+                )
+        elif self.k is not None:
+            raise ValueError(f"k is for topk and batchtopk only; leave it unset for {self.arch}")
+        _positive("input_scale", self.input_scale)
+        _positive("jumprelu_bandwidth", self.jumprelu_bandwidth)
+        _positive("jumprelu_init_threshold", self.jumprelu_init_threshold)
+        if self.batchtopk_threshold is not None and not (
+            math.isfinite(self.batchtopk_threshold) and self.batchtopk_threshold >= 0
+        ):
+            raise ValueError(
+                f"batchtopk_threshold must be a finite number >= 0, got {self.batchtopk_threshold}"
+            )
+        expected = DEFAULT_CONVENTION[self.arch]
+        if self.activation_convention is None:
+            self.activation_convention = expected
+        elif self.activation_convention != expected:
+            raise ValueError(
+                f"{self.arch} SAEs report activations as {expected!r}, "
+                f"not {self.activation_convention!r}"
+            )
+        if self.subtract_b_dec_in_encoder is None:
+            self.subtract_b_dec_in_encoder = DEFAULT_SUBTRACT_B_DEC[self.arch]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": SAE_FORMAT, "version": SAE_FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SAEConfig:
+        d = dict(d)
+        fmt, version = d.pop("format", SAE_FORMAT), d.pop("version", SAE_FORMAT_VERSION)
+        if fmt != SAE_FORMAT:
+            raise ValueError(f"not a monoscope SAE config: format is {fmt!r}, not {SAE_FORMAT!r}")
+        if version != SAE_FORMAT_VERSION:
+            raise ValueError(
+                f"SAE config version {version}: this monoscope reads version {SAE_FORMAT_VERSION}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown SAE config keys {unknown}; known keys are {sorted(known)}")
+        missing = [name for name in ("arch", "d_in", "n_features") if name not in d]
+        if missing:
+            raise ValueError(f"SAE config lacks {missing}")
+        return cls(**d)
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

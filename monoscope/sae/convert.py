@@ -1,0 +1,41 @@
+"""`convert`: rewrite an SAE folder (monoscope, SAELens or sparsify) as monoscope or SAELens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monoscope.sae.files import FORMAT_FILES
+from monoscope.sae.io import load_sae
+from monoscope.sae.saelens import export_saelens
+
+TARGETS = ("monoscope", "saelens")
+
+
+def convert(src: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Load the SAE in `src` (format detected) and write it to `out` in format `to`.
+
+    Reconstructions are unchanged (see saelens.py for what an SAELens export folds into the
+    weights). A folder `out` that already has files is refused unless `overwrite`; then the SAE
+    files of every known format there are replaced, so the folder holds one SAE.
+    """
+    if to not in TARGETS:
+        raise ValueError(f"cannot convert to {to!r}; choose one of {', '.join(TARGETS)}")
+    src, out = Path(src), Path(out)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise ValueError(f"{out} is the source folder: write the conversion to another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        names = sorted(p.name for p in out.iterdir())
+        raise FileExistsError(
+            f"{out} already has files ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+            ": choose an empty folder, or overwrite to replace them"
+        )
+    sae = load_sae(src)
+    if overwrite and out.is_dir():
+        for files in FORMAT_FILES.values():
+            for name in files:
+                (out / name).unlink(missing_ok=True)
+    if to == "monoscope":
+        sae.save(out)
+    else:
+        export_saelens(sae, out)
+    return out

@@ -1,0 +1,58 @@
+"""Loading an SAE from a folder in any format monoscope reads (see files.py), detected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from monoscope.sae.base import SparseAutoencoder
+from monoscope.sae.build import empty_sae
+from monoscope.sae.config import SAEConfig
+from monoscope.sae.files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    SAEFormatError,
+    expected_files,
+    formats_in,
+    read_config,
+    read_tensors,
+)
+from monoscope.sae.saelens import load_saelens
+from monoscope.sae.sparsify import load_sparsify
+
+
+def detect_format(folder: str | Path) -> str:
+    """'monoscope', 'saelens' or 'sparsify': the format of the SAE in `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SAEFormatError(f"{folder} is not a folder; an SAE folder holds {expected_files()}")
+    found = formats_in(folder)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise SAEFormatError(f"{folder} holds SAE files of several formats {found}: keep one")
+    nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and formats_in(p))
+    hint = f"; its subfolders {nested} do: pass one of them" if nested else ""
+    raise SAEFormatError(f"{folder} holds no SAE: expected {expected_files()}{hint}")
+
+
+def load_monoscope(folder: str | Path) -> SparseAutoencoder:
+    """Read an SAE written by `SparseAutoencoder.save`."""
+    folder = Path(folder)
+    try:
+        cfg = SAEConfig.from_json(read_config(folder / CONFIG_FILE))
+    except (ValueError, TypeError) as err:
+        raise SAEFormatError(f"{folder / CONFIG_FILE}: {err}") from err
+    sae = empty_sae(cfg)
+    sae.load_weights(read_tensors(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE))
+    return sae
+
+
+def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SparseAutoencoder:
+    """Load the SAE in `folder` (monoscope, SAELens or sparsify format), in eval mode."""
+    loaders = {"monoscope": load_monoscope, "saelens": load_saelens, "sparsify": load_sparsify}
+    sae = loaders[detect_format(folder)](Path(folder))
+    if device is not None:
+        sae = sae.to(device)
+    return sae.eval()

@@ -1,0 +1,118 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"; as trained for Gemma Scope).
+
+    f = pre * H(pre - θ),  pre = W_enc^T x + b_enc,  θ = exp(log_threshold) per latent
+    x_hat = f W_dec + b_dec
+    loss = ||x - x_hat||^2 + λ ||f||_0
+
+H has no useful derivative, so θ learns through straight-through estimators with a rectangle
+kernel K of width ε (cfg.jumprelu_bandwidth): for the JumpReLU, d/dθ = -(θ/ε) K((pre - θ)/ε);
+for the L0 term, d/dθ = -(1/ε) K((pre - θ)/ε); pre gets the exact gradient H(pre - θ) from the
+JumpReLU and none from the L0 term.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions
+from monoscope.sae.config import SAEConfig
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > threshold)
+        kernel = _rectangle((pre - threshold) / eps)
+        grad_threshold = (-(threshold / eps) * kernel * grad).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = (-(1.0 / eps) * _rectangle((pre - threshold) / eps) * grad).sum(0)
+        return None, grad_threshold, None
+
+
+def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """pre * H(pre - threshold) for pre [batch, n]; straight-through gradient for threshold [n]."""
+    return _JumpReLU.apply(pre, threshold, bandwidth)
+
+
+def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """H(pre - threshold) for pre [batch, n]; straight-through gradient for threshold [n] only."""
+    return _Step.apply(pre, threshold, bandwidth)
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    arch = "jumprelu"
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.log_threshold = nn.Parameter(torch.zeros(cfg.n_features))
+
+    @property
+    def threshold(self) -> Tensor:
+        """θ per latent [n_features] (learned as its log, so it stays positive)."""
+        return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        # Gemma Scope: decoder rows random unit directions, encoder its transpose, biases 0,
+        # every threshold at jumprelu_init_threshold.
+        W_dec = random_directions(self.cfg.n_features, self.cfg.d_in, generator)
+        self.W_dec.copy_(W_dec)
+        self.W_enc.copy_(W_dec.t())
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.log_threshold.fill_(math.log(self.cfg.jumprelu_init_threshold))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_activations(x)
+        return pre * (pre > self.threshold)
+
+    def training_step(
+        self, x: Tensor, coefficient: float, dead_mask: Tensor | None = None
+    ) -> TrainStep:
+        x_norm = self.normalise(x)
+        pre = torch.addmm(self.b_enc, self.encoder_input(x_norm), self.W_enc)
+        threshold = self.threshold
+        bandwidth = self.cfg.jumprelu_bandwidth
+        f = jumprelu(pre, threshold, bandwidth)
+        x_hat = torch.addmm(self.b_dec, f, self.W_dec)
+        squared_error, total_variance = self._reconstruction_stats(x_norm, x_hat)
+        mse = squared_error.mean()
+        l0 = step(pre, threshold, bandwidth).sum(-1).mean()
+        active = f.detach() != 0
+        return TrainStep(
+            loss=mse + coefficient * l0,
+            mse=mse.detach(),
+            sparsity=l0.detach(),
+            l0=l0.detach(),
+            fired=active.any(0),
+            fvu=(squared_error.sum() / total_variance).detach(),
+        )

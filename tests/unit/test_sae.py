@@ -1,0 +1,402 @@
+"""monoscope.sae: the four architectures, their training steps, and the sparse TopK kernels."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from monoscope.sae import (
+    ARCHITECTURES,
+    AUXK_COEFFICIENT,
+    SAEConfig,
+    SparseAutoencoder,
+    build_sae,
+)
+from monoscope.sae.jumprelu import jumprelu, step
+from monoscope.sae.sparse import Pattern, batch_topk_indices, sampled_affine, sparse_decode
+
+D, F, K = 16, 64, 4
+COEFFICIENT = {"relu": 1e-2, "topk": AUXK_COEFFICIENT, "batchtopk": AUXK_COEFFICIENT}
+COEFFICIENT["jumprelu"] = 1e-3
+
+
+def config(arch: str, **overrides) -> SAEConfig:
+    k = K if arch in ("topk", "batchtopk") else None
+    return SAEConfig(**{"arch": arch, "d_in": D, "n_features": F, "k": k, **overrides})
+
+
+def trained_like(arch: str, seed: int = 0, **overrides) -> SparseAutoencoder:
+    """An SAE with every parameter perturbed away from its initial value (nonzero biases,
+    uneven decoder norms, per-latent thresholds), so tests exercise every term."""
+    sae = build_sae(config(arch, input_scale=0.7, **overrides), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    if arch == "batchtopk":
+        sae.cfg.batchtopk_threshold = 0.3
+    return sae
+
+
+def low_rank_data(n: int = 512, rank: int = 6, seed: int = 0) -> torch.Tensor:
+    """Sparse combinations of a few directions, plus an offset: a dictionary exists."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, D, generator=g)
+    codes = torch.rand(n, rank, generator=g) * (torch.rand(n, rank, generator=g) < 0.3)
+    return 3.0 * codes @ basis + torch.randn(D, generator=g)
+
+
+# -- config -------------------------------------------------------------------------------
+def test_config_defaults_per_architecture():
+    assert config("relu").activation_convention == "f*||W_dec_i||"
+    assert not config("relu").subtract_b_dec_in_encoder
+    assert config("topk").activation_convention == "f"
+    assert config("topk").subtract_b_dec_in_encoder
+    assert config("batchtopk").subtract_b_dec_in_encoder
+    assert not config("jumprelu").subtract_b_dec_in_encoder
+
+
+def test_config_json_round_trip():
+    cfg = config("batchtopk", site="blocks.3.hook_resid_post", batchtopk_threshold=0.25)
+    cfg.training["steps"] = 10
+    doc = cfg.to_json()
+    assert doc["format"] == "monoscope.sae" and doc["version"] == 1
+    assert SAEConfig.from_json(doc) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"arch": "gated"}, "unknown SAE architecture 'gated'"),
+        ({"arch": "topk", "k": 40000, "n_features": 9216}, "--k 40000 is larger than the number"),
+        ({"arch": "topk", "k": None}, "topk needs k"),
+        ({"arch": "relu", "k": 8}, "k is for topk and batchtopk only"),
+        ({"d_in": 0}, "d_in must be a positive integer"),
+        ({"n_features": -3}, "n_features must be a positive integer"),
+        ({"input_scale": 0.0}, "input_scale must be a finite number > 0"),
+        ({"activation_convention": "f"}, "relu SAEs report activations as"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SAEConfig(**{"arch": "relu", "d_in": D, "n_features": F, **overrides})
+
+
+def test_config_k_error_names_both_numbers():
+    with pytest.raises(ValueError) as err:
+        SAEConfig("topk", 576, 9216, k=40000)
+    assert str(err.value) == "--k 40000 is larger than the number of features 9216"
+
+
+def test_config_from_json_rejects_unknown_keys_and_formats():
+    doc = config("relu").to_json()
+    with pytest.raises(ValueError, match="unknown SAE config keys"):
+        SAEConfig.from_json({**doc, "l1": 3})
+    with pytest.raises(ValueError, match="not a monoscope SAE config"):
+        SAEConfig.from_json({**doc, "format": "other"})
+    with pytest.raises(ValueError, match="version 7"):
+        SAEConfig.from_json({**doc, "version": 7})
+
+
+# -- every architecture --------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shapes_and_reconstruction_is_decode_of_encode(arch):
+    sae = trained_like(arch).eval()
+    x = low_rank_data(32)
+    f = sae.encode(x)
+    assert f.shape == (32, F) and sae.decode(f).shape == (32, D)
+    assert torch.equal(sae(x), sae.decode(sae.encode(x)))
+    assert sae.encode(x.view(4, 8, D)).shape == (4, 8, F)  # leading dims pass through
+    assert torch.allclose(sae(x.view(4, 8, D)).view(32, D), sae(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_training_reduces_the_loss(arch):
+    torch.manual_seed(0)
+    x = low_rank_data(512)
+    sae = build_sae(config(arch, input_scale=D**0.5 / x.norm(dim=-1).mean().item()), seed=0)
+    sae.init_b_dec(x)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    dead = torch.arange(F) % 4 == 0  # exercise AuxK
+    losses = []
+    for _ in range(50):
+        out = sae.training_step(x, COEFFICIENT[arch], dead)
+        opt.zero_grad()
+        out.loss.backward()
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step()
+        losses.append(out.loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses[::10]
+    assert 0 < out.fvu.item() < 1 and out.l0.item() > 0 and out.fired.dtype == torch.bool
+    assert out.mse.requires_grad is False and out.sparsity.requires_grad is False
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_train_step_metrics_are_consistent(arch):
+    sae = trained_like(arch)
+    x = low_rank_data(64)
+    out = sae.training_step(x, COEFFICIENT[arch])
+    x_norm = x * sae.cfg.input_scale
+    # The reconstruction the step scored is the SAE's own, in the normalised space.
+    with torch.no_grad():
+        sae.train()  # batchtopk: the training rule
+        x_hat = sae(x) * sae.cfg.input_scale
+        f = sae.encode(x)
+    err = (x_norm - x_hat).pow(2).sum(-1)
+    assert torch.allclose(out.mse, err.mean(), rtol=1e-4)
+    assert torch.allclose(out.fvu, err.sum() / (x_norm - x_norm.mean(0)).pow(2).sum(), rtol=1e-4)
+    assert torch.allclose(out.l0, (f != 0).sum(-1).float().mean())
+    assert torch.equal(out.fired, (f != 0).any(0))
+
+
+def test_inputs_and_reconstructions_are_in_raw_units():
+    # An exact dictionary (x = ReLU(x) - ReLU(-x)) reconstructs raw x whatever input_scale is.
+    eye = torch.eye(D)
+    for scale in (0.01, 1.0, 37.0):
+        sae = build_sae(SAEConfig("relu", D, 2 * D, input_scale=scale))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+            sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+            sae.b_enc.zero_()
+        x = low_rank_data(16)
+        assert torch.allclose(sae(x), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_changing_input_scale_with_matching_weights_leaves_outputs_unchanged(arch):
+    sae = trained_like(arch).eval()
+    other = build_sae(config(arch, input_scale=3.0)).eval()
+    r = other.cfg.input_scale / sae.cfg.input_scale
+    with torch.no_grad():
+        other.load_state_dict(sae.state_dict())
+        other.W_enc.div_(r)
+        other.W_dec.mul_(r)
+        other.b_dec.mul_(r)
+    other.cfg.batchtopk_threshold = sae.cfg.batchtopk_threshold
+    x = low_rank_data(32)
+    assert torch.allclose(other(x), sae(x), rtol=1e-4, atol=1e-5)
+    if arch != "relu":  # relu reports f·||W_dec||, in normalised units by design
+        assert torch.allclose(other.encode(x), sae.encode(x), rtol=1e-4, atol=1e-5)
+
+
+# -- relu -----------------------------------------------------------------------------------
+def test_relu_init_follows_the_april_update():
+    sae = build_sae(config("relu"), seed=3)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.full((F,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.t())
+    assert not sae.b_enc.any() and not sae.b_dec.any()
+
+
+def test_relu_reports_f_times_decoder_norm_and_is_invariant_to_row_rescaling():
+    sae = trained_like("relu")
+    x = low_rank_data(64)
+    pre = (x * sae.cfg.input_scale) @ sae.W_enc + sae.b_enc
+    assert torch.allclose(sae.encode(x), torch.relu(pre) * sae.W_dec.norm(dim=-1), atol=1e-6)
+    before = sae.training_step(x, 0.1)
+    f_before = sae.encode(x)
+    c = torch.linspace(0.2, 5.0, F)  # row i of W_dec times c_i, encoder column and bias / c_i
+    with torch.no_grad():
+        sae.W_dec.mul_(c[:, None])
+        sae.W_enc.div_(c)
+        sae.b_enc.div_(c)
+    after = sae.training_step(x, 0.1)
+    assert torch.allclose(after.loss, before.loss, rtol=1e-5)
+    assert torch.allclose(after.sparsity, before.sparsity, rtol=1e-5)
+    assert torch.allclose(sae.encode(x), f_before, rtol=1e-5, atol=1e-6)
+
+
+# -- topk and batchtopk -----------------------------------------------------------------------
+def test_topk_keeps_exactly_k_latents():
+    sae = trained_like("topk")
+    with torch.no_grad():
+        sae.b_enc.fill_(50.0)  # every pre-activation positive: ReLU removes none
+    x = low_rank_data(64)
+    assert sae.training_step(x, AUXK_COEFFICIENT).l0.item() == K
+    assert ((sae.encode(x) != 0).sum(-1) == K).all()
+
+
+def test_batchtopk_keeps_k_per_token_on_average_and_learns_its_threshold():
+    sae = trained_like("batchtopk")
+    sae.cfg.batchtopk_threshold = None
+    with pytest.raises(RuntimeError, match="no inference threshold yet"):
+        sae.eval().encode(low_rank_data(4))
+    sae.train()
+    with torch.no_grad():
+        sae.b_enc.fill_(50.0)
+    x = low_rank_data(64)
+    out = sae.training_step(x, AUXK_COEFFICIENT)
+    assert out.l0.item() == K
+    counts = (sae.encode(x) != 0).sum(-1)
+    assert counts.sum() == 64 * K and counts.max() > counts.min()  # a shared budget
+    # The threshold is the smallest kept activation of the first batch, then a running mean.
+    kept = sae.encode(x)
+    first = kept[kept > 0].min().item()
+    assert sae.cfg.batchtopk_threshold == first
+    sae.training_step(x * 0.5, AUXK_COEFFICIENT)
+    assert sae.cfg.batchtopk_threshold < first
+    sae.eval()
+    pre = sae.pre_activations(x)
+    assert torch.equal(sae.encode(x), pre * (pre > sae.cfg.batchtopk_threshold))
+
+
+def test_unit_norm_decoder_is_maintained():
+    sae = build_sae(config("topk"))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    x = low_rank_data(128)
+    for _ in range(3):
+        out = sae.training_step(x, AUXK_COEFFICIENT, torch.arange(F) < 20)
+        opt.zero_grad()
+        out.loss.backward()
+        sae.before_optimizer_step()
+        along = (sae.W_dec.grad * sae.W_dec).sum(-1)
+        assert along.abs().max() < 1e-6  # no gradient along the rows
+        opt.step()
+        sae.after_optimizer_step()
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(F), atol=1e-6)
+
+
+def test_init_b_dec_is_the_geometric_median():
+    g = torch.Generator().manual_seed(0)
+    centre = torch.randn(D, generator=g)
+    cloud = centre + 0.1 * torch.randn(200, D, generator=g)
+    outliers = centre + 100.0 * torch.randn(20, D, generator=g)
+    sample = torch.cat([cloud, outliers])
+    sae = build_sae(config("topk", input_scale=2.0))
+    sae.init_b_dec(sample)
+    assert (sae.b_dec / 2.0 - centre).norm() < 0.1  # normalised space
+    assert (sample.mean(0) - centre).norm() > 1.0  # the mean is dragged away
+
+
+# -- jumprelu ---------------------------------------------------------------------------------
+def test_jumprelu_init_and_encode():
+    sae = build_sae(config("jumprelu", jumprelu_init_threshold=0.05))
+    assert torch.allclose(sae.threshold, torch.full((F,), 0.05))
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(F))
+    x = low_rank_data(16)
+    pre = sae.pre_activations(x)
+    assert torch.equal(sae.encode(x), pre * (pre > 0.05))
+
+
+def test_jumprelu_straight_through_gradients():
+    eps = 0.1
+    pre = torch.tensor([[0.95, 1.02, 2.0], [1.3, 0.5, 1.98]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 2.0], requires_grad=True)
+    grad = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    jumprelu(pre, theta, eps).backward(grad)
+    in_window = ((pre - theta).abs() < eps / 2).float()
+    assert torch.equal(pre.grad, grad * (pre > theta))
+    assert torch.allclose(theta.grad, (-(theta / eps) * in_window * grad).sum(0))
+    theta.grad = None
+    step(pre, theta, eps).sum(-1).mean().backward()
+    assert torch.allclose(theta.grad, (-(1 / eps) * in_window * 0.5).sum(0))
+
+
+# -- sparse kernels ----------------------------------------------------------------------------
+def _random_pattern(rows: int, cols: int, k: int, seed: int = 0) -> Pattern:
+    g = torch.Generator().manual_seed(seed)
+    return Pattern.from_row_indices(torch.rand(rows, cols, generator=g).topk(k).indices, cols)
+
+
+def test_sparse_functions_pass_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    p = _random_pattern(5, 9, 3)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x, W, b, W_dec, values = rand(5, 4), rand(4, 9), rand(9), rand(9, 4), rand(p.nnz)
+    assert torch.autograd.gradcheck(lambda x, W, b: sampled_affine(x, W, b, p), (x, W, b))
+    assert torch.autograd.gradcheck(lambda v, Wd: sparse_decode(v, Wd, p), (values, W_dec))
+    # A transposed (non-contiguous) weight, and a pattern with uneven rows.
+    flat = torch.tensor([0, 3, 4, 5, 6, 7, 8, 40, 44])
+    uneven = Pattern.from_flat_indices(flat, 5, 9)
+    assert torch.autograd.gradcheck(lambda x, Wd: sampled_affine(x, Wd.t(), b, uneven), (x, W_dec))
+    assert torch.equal(uneven.crow, torch.tensor([0, 7, 7, 7, 7, 9]))
+
+
+def test_sampled_affine_matches_the_dense_product():
+    p = _random_pattern(6, 20, 4)
+    x, W, b = torch.randn(6, 5), torch.randn(5, 20), torch.randn(20)
+    dense = x @ W + b
+    assert torch.allclose(sampled_affine(x, W, b, p), dense[p.row, p.col], atol=1e-6)
+    assert torch.equal(sampled_affine(x, W, b, p, dense), dense[p.row, p.col])
+    values = torch.randn(p.nnz)
+    W_dec = torch.randn(20, 5)
+    assert torch.allclose(sparse_decode(values, W_dec, p), p.dense(values) @ W_dec, atol=1e-6)
+
+
+def test_batch_topk_indices_are_the_global_top():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(32, 100, generator=g)
+    for n in (1, 32, 100, 3000):
+        expected = set(scores.flatten().topk(n).indices.tolist())
+        assert set(batch_topk_indices(scores, n).tolist()) == expected
+    scores[3] += 10.0  # one row holds more than the candidate budget: the exact fallback
+    expected = set(scores.flatten().topk(200).indices.tolist())
+    assert set(batch_topk_indices(scores, 200).tolist()) == expected
+
+
+def dense_topk_reference(sae, x, coefficient, dead_mask):
+    """TopK / BatchTopK training loss with plain dense autograd: the definition."""
+    x_norm = x * sae.cfg.input_scale
+    pre = (x_norm - sae.b_dec) @ sae.W_enc + sae.b_enc
+    if sae.cfg.arch == "topk":
+        keep = torch.zeros_like(pre, dtype=torch.bool)
+        keep.scatter_(-1, pre.topk(sae.cfg.k, dim=-1).indices, True)
+    else:
+        flat = pre.flatten().topk(pre.shape[0] * sae.cfg.k).indices
+        keep = torch.zeros(pre.numel(), dtype=torch.bool).index_fill_(0, flat, True)
+        keep = keep.view_as(pre)
+    z = torch.relu(pre) * keep
+    x_hat = z @ sae.W_dec + sae.b_dec
+    fvu = (x_norm - x_hat).pow(2).sum() / (x_norm - x_norm.mean(0)).pow(2).sum()
+    residual = (x_norm - x_hat).detach()
+    k_aux = min(sae.cfg.d_in // 2, int(dead_mask.sum()))
+    masked = pre.masked_fill(~dead_mask, -math.inf)
+    aux_keep = torch.zeros_like(pre, dtype=torch.bool)
+    aux_keep.scatter_(-1, masked.topk(k_aux, dim=-1).indices, True)
+    residual_hat = (torch.relu(pre) * aux_keep) @ sae.W_dec
+    aux = (residual - residual_hat).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+    return fvu + coefficient * aux
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_step_has_the_dense_gradients(arch):
+    torch.manual_seed(0)
+    d, n, k, batch = 32, 512, 8, 64
+    sae = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    x = torch.randn(batch, d) * 2.0
+    dead = torch.rand(n) < 0.2
+    out = sae.training_step(x, 0.25, dead)
+    out.loss.backward()
+    sparse_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    reference = dense_topk_reference(sae, x, 0.25, dead)
+    reference.backward()
+    assert torch.allclose(out.loss, reference, rtol=1e-5)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(sparse_grads[name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_step_saves_no_dense_batch_by_features_tensor(arch):
+    d, n, batch = 32, 512, 64
+    sae = build_sae(SAEConfig(arch, d, n, k=8), seed=0)
+    saved = []
+
+    def pack(t):
+        saved.append((t.layout, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = sae.training_step(torch.randn(batch, d), AUXK_COEFFICIENT, torch.rand(n) < 0.5)
+    out.loss.backward()
+    assert saved and all(math.prod(shape) < batch * n for _, shape in saved), saved
