@@ -83,8 +83,8 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
         sample = sample[sample.norm(dim=-1) <= max_norm]
     # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
     sae.cfg.input_scale = math.sqrt(source.d) / float(sample.norm(dim=-1).mean())
-    if hasattr(sae, "init_b_dec"):
-        sae.init_b_dec(sample)
+    if cfg.arch in ("topk", "batchtopk"):
+        sae.init_b_dec(sample)  # Gao et al.; the April 2024 recipe keeps biases at zero
     return sae
 
 
