@@ -87,22 +87,43 @@ class Trainer:
         return (time.perf_counter() - start) / len(self.data)
 
 
+PEAK_TAG = "RSS_GROWTH_KB"
+
+# Run in a fresh interpreter. The peak is the kernel's high-water mark of this process's own
+# address space (VmHWM in /proc/self/status): ru_maxrss will not do, because Linux carries it
+# over fork + exec, so a child of a large benchmark process starts at its parent's peak and
+# reports no growth at all.
+_PEAK_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+import benchmarks.train as b
+data = b.batches(None, 4)
+base = b.rss_kb("VmRSS")
+t = b.Trainer({arch!r}, data)
+t.steps()
+print(b.PEAK_TAG, b.rss_kb("VmHWM") - base)
+"""
+
+
+def rss_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB (VmRSS, VmHWM, ...)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
 def peak_memory(arch: str) -> tuple[float, float]:
     """(peak RSS growth of a process training 4 steps, weights + Adam + batch), in MiB."""
-    code = (
-        "import resource, sys, torch\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import benchmarks.train as b\n"
-        "data = b.batches(None, 4)\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"t = b.Trainer({arch!r}, data); t.steps()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
-    )
-    grown_kb = int(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.split()[-1]
-    )
+    code = _PEAK_CHILD.format(repo=str(REPO), arch=arch)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    tagged = [line.split() for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
+    if done.returncode != 0 or len(tagged) != 1 or len(tagged[0]) != 2:
+        raise RuntimeError(
+            f"peak-memory child for {arch} failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+    grown_kb = int(tagged[0][1])
     n_params = 2 * D * N_FEATURES + N_FEATURES + D
     expected = (3 * n_params * 4 + BATCH * D * 4) / 2**20  # weights + 2 Adam moments + batch
     return grown_kb / 1024, expected

@@ -57,7 +57,14 @@ class TrainConfig:
     outlier_multiple: float = 10.0
     """Skip tokens whose norm exceeds this multiple of the median norm (0: keep all)."""
     site: str = ""
-    """Site to train on when the store holds several."""
+    """Site to train on when the store holds several (and the site to stream from)."""
+    stream_model: str = ""
+    """Train straight from this model's forward passes instead of a store (needs --site,
+    --corpus and --tokens); nothing but the SAE is written."""
+    corpus: str = "builtin"
+    """Corpus to stream from (with --stream-model)."""
+    context: int = 128
+    """Tokens per context when streaming (with --stream-model)."""
     seed: int = 0
     """Seed of the initialisation and the data order."""
     checkpoint_every: int = 500

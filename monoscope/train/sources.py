@@ -6,6 +6,7 @@ split, and an outlier filter by per-token norm.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,105 @@ class ArraySource:
         if max_norm is not None:
             test = test[test.norm(dim=-1) <= max_norm]
         yield from test.split(batch_size)
+
+
+class ModelSource:
+    """Training batches straight from a model's forward passes: nothing is stored.
+
+    Contexts come from the corpus in its deterministic order; held-out contexts are skipped by
+    the same hash rule as a store's split; rows (BOS excluded) are pooled in a buffer of
+    `buffer_tokens` and shuffled there. One epoch is one pass over the corpus.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        site: str,
+        corpus: str,
+        context: int = 128,
+        model_dtype: str = "float32",
+        buffer_tokens: int = 1 << 17,
+        heldout_fraction: float = 0.05,
+    ) -> None:
+        from monoscope.data import CorpusSpec
+        from monoscope.models import load_model
+
+        if not site:
+            raise ValueError("streaming needs --site, e.g. blocks.15.hook_resid_post")
+        self.lm = load_model(model, dtype=model_dtype)
+        self.lm.site(site)  # unknown sites fail now
+        self.spec = CorpusSpec(corpus)
+        self.spec.validate()
+        self.site, self.context = site, context
+        self.d = self.lm.site(site).width
+        self.model = self.lm.name
+        self.buffer_tokens, self.heldout_fraction = buffer_tokens, heldout_fraction
+        self.description = {"model": model, "site": site, "corpus": corpus, "context": context}
+        self._sample: Tensor | None = None
+
+    def n_train_tokens(self) -> int:
+        raise ValueError("streaming from a model has no fixed size: pass --tokens")
+
+    def _rows(self, split: str) -> Iterator[Tensor]:
+        """Activations [n, d] of the split's contexts, a forward batch at a time."""
+        from monoscope.data import iter_contexts
+        from monoscope.harvest import heldout_mask
+
+        per_batch = max(1, 4096 // self.context)
+        contexts = iter_contexts(self.spec, self.lm.tokenizer, self.context)
+        indexed = zip(itertools.count(), contexts, strict=False)
+        while chunk := list(itertools.islice(indexed, per_batch)):
+            held = heldout_mask(torch.tensor([i for i, _ in chunk]), self.heldout_fraction)
+            keep = [
+                c.tokens
+                for (_, c), h in zip(chunk, held.tolist(), strict=True)
+                if h == (split == "heldout")
+            ]
+            if keep:
+                acts = self.lm.capture(torch.tensor(keep), [self.site])[self.site]
+                yield acts[:, 1:].reshape(-1, self.d).float().cpu()
+
+    def sample(self, n: int) -> Tensor:
+        if self._sample is None or self._sample.shape[0] < n:
+            rows, held = [], 0
+            for acts in self._rows("train"):
+                rows.append(acts)
+                held += acts.shape[0]
+                if held >= n:
+                    break
+            self._sample = torch.cat(rows)
+        return self._sample[:n]
+
+    def median_norm(self) -> float:
+        return float(self.sample(16_384).norm(dim=-1).median())
+
+    def epoch(self, batch_size: int, seed: int, max_norm: float | None) -> Iterator[Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        pool: list[Tensor] = []
+        held = 0
+
+        def shuffled_batches() -> Iterator[Tensor]:
+            mixed = torch.cat(pool)
+            mixed = mixed[torch.randperm(mixed.shape[0], generator=gen)]
+            full = mixed.shape[0] - mixed.shape[0] % batch_size
+            yield from mixed[:full].split(batch_size)
+            pool[:] = [mixed[full:]]
+
+        for acts in self._rows("train"):
+            if max_norm is not None:
+                acts = acts[acts.norm(dim=-1) <= max_norm]
+            pool.append(acts)
+            held += acts.shape[0]
+            if held >= self.buffer_tokens:
+                yield from shuffled_batches()
+                held = pool[0].shape[0]
+        yield from shuffled_batches()  # the corpus ended: what is left, in full batches
+
+    def heldout(self, batch_size: int, max_norm: float | None = None) -> Iterator[Tensor]:
+        for acts in self._rows("heldout"):
+            if max_norm is not None:
+                acts = acts[acts.norm(dim=-1) <= max_norm]
+            yield from acts.split(batch_size)
 
 
 def open_source(path: str | Path, site: str | None = None) -> StoreSource | ArraySource:

@@ -32,7 +32,7 @@ from monoscope.train.config import TrainConfig
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.loggers import MetricLogger
 from monoscope.train.schedules import coefficient_warmup, learning_rate
-from monoscope.train.sources import open_source
+from monoscope.train.sources import ModelSource, open_source
 from monoscope.train.target_l0 import L0Controller
 
 _INIT_SAMPLE = 16_384  # rows used to estimate the input scale and initialise b_dec
@@ -91,7 +91,10 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
 def run(cfg: TrainConfig) -> SparseAutoencoder:
     """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one."""
     configure_threads()
-    source = open_source(cfg.acts, cfg.site or None)
+    if cfg.stream_model:
+        source = ModelSource(cfg.stream_model, cfg.site, cfg.corpus, cfg.context)
+    else:
+        source = open_source(cfg.acts, cfg.site or None)
     out = Path(cfg.out)
     _prepare_out(out, cfg.overwrite)
     median = source.median_norm()

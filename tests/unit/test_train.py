@@ -180,3 +180,33 @@ def test_trains_from_an_activation_store(tiny_llama, corpus_file, tmp_path):
     )
     assert sae.cfg.site == "blocks.1.hook_resid_post" and sae.cfg.d_in == 32
     assert sae.cfg.model == tiny_llama.name
+
+
+def test_streaming_from_the_model_trains_and_resumes_exactly(
+    tiny_model_dirs, corpus_file, tmp_path, monkeypatch
+):
+    options = dict(
+        stream_model=str(tiny_model_dirs["gpt2"]),
+        site="blocks.1.hook_resid_post",
+        corpus=str(corpus_file),
+        context=32,
+        tokens=256 * 8,
+    )
+    with pytest.raises(ValueError, match="pass --tokens"):
+        run(cfg("unused", tmp_path / "x", **{**options, "tokens": 0}))
+    reference = run(cfg("unused", tmp_path / "ref", **options))
+    assert reference.cfg.d_in == 32 and reference.cfg.site == "blocks.1.hook_resid_post"
+    real_lr = train_run.learning_rate
+
+    def dying_lr(step, *args):
+        if step == 6:
+            raise Killed
+        return real_lr(step, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_run, "learning_rate", dying_lr)
+        with pytest.raises(Killed):
+            run(cfg("unused", tmp_path / "sae", **options))
+    resumed = run(cfg("unused", tmp_path / "sae", **options))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
