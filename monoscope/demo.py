@@ -79,7 +79,7 @@ def run(cfg: DemoConfig) -> dict:
                 features=cfg.features,
                 k=cfg.k,
                 overwrite=cfg.overwrite,
-                dead_window=1_000_000,
+                dead_window=65_536,
             )
         )
     print("[3/3] evaluate on held-out tokens, with the SAE spliced into the model")

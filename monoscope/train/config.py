@@ -17,8 +17,8 @@ ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 # quality benchmark (docs/LOG.md). jumprelu: λ of the L0 penalty, in units of the summed MSE.
 DEFAULTS: dict[str, tuple[float, float]] = {
     "relu": (5e-5, 5.0),
-    "topk": (2e-3, 1 / 32),
-    "batchtopk": (2e-3, 1 / 32),
+    "topk": (4e-3, 1 / 32),
+    "batchtopk": (4e-3, 1 / 32),
     "jumprelu": (1e-3, 0.5),
 }
 
