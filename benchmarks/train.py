@@ -20,6 +20,9 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import resource
 import subprocess
 import sys
@@ -65,13 +68,20 @@ def matmul_seconds(reps: int) -> float:
 class Trainer:
     """The trainer's inner step (same calls as monoscope.train.run), without I/O."""
 
-    def __init__(self, arch: str, data: list[torch.Tensor]) -> None:
-        cfg = SAEConfig(arch=arch, d_in=D, n_features=N_FEATURES, k=K if arch == "topk" else None)
+    def __init__(
+        self,
+        arch: str,
+        data: list[torch.Tensor],
+        n_features: int = N_FEATURES,
+        compute_dtype: str = "float32",
+    ) -> None:
+        k = K if arch in ("topk", "batchtopk") else None
+        cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
         self.sae.cfg.input_scale = D**0.5 / float(data[0].norm(dim=-1).mean())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
         self.coefficient = 5.0 if arch == "relu" else 1 / 32
-        self.dead = torch.zeros(N_FEATURES, dtype=torch.bool)
+        self.dead = torch.zeros(n_features, dtype=torch.bool)
         self.data = data
 
     def steps(self) -> float:
@@ -92,17 +102,34 @@ PEAK_TAG = "RSS_GROWTH_KB"
 # Run in a fresh interpreter. The peak is the kernel's high-water mark of this process's own
 # address space (VmHWM in /proc/self/status): ru_maxrss will not do, because Linux carries it
 # over fork + exec, so a child of a large benchmark process starts at its parent's peak and
-# reports no growth at all.
+# reports no growth at all. Unless {cold}, a tiny SAE of the same architecture trains a step
+# first and the high-water mark is reset after it: what is then measured is what the SAE's
+# size costs, not the process's one-off costs (the ~800 modules `torch.optim` pulls in,
+# ~60 MiB; the pages of kernels run for the first time; thread pools), which the cold figure
+# includes.
 _PEAK_CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
 import benchmarks.train as b
 data = b.batches(None, 4)
+if not {cold}:
+    b.Trainer({arch!r}, data[:1], n_features=64, compute_dtype={dtype!r}).steps()
+    b.reset_peak_rss()
 base = b.rss_kb("VmRSS")
-t = b.Trainer({arch!r}, data)
+t = b.Trainer({arch!r}, data, compute_dtype={dtype!r})
 t.steps()
 print(b.PEAK_TAG, b.rss_kb("VmHWM") - base)
 """
+
+
+def reset_peak_rss() -> None:
+    """Give free heap memory back to the system (glibc), then reset this process's VmHWM to
+    its current RSS (Linux: write 5 to clear_refs): what the warm-up freed must not be there
+    for the measured run to reuse without growing."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def rss_kb(field: str) -> int:
@@ -113,9 +140,9 @@ def rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def peak_memory(arch: str) -> tuple[float, float]:
+def peak_memory(arch: str, cold: bool = False, dtype: str = "float32") -> tuple[float, float]:
     """(peak RSS growth of a process training 4 steps, weights + Adam + batch), in MiB."""
-    code = _PEAK_CHILD.format(repo=str(REPO), arch=arch)
+    code = _PEAK_CHILD.format(repo=str(REPO), arch=arch, cold=cold, dtype=dtype)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     tagged = [line.split() for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
     if done.returncode != 0 or len(tagged) != 1 or len(tagged[0]) != 2:

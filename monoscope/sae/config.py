@@ -25,6 +25,8 @@ DEFAULT_CONVENTION = {
     "jumprelu": "f",
 }
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 # Gao et al. 2024 subtract b_dec before encoding; the April 2024 update (relu) and Gemma Scope
 # (jumprelu) do not.
 DEFAULT_SUBTRACT_B_DEC = {"relu": False, "topk": True, "batchtopk": True, "jumprelu": False}
@@ -59,6 +61,9 @@ class SAEConfig:
     subtract_b_dec_in_encoder: bool | None = None
     """Encode x - b_dec instead of x (SAELens' apply_b_dec_to_input); unset means the
     architecture's default (topk, batchtopk: yes; relu, jumprelu: no)."""
+    compute_dtype: str = "float32"
+    """Precision of the training step's dense matmuls: 'float32', or 'bfloat16' (parameters,
+    gradients and Adam stay float32; the dense products run in bfloat16)."""
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form summary written by the trainer (tokens, steps, final metrics) or the importer."""
 
@@ -98,6 +103,11 @@ class SAEConfig:
             raise ValueError(
                 f"{self.arch} SAEs report activations as {expected!r}, "
                 f"not {self.activation_convention!r}"
+            )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                f"got {self.compute_dtype!r}"
             )
         if self.subtract_b_dec_in_encoder is None:
             self.subtract_b_dec_in_encoder = DEFAULT_SUBTRACT_B_DEC[self.arch]

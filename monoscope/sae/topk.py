@@ -13,19 +13,50 @@ by the same normalised MSE: ||e - e_hat||^2 / ||e - mean(e)||^2; 0 when none is 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions
-from monoscope.sae.sparse import Pattern, sampled_affine, sparse_decode
+from monoscope.sae.sparse import (
+    Pattern,
+    TopGroups,
+    merge_groups,
+    sampled_affine,
+    sparse_error,
+    top_groups,
+    topk_blocks,
+    topk_rows,
+)
 
 AUXK_COEFFICIENT = 1 / 32
 """Gao et al.'s AuxK weight α: the coefficient to pass to `training_step` for topk/batchtopk."""
 
+PreChunks = Callable[[], Iterator[tuple[int, int, Tensor]]]
+"""Re-runnable source of (first row, column part, pre-activations of a block of rows and a
+part of the columns): column blocks [nb, rows, w], latent part * nb * w + b * w + j of the
+rows at [b, :, j]."""
+
+
+class Selection(NamedTuple):
+    """The latents a training batch keeps (and AuxK's), with their pre-activations [nnz] in
+    pattern order; None where they are to be recomputed exactly (selection in bfloat16)."""
+
+    pattern: Pattern
+    pre: Tensor | None
+    aux_pattern: Pattern | None
+    aux_pre: Tensor | None
+
 
 class TopKFamilySAE(SparseAutoencoder):
     """Unit-norm decoder rows, AuxK, and a training step that only touches selected latents."""
+
+    chunk_rows: ClassVar[int] = 512
+    """Rows of pre-activations computed at a time while selecting."""
+    column_block: ClassVar[int] = 1152
+    """Columns per matmul call (cache-sized blocks: faster than one call per block of rows)."""
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
@@ -38,46 +69,58 @@ class TopKFamilySAE(SparseAutoencoder):
         self.b_dec.zero_()
 
     @abc.abstractmethod
-    def select(self, pre: Tensor) -> Pattern:
-        """The latents a training batch keeps, from its pre-activations [batch, n_features]."""
+    def candidates(self, pre: Tensor, offset: int) -> TopGroups:
+        """Each row's candidates (its top m, as `TopGroups`), from the pre-activations of a
+        block of rows and a part of the columns, as column blocks [nb, rows, w] (see
+        `PreChunks`), the part's first latent being `offset`; `choose` picks the kept latents
+        among the rows' candidates."""
+
+    @abc.abstractmethod
+    def choose(self, values: Tensor, indices: Tensor, chunks: PreChunks) -> tuple[Pattern, Tensor]:
+        """The kept latents of the batch and their pre-activations [nnz] (pattern order), from
+        every row's candidates [batch, m]; `chunks` recomputes the pre-activations if needed."""
 
     def training_step(
         self, x: Tensor, coefficient: float = AUXK_COEFFICIENT, dead_mask: Tensor | None = None
     ) -> TrainStep:
-        x_norm = self.normalise(x)
-        x_in = self.encoder_input(x_norm)
-        with torch.no_grad():
-            # The one dense cost, forward only: choose the active latents.
-            pre = torch.addmm(self.b_enc, x_in, self.W_enc)
-            pattern = self.select(pre)
-            aux_pattern = self._aux_pattern(pre, dead_mask)
-        values = torch.relu(sampled_affine(x_in, self.W_enc, self.b_enc, pattern, pre))
-        aux_values = (
-            torch.relu(sampled_affine(x_in, self.W_enc, self.b_enc, aux_pattern, pre))
-            if aux_pattern is not None
-            else None
+        # No [batch, d_in] copy of the input: the normalisation (x * scale, minus b_dec for the
+        # encoder) is applied a block at a time while selecting, inside the sparse products'
+        # gradients, and in the one [batch, d_in] tensor of the step, the residual x - x_hat.
+        x = x.to(self.W_enc.dtype)
+        rows, scale = x.shape[0], self.cfg.input_scale
+        shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
+        # One allocation serves the selection's blocks of pre-activations, then the residual.
+        workspace = x.new_empty(max(self._workspace_size(rows), x.numel()))
+        sel = self.select_latents(x.detach(), dead_mask, workspace)
+        values = torch.relu(
+            sampled_affine(x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, scale)
         )
-        del pre  # [batch, n_features]: free it before the rest of the step
-        x_hat = sparse_decode(values, self.W_dec, pattern) + self.b_dec
-        squared_error, total_variance = self._reconstruction_stats(x_norm, x_hat)
-        fvu = squared_error.sum() / total_variance
+        residual = workspace[: x.numel()].view(x.shape)
+        sse, residual = sparse_error(
+            values, self.W_dec, sel.pattern, x, self.b_dec, scale, out=residual
+        )
+        del workspace
+        fvu = sse / _total_variance(x, scale)
         aux = fvu.new_zeros(())
-        if aux_pattern is not None and aux_values is not None:
-            residual = (x_norm - x_hat).detach()
-            residual_hat = sparse_decode(aux_values, self.W_dec, aux_pattern)
-            aux = (residual - residual_hat).pow(2).sum() / (
-                (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+        if sel.aux_pattern is not None:
+            aux_values = torch.relu(
+                sampled_affine(
+                    x, self.W_enc, self.b_enc, sel.aux_pattern, sel.aux_pre, shift, scale
+                )
             )
+            aux_sse, _ = sparse_error(aux_values, self.W_dec, sel.aux_pattern, residual)
+            aux = aux_sse / _total_variance(residual)
+        del residual
         active = values.detach() > 0
-        self.observe(values.detach(), pattern)
+        self.observe(values.detach(), sel.pattern)
         # Counted with index_add_ rather than boolean indexing: no host sync on a GPU.
         counts = values.new_zeros(self.cfg.n_features)
-        counts.index_add_(0, pattern.col, active.to(values.dtype))
+        counts.index_add_(0, sel.pattern.col, active.to(values.dtype))
         return TrainStep(
             loss=fvu + coefficient * aux,
-            mse=squared_error.mean().detach(),
+            mse=sse.detach() / rows,
             sparsity=aux.detach(),
-            l0=active.sum().float() / x_norm.shape[0],
+            l0=active.sum().float() / rows,
             fired=counts > 0,
             fvu=fvu.detach(),
         )
@@ -86,39 +129,173 @@ class TopKFamilySAE(SparseAutoencoder):
         """Hook for statistics of the kept activations [nnz] of a training step (batchtopk
         learns its threshold here)."""
 
-    def _aux_pattern(self, pre: Tensor, dead_mask: Tensor | None) -> Pattern | None:
-        if dead_mask is None:
-            return None
-        # Ascending, so the pattern's columns stay sorted within each row.
-        dead = dead_mask.to(pre.device).nonzero().flatten()
-        k_aux = min(self.cfg.d_in // 2, dead.numel())
-        if k_aux == 0:
-            return None
-        top = pre[:, dead].topk(k_aux, dim=-1, sorted=False).indices
-        return Pattern.from_row_indices(dead[top], self.cfg.n_features)
+    @torch.no_grad()
+    def select_latents(
+        self, x: Tensor, dead_mask: Tensor | None = None, workspace: Tensor | None = None
+    ) -> Selection:
+        """The latents kept for raw activations x [batch, d_in] (and, when `dead_mask` marks
+        dead latents, AuxK's top k_aux among them), from pre-activations computed a block of
+        rows and columns at a time: the [batch, n_features] matrix never exists whole.
+        `workspace`, a flat tensor of x's dtype with at least `_workspace_size(batch)`
+        elements, holds the blocks (allocated here if not given)."""
+        if workspace is None:
+            workspace = x.new_empty(self._workspace_size(x.shape[0]))
+        n = self.cfg.n_features
+        k_aux, dead_parts = 0, []
+        if dead_mask is not None:
+            dead = dead_mask.to(x.device).nonzero().flatten()
+            k_aux = min(self.cfg.d_in // 2, dead.numel())
+            if k_aux:
+                # The dead latents of each column part, as columns of that part.
+                parts, _, w = self._chunk_shape(x.shape[0])
+                width = n // parts
+                dead_parts = [
+                    dead[(dead >= p * width) & (dead < p * width + width)] - p * width
+                    for p in range(parts)
+                ]
+
+        def chunks() -> Iterator[tuple[int, int, Tensor]]:
+            return self._pre_chunks(x, workspace)
+
+        parts = self._chunk_shape(x.shape[0])[0]
+        values, indices, aux_values, aux_indices = [], [], [], []
+        groups, aux_v, aux_i = [], [], []
+        for _, part, pre in chunks():
+            offset = part * pre.shape[0] * pre.shape[2]  # first latent of the part
+            groups.append(self.candidates(pre, offset))
+            if k_aux:
+                # AuxK: the top k_aux pre-activations among the dead latents.
+                columns = dead_parts[part]
+                if columns.numel() == pre.shape[0] * pre.shape[2]:
+                    v, i = topk_blocks(pre, k_aux)
+                    aux_v.append(v)
+                    aux_i.append(i + offset)
+                elif columns.numel():
+                    w = pre.shape[2]
+                    dead_pre = pre[columns // w, :, columns % w].t().contiguous()
+                    v, i = topk_rows(dead_pre, min(k_aux, columns.numel()))
+                    aux_v.append(v)
+                    aux_i.append(columns[i] + offset)
+            if part == parts - 1:  # the block of rows is complete
+                m = groups[0].maxima.shape[1]
+                v, i = merge_groups(groups, m).finish(m)
+                values.append(v)
+                indices.append(i)
+                if aux_v:
+                    v, i = _merge(aux_v, aux_i, k_aux)
+                    aux_values.append(v)
+                    aux_indices.append(i)
+                groups, aux_v, aux_i = [], [], []
+        pattern, pre_values = self.choose(torch.cat(values), torch.cat(indices), chunks)
+        aux_pattern = aux_pre = None
+        if aux_values:
+            aux_pattern, aux_pre = Pattern.from_rows(
+                torch.cat(aux_indices), torch.cat(aux_values), n
+            )
+        if self._selection_dtype() != self.W_enc.dtype:
+            # Chosen in a lower precision: sampled_affine recomputes the kept entries.
+            return Selection(pattern, None, aux_pattern, None)
+        return Selection(pattern, pre_values, aux_pattern, aux_pre)
+
+    def _selection_dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    def _chunk_shape(self, rows: int) -> tuple[int, int, int]:
+        """(column parts, rows per block of rows, block width w): a block of rows is computed
+        one column part at a time, as column blocks [nb / parts, rows, w]. The parts are the
+        fewest (a divisor of nb) whose buffer fits in the memory of the step's [rows, d_in]
+        residual, which then reuses it: the selection costs no memory of its own."""
+        n = self.cfg.n_features
+        w = self.column_block if n % self.column_block == 0 else n
+        nb, size = n // w, min(self.chunk_rows, rows)
+        itemsize = torch.finfo(self._selection_dtype()).bits // 8
+        budget = rows * self.cfg.d_in * self.W_enc.element_size()
+        fits = [
+            p for p in range(1, nb + 1) if nb % p == 0 and nb // p * size * w * itemsize <= budget
+        ]
+        return (fits[0] if fits else nb), size, w
+
+    def _workspace_size(self, rows: int) -> int:
+        """Elements of the parameters' dtype that `select_latents` needs for `rows` rows."""
+        parts, size, w = self._chunk_shape(rows)
+        itemsize = torch.finfo(self._selection_dtype()).bits // 8
+        blocks = self.cfg.n_features // w // parts
+        return -(-blocks * size * w * itemsize // self.W_enc.element_size())
+
+    def _pre_chunks(self, x: Tensor, workspace: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+        """(first row, column part, pre-activations as column blocks [nb / parts, rows, w]) per
+        `chunk_rows` rows of raw x and column part; each is written into `workspace`, valid
+        until the next one."""
+        dtype = self._selection_dtype()
+        W, b = self.W_enc.to(dtype), self.b_enc.to(dtype)
+        parts, size, w = self._chunk_shape(x.shape[0])
+        nb = self.cfg.n_features // w // parts
+        buffer = workspace.view(dtype)[: nb * size * w].view(nb, size, w)
+        for start in range(0, x.shape[0], size):
+            stop = min(start + size, x.shape[0])
+            x_in = self.encoder_input(self.normalise(x[start:stop])).to(dtype)
+            pre = buffer[:, : stop - start]
+            for part in range(parts):
+                for block in range(nb):
+                    columns = slice((part * nb + block) * w, (part * nb + block + 1) * w)
+                    torch.addmm(b[columns], x_in, W[:, columns], out=pre[block])
+                yield start, part, pre
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
         # Keep rows on the unit sphere to first order: drop the gradient along each row.
         grad, W = self.W_dec.grad, self.W_dec
-        if grad is not None:
-            squared_norms = torch.einsum("fd,fd->f", W, W).clamp_min(1e-24)
-            along = torch.einsum("fd,fd->f", grad, W) / squared_norms
-            grad.addcmul_(along[:, None], W, value=-1.0)
+        if grad is None:
+            return
+        for g, w in zip(grad.split(_ROW_BLOCK), W.split(_ROW_BLOCK), strict=True):
+            # A block at a time, so the products below stay in cache.
+            along = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
+            g.addcmul_(along.unsqueeze(1), w, value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        for w in self.W_dec.split(_ROW_BLOCK):
+            w.div_(torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+_ROW_BLOCK = 1024
+"""Decoder rows per block of the decoder-norm constraint (a [block, d_in] slice stays in cache)."""
+
+
+def _merge(
+    values: list[Tensor], indices: list[Tensor], values_per_row: int
+) -> tuple[Tensor, Tensor]:
+    """Each row's top `values_per_row` of candidates given in parts ([rows, m_p] each)."""
+    if len(values) == 1:
+        return values[0], indices[0]
+    merged, position = torch.cat(values, 1).topk(values_per_row, dim=-1, sorted=False)
+    return merged, torch.cat(indices, 1).gather(1, position)
+
+
+def _total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
+    """Σ ||x_n * scale - mean||^2 over the rows of x [batch, d] (at least 1e-12).
+
+    Centred a block of rows at a time, so the centred copy stays in cache (torch.var over
+    dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
+    mean = x.mean(0)
+    total = x.new_zeros(())
+    for block in x.split(_ROW_BLOCK):
+        centred = (block - mean).view(-1)
+        total = total + torch.dot(centred, centred)
+    return (total * scale**2).clamp_min(1e-12)
 
 
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
 
-    def select(self, pre: Tensor) -> Pattern:
-        top = pre.topk(self.cfg.k, dim=-1, sorted=False).indices
-        return Pattern.from_row_indices(top, pre.shape[-1])
+    def candidates(self, pre: Tensor, offset: int) -> TopGroups:
+        return top_groups(pre, self.cfg.k, offset, self.cfg.n_features)
+
+    def choose(self, values: Tensor, indices: Tensor, chunks: PreChunks) -> tuple[Pattern, Tensor]:
+        return Pattern.from_rows(indices, values, self.cfg.n_features)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)
-        top = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        flat = pre.reshape(-1, pre.shape[-1])
+        values, indices = topk_rows(flat, self.cfg.k)
+        return torch.zeros_like(flat).scatter_(-1, indices, torch.relu(values)).view(pre.shape)
