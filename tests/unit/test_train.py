@@ -92,19 +92,24 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatch):
-    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+def run_killed_at(step: int, config: TrainConfig, monkeypatch) -> None:
+    """Run training and kill it as it reaches `step` (after the checkpoints before it)."""
     real_lr = train_run.learning_rate
 
-    def dying_lr(step, *args):
-        if step == 7:
+    def dying_lr(at, *args):
+        if at == step:
             raise Killed
-        return real_lr(step, *args)
+        return real_lr(at, *args)
 
     with monkeypatch.context() as m:
         m.setattr(train_run, "learning_rate", dying_lr)
         with pytest.raises(Killed):
-            run(cfg(low_rank_npy, tmp_path / "sae"))
+            run(config)
+
+
+def test_a_killed_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatch):
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
     assert json.loads((tmp_path / "sae" / "checkpoint.json").read_text())["step"] == 4
     resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
     for name, value in reference.state_dict().items():
@@ -196,17 +201,7 @@ def test_streaming_from_the_model_trains_and_resumes_exactly(
         run(cfg("unused", tmp_path / "x", **{**options, "tokens": 0}))
     reference = run(cfg("unused", tmp_path / "ref", **options))
     assert reference.cfg.d_in == 32 and reference.cfg.site == "blocks.1.hook_resid_post"
-    real_lr = train_run.learning_rate
-
-    def dying_lr(step, *args):
-        if step == 6:
-            raise Killed
-        return real_lr(step, *args)
-
-    with monkeypatch.context() as m:
-        m.setattr(train_run, "learning_rate", dying_lr)
-        with pytest.raises(Killed):
-            run(cfg("unused", tmp_path / "sae", **options))
+    run_killed_at(6, cfg("unused", tmp_path / "sae", **options), monkeypatch)
     resumed = run(cfg("unused", tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
