@@ -6,7 +6,11 @@ fp32, the threads torch uses here (2 on this machine):
   shape ([4096, 576] @ [576, 9216]) per step: every other cost (sparse decoder, sparse
   backward, Adam) should be small next to it. Target: >= 75% of the bound.
 - `relu`: dense by nature; its bound is three matmuls of that shape. Target: >= 60%.
-- peak memory of a training process against weights + Adam state + one batch (target <= 1.5x).
+- `topk bf16`: the topk step with `compute_dtype="bfloat16"` (the latents chosen by a bfloat16
+  matmul; values, loss, gradients and Adam in fp32), against the fp32 step.
+- peak memory of a training process against weights + Adam state + one batch (target <= 1.5x),
+  measured in a child process after a warm-up (see `_PEAK_CHILD`); the cold figure includes
+  the process's one-off costs too.
 
 The matmul bound is measured in this run, interleaved with the training steps (best of
 repeats), because the machine is shared and noisy. Activations come from an activation store
@@ -14,7 +18,7 @@ when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise Gaus
 the same shape (throughput does not depend on the values).
 
 Run from the repository root:
-    python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 3]
+    python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ PEAK_TAG = "RSS_GROWTH_KB"
 # Run in a fresh interpreter. The peak is the kernel's high-water mark of this process's own
 # address space (VmHWM in /proc/self/status): ru_maxrss will not do, because Linux carries it
 # over fork + exec, so a child of a large benchmark process starts at its parent's peak and
-# reports no growth at all. Unless {cold}, a tiny SAE of the same architecture trains a step
+# reports no growth at all. Unless cold, a tiny SAE of the same architecture trains a step
 # first and the high-water mark is reset after it: what is then measured is what the SAE's
 # size costs, not the process's one-off costs (the ~800 modules `torch.optim` pulls in,
 # ~60 MiB; the pages of kernels run for the first time; thread pools), which the cold figure
@@ -156,24 +160,33 @@ def peak_memory(arch: str, cold: bool = False, dtype: str = "float32") -> tuple[
     return grown_kb / 1024, expected
 
 
+VARIANTS = {  # name: (architecture, compute dtype)
+    "topk": ("topk", "float32"),
+    "relu": ("relu", "float32"),
+    "topk bf16": ("topk", "bfloat16"),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--acts", default=None, help="activation store to read batches from")
     p.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     threads = configure_threads()
     data = batches(args.acts, args.steps)
-    trainers = {arch: Trainer(arch, data) for arch in ("topk", "relu")}
+    trainers = {
+        name: Trainer(arch, data, compute_dtype=dtype) for name, (arch, dtype) in VARIANTS.items()
+    }
     for t in trainers.values():  # warm-up: allocator, threads
         t.data, full = t.data[:1], t.data
         t.steps()
         t.data = full
-    best = {"matmul": float("inf"), "topk": float("inf"), "relu": float("inf")}
+    best = dict.fromkeys(["matmul", *trainers], float("inf"))
     for _ in range(args.repeats):
         best["matmul"] = min(best["matmul"], matmul_seconds(5))
-        for arch, trainer in trainers.items():
-            best[arch] = min(best[arch], trainer.steps())
+        for name, trainer in trainers.items():
+            best[name] = min(best[name], trainer.steps())
     gflops = 2 * BATCH * D * N_FEATURES / best["matmul"] / 1e9
     bound_topk = BATCH / best["matmul"]
     bound_relu = BATCH / (3 * best["matmul"])
@@ -182,18 +195,26 @@ def main() -> None:
         f"batch {BATCH}, k {K}; best of {args.repeats} x {args.steps} steps"
     )
     print(f"encoder-shape matmul: {best['matmul'] * 1e3:.1f} ms = {gflops:.0f} GFLOP/s fp32")
-    for arch, bound, target in (("topk", bound_topk, 0.75), ("relu", bound_relu, 0.60)):
-        rate = BATCH / best[arch]
+    for name, bound, target in (("topk", bound_topk, 0.75), ("relu", bound_relu, 0.60)):
+        rate = BATCH / best[name]
         verdict = "PASS" if rate / bound >= target else "below target"
         print(
-            f"{arch:5s} {best[arch] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  bound "
+            f"{name:9s} {best[name] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  bound "
             f"{bound:8,.0f} tok/s  ratio {rate / bound:.2f} (target >= {target})  {verdict}"
         )
-    for arch in ("topk", "relu"):
-        grown, expected = peak_memory(arch)
+    rate = BATCH / best["topk bf16"]
+    print(
+        f"topk bf16 {best['topk bf16'] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  "
+        f"{best['topk'] / best['topk bf16']:.2f}x the fp32 topk step, "
+        f"{rate / bound_topk:.2f}x the fp32 bound"
+    )
+    for name in ("topk", "relu"):
+        grown, expected = peak_memory(name)
+        cold, _ = peak_memory(name, cold=True)
         print(
-            f"{arch:5s} peak RSS growth {grown:6.0f} MiB vs weights + Adam + batch "
-            f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5)"
+            f"{name:9s} peak RSS growth {grown:6.0f} MiB vs weights + Adam + batch "
+            f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5); "
+            f"cold process {cold:.0f} MiB"
         )
     print(f"(process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
 

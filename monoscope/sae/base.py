@@ -49,10 +49,17 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     """
 
     arch: ClassVar[str]
+    compute_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    """The `SAEConfig.compute_dtype` values this architecture's training step implements."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         if cfg.arch != self.arch:
             raise ValueError(f"{type(self).__name__} is a {self.arch} SAE, not {cfg.arch}")
+        if cfg.compute_dtype not in self.compute_dtypes:
+            raise ValueError(
+                f"{self.arch} SAEs train with compute_dtype {' or '.join(self.compute_dtypes)}, "
+                f"not {cfg.compute_dtype!r}"
+            )
         super().__init__()
         self.cfg = cfg
         d, n = cfg.d_in, cfg.n_features
@@ -165,6 +172,19 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         c = self.cfg
         k = f", k={c.k}" if c.k is not None else ""
         return f"d_in={c.d_in}, n_features={c.n_features}{k}, input_scale={c.input_scale:.4g}"
+
+
+def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
+    """Σ ||x_n * scale - mean||^2 over the rows of x [batch, d] (at least 1e-12).
+
+    Centred a block of rows at a time, so the centred copy stays in cache (torch.var over
+    dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
+    mean = x.mean(0)
+    total = x.new_zeros(())
+    for block in x.split(1024):
+        centred = (block - mean).view(-1)
+        total = total + torch.dot(centred, centred)
+    return (total * scale**2).clamp_min(1e-12)
 
 
 def random_directions(n: int, d: int, generator: torch.Generator) -> Tensor:

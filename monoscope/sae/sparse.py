@@ -1,18 +1,22 @@
-"""Sparse training kernels for TopK-style SAEs: gradients that never touch [batch, n_features].
+"""Training kernels for TopK-style SAEs: gradients that never touch [batch, n_features].
 
 A TopK code has k nonzeros per token out of n_features, so the dense encoder matmul is the only
-O(batch * n_features * d) cost it needs (forward only, to choose the active latents). Everything
-else works on the nnz = batch * k selected entries, held as a `Pattern` (CSR indices):
+O(batch * n_features * d) cost it needs (forward only, to choose the active latents). It runs
+a block of rows (and of columns) at a time, each block searched while it is in cache
+(`top_groups`: a max-pool over groups of columns, then two small topk, ~4x faster than a topk
+over every entry). Everything else works on the nnz = batch * k selected entries, held as a
+`Pattern` (CSR indices):
 
-- `sampled_affine(x, W, b, pattern)`: the entries (x @ W + b)[row, col] at the pattern, with a
-  backward that forms grad_W, grad_b and grad_x from those entries only;
-- `sparse_decode(values, W_dec, pattern)`: x_hat = Σ values · W_dec[col] per row, with
-  grad_values = <grad_out[row], W_dec[col]> and grad_W_dec accumulated into the touched rows.
+- `sampled_affine(x, W, b, pattern, values, shift, scale)`: the entries of
+  (x * scale - shift) @ W + b at the pattern (given, when the selection computed them), with a
+  backward that forms grad_W, grad_b and grad_shift from those entries only;
+- `sparse_error(values, W_dec, pattern, target, offset, scale)`: the decode x_hat and
+  Σ ||target * scale - offset - x_hat||^2, holding the residual as the one [batch, d] tensor,
+  with grad_values = <residual[row], W_dec[col]> and grad_W_dec over the touched rows.
 
-Both are torch CSR products (sparse @ dense, sampled_addmm; cuSPARSE on CUDA). On 2 CPU cores at
-batch 4096, d 576, 9216 latents, k 32 each takes a few tens of ms, about 10x less than gather +
-index_add_ with [nnz, d] temporaries; a whole TopK step (forward, backward, Adam) costs ~1.7x the
-dense encoder matmul alone (0.52 s vs 0.30 s), against ~6.5x for plain dense autograd.
+The sums over entries are EmbeddingBag weighted sums (2-3x faster on the CPU than CSR @ dense,
+which zero-fills and copies its output); grad_values is a CSR sampled product (cuSPARSE on
+CUDA).
 """
 
 from __future__ import annotations
@@ -108,11 +112,6 @@ class Pattern:
         crow_t[1:] = torch.bincount(self.col, minlength=self.n_cols).cumsum(0)
         return order, crow_t, self.row[order]
 
-    def transposed_matrix(self, values: Tensor) -> Tensor:
-        """The same entries as a CSR matrix of the transpose, [n_cols, n_rows]."""
-        order, crow_t, row_t = self._transpose
-        return _csr(crow_t, row_t, values[order], (self.n_cols, self.n_rows))
-
     def product(self, values: Tensor, dense: Tensor) -> Tensor:
         """matrix(values) @ dense [n_rows, d] for dense [n_cols, d]: per row, the sum of its
         entries times the rows of `dense` they select."""
@@ -189,7 +188,7 @@ def _bags(index: Tensor, offsets: Tensor, weights: Tensor, table: Tensor) -> Ten
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():
         # torch warns once per process that CSR support is "beta"; the ops used here
-        # (CSR @ dense, sampled_addmm) are covered by the tests against dense references.
+        # (sampled_addmm, to_dense) are covered by the tests against dense references.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
@@ -415,18 +414,22 @@ def top_groups(
         whole = blocks[0] if nb == 1 else blocks.permute(1, 0, 2).reshape(rows, nb * w)
         values, columns = whole.topk(k, dim=-1, sorted=False)
         return TopGroups(values, columns + column_offset, values.unsqueeze(-1))
-    per_block = w // s
-    pooled = [
-        torch.nn.functional.max_pool1d(block.unsqueeze(1), s, s).squeeze(1) for block in blocks
-    ]
-    group_max = torch.cat(pooled, dim=1) if nb > 1 else pooled[0]  # [rows, nb * w / s]
+    per_block, device = w // s, blocks.device
+    pool = torch.nn.functional.max_pool1d
+    if blocks.stride(0) == rows * w:  # one call for all blocks
+        pooled = pool(blocks.view(nb * rows, 1, w), s, s).view(nb, rows, per_block)
+    else:
+        pooled = torch.stack([pool(block.unsqueeze(1), s, s).squeeze(1) for block in blocks])
+    group_max = pooled.permute(1, 0, 2).reshape(rows, nb * per_block)  # [rows, groups]
     del pooled
     maxima, group = group_max.topk(k, dim=-1, sorted=False)  # [rows, k]
     del group_max
-    # Group g is block g // per_block, columns (g % per_block) * s ...: one run of s values.
-    block, run = group // per_block, group % per_block
-    row = torch.arange(rows, device=blocks.device)[:, None]
-    line = (block * blocks.stride(0) + row * w) // s + run  # [rows, k], in units of s values
+    # Group g is block g // per_block, columns (g % per_block) * s ...: one run of s values,
+    # line `start[g] + row * per_block` of the blocks' memory cut in runs of s.
+    g = torch.arange(nb * per_block, device=device)
+    start = (g // per_block) * (blocks.stride(0) // s) + g % per_block
+    row = torch.arange(0, rows * per_block, per_block, device=device)[:, None]
+    line = start[group] + row  # [rows, k]
     lines = blocks.as_strided(((nb - 1) * blocks.stride(0) // s + rows * per_block, s), (s, 1))
     members = lines.index_select(0, line.view(-1)).view(rows, k, s)
     return TopGroups(maxima, group * s + column_offset, members)

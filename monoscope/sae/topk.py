@@ -8,6 +8,14 @@ with BatchTopK: unit-norm decoder rows, the AuxK loss, sparse training kernels.
 AuxK: the top k_aux (d_in / 2, at most the number of dead latents) pre-activations among the
 latents the trainer marks dead reconstruct the residual e = x - x_hat (without b_dec), scored
 by the same normalised MSE: ||e - e_hat||^2 / ||e - mean(e)||^2; 0 when none is dead.
+
+The training step (see sparse.py for the kernels): the pre-activations are computed without
+grad a block of rows (`chunk_rows`) and of columns at a time, into one buffer no larger than
+the step's [batch, d_in] residual, which then reuses it; each block is searched for its rows'
+top k (and AuxK's top k_aux among the dead latents) while it is in cache, and the values of
+the chosen entries are taken from it. The [batch, n_features] matrix never exists, nor any
+[batch, d_in] copy of the input: x * scale - b_dec is formed a block at a time, and b_dec's
+gradient through the encoder is -W_enc @ grad_b_enc.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions
+from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions, total_variance
 from monoscope.sae.sparse import (
     Pattern,
     TopGroups,
@@ -34,10 +42,9 @@ from monoscope.sae.sparse import (
 AUXK_COEFFICIENT = 1 / 32
 """Gao et al.'s AuxK weight α: the coefficient to pass to `training_step` for topk/batchtopk."""
 
-PreChunks = Callable[[], Iterator[tuple[int, int, Tensor]]]
-"""Re-runnable source of (first row, column part, pre-activations of a block of rows and a
-part of the columns): column blocks [nb, rows, w], latent part * nb * w + b * w + j of the
-rows at [b, :, j]."""
+RowsPre = Callable[[Tensor], Tensor]
+"""Pre-activations [r, n_features] (in the selection's dtype) of the rows of the batch given
+by index [r], recomputed: for a `choose` that needs more of some rows than their candidates."""
 
 
 class Selection(NamedTuple):
@@ -51,7 +58,15 @@ class Selection(NamedTuple):
 
 
 class TopKFamilySAE(SparseAutoencoder):
-    """Unit-norm decoder rows, AuxK, and a training step that only touches selected latents."""
+    """Unit-norm decoder rows, AuxK, and a training step that only touches selected latents.
+
+    With `cfg.compute_dtype` 'bfloat16' the one dense product, which only chooses the latents,
+    runs in bfloat16; the chosen pre-activations are then computed exactly (float32, sampled
+    products), as is everything else: the latents are chosen by bfloat16 scores, but each
+    step's values, loss and gradients are float32 for that choice.
+    """
+
+    compute_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
 
     chunk_rows: ClassVar[int] = 512
     """Rows of pre-activations computed at a time while selecting."""
@@ -69,16 +84,20 @@ class TopKFamilySAE(SparseAutoencoder):
         self.b_dec.zero_()
 
     @abc.abstractmethod
+    def candidates_per_row(self) -> int:
+        """m: how many candidates each row offers to `choose`."""
+
+    @abc.abstractmethod
     def candidates(self, pre: Tensor, offset: int) -> TopGroups:
         """Each row's candidates (its top m, as `TopGroups`), from the pre-activations of a
         block of rows and a part of the columns, as column blocks [nb, rows, w] (see
-        `PreChunks`), the part's first latent being `offset`; `choose` picks the kept latents
+        `_pre_chunks`), the part's first latent being `offset`; `choose` picks the kept latents
         among the rows' candidates."""
 
     @abc.abstractmethod
-    def choose(self, values: Tensor, indices: Tensor, chunks: PreChunks) -> tuple[Pattern, Tensor]:
+    def choose(self, values: Tensor, indices: Tensor, rows_pre: RowsPre) -> tuple[Pattern, Tensor]:
         """The kept latents of the batch and their pre-activations [nnz] (pattern order), from
-        every row's candidates [batch, m]; `chunks` recomputes the pre-activations if needed."""
+        every row's candidates [batch, m]; `rows_pre` recomputes rows if needed."""
 
     def training_step(
         self, x: Tensor, coefficient: float = AUXK_COEFFICIENT, dead_mask: Tensor | None = None
@@ -100,7 +119,7 @@ class TopKFamilySAE(SparseAutoencoder):
             values, self.W_dec, sel.pattern, x, self.b_dec, scale, out=residual
         )
         del workspace
-        fvu = sse / _total_variance(x, scale)
+        fvu = sse / total_variance(x, scale)
         aux = fvu.new_zeros(())
         if sel.aux_pattern is not None:
             aux_values = torch.relu(
@@ -109,7 +128,7 @@ class TopKFamilySAE(SparseAutoencoder):
                 )
             )
             aux_sse, _ = sparse_error(aux_values, self.W_dec, sel.aux_pattern, residual)
-            aux = aux_sse / _total_variance(residual)
+            aux = aux_sse / total_variance(residual)
         del residual
         active = values.detach() > 0
         self.observe(values.detach(), sel.pattern)
@@ -154,15 +173,19 @@ class TopKFamilySAE(SparseAutoencoder):
                     for p in range(parts)
                 ]
 
-        def chunks() -> Iterator[tuple[int, int, Tensor]]:
-            return self._pre_chunks(x, workspace)
+        def rows_pre(rows: Tensor) -> Tensor:
+            dtype = self._selection_dtype()
+            x_in = self.encoder_input(self.normalise(x[rows])).to(dtype)
+            return torch.addmm(self.b_enc.to(dtype), x_in, self.W_enc.to(dtype))
 
         parts = self._chunk_shape(x.shape[0])[0]
+        m = self.candidates_per_row()
         values, indices, aux_values, aux_indices = [], [], [], []
         groups, aux_v, aux_i = [], [], []
-        for _, part, pre in chunks():
+        for _, part, pre in self._pre_chunks(x, workspace):
             offset = part * pre.shape[0] * pre.shape[2]  # first latent of the part
-            groups.append(self.candidates(pre, offset))
+            # Merged part by part: two parts' candidates at most are held at a time.
+            groups = [merge_groups([*groups, self.candidates(pre, offset)], m)]
             if k_aux:
                 # AuxK: the top k_aux pre-activations among the dead latents.
                 columns = dead_parts[part]
@@ -177,8 +200,7 @@ class TopKFamilySAE(SparseAutoencoder):
                     aux_v.append(v)
                     aux_i.append(columns[i] + offset)
             if part == parts - 1:  # the block of rows is complete
-                m = groups[0].maxima.shape[1]
-                v, i = merge_groups(groups, m).finish(m)
+                v, i = groups[0].finish(m)
                 values.append(v)
                 indices.append(i)
                 if aux_v:
@@ -186,7 +208,7 @@ class TopKFamilySAE(SparseAutoencoder):
                     aux_values.append(v)
                     aux_indices.append(i)
                 groups, aux_v, aux_i = [], [], []
-        pattern, pre_values = self.choose(torch.cat(values), torch.cat(indices), chunks)
+        pattern, pre_values = self.choose(torch.cat(values), torch.cat(indices), rows_pre)
         aux_pattern = aux_pre = None
         if aux_values:
             aux_pattern, aux_pre = Pattern.from_rows(
@@ -198,6 +220,8 @@ class TopKFamilySAE(SparseAutoencoder):
         return Selection(pattern, pre_values, aux_pattern, aux_pre)
 
     def _selection_dtype(self) -> torch.dtype:
+        if self.cfg.compute_dtype == "bfloat16" and self.W_enc.dtype == torch.float32:
+            return torch.bfloat16
         return self.W_enc.dtype
 
     def _chunk_shape(self, rows: int) -> tuple[int, int, int]:
@@ -272,26 +296,16 @@ def _merge(
     return merged, torch.cat(indices, 1).gather(1, position)
 
 
-def _total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
-    """Σ ||x_n * scale - mean||^2 over the rows of x [batch, d] (at least 1e-12).
-
-    Centred a block of rows at a time, so the centred copy stays in cache (torch.var over
-    dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
-    mean = x.mean(0)
-    total = x.new_zeros(())
-    for block in x.split(_ROW_BLOCK):
-        centred = (block - mean).view(-1)
-        total = total + torch.dot(centred, centred)
-    return (total * scale**2).clamp_min(1e-12)
-
-
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
+
+    def candidates_per_row(self) -> int:
+        return self.cfg.k
 
     def candidates(self, pre: Tensor, offset: int) -> TopGroups:
         return top_groups(pre, self.cfg.k, offset, self.cfg.n_features)
 
-    def choose(self, values: Tensor, indices: Tensor, chunks: PreChunks) -> tuple[Pattern, Tensor]:
+    def choose(self, values: Tensor, indices: Tensor, rows_pre: RowsPre) -> tuple[Pattern, Tensor]:
         return Pattern.from_rows(indices, values, self.cfg.n_features)
 
     def encode(self, x: Tensor) -> Tensor:

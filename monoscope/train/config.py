@@ -52,6 +52,9 @@ class TrainConfig:
     """Fraction of steps at the end over which the learning rate decays linearly to 0."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: off)."""
+    compute_dtype: str = "float32"
+    """Precision of the dense matmuls of a training step: float32, or bfloat16 (topk,
+    batchtopk, relu: parameters, gradients and Adam stay float32)."""
     dead_window: int = 10_000_000
     """A latent not fired within this many tokens counts as dead (the paper: 1e7)."""
     outlier_multiple: float = 10.0

@@ -76,6 +76,7 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
         k=cfg.k if cfg.arch in ("topk", "batchtopk") else None,
         site=source.site,
         model=source.model,
+        compute_dtype=cfg.compute_dtype,
     )
     sae = build_sae(sae_cfg, seed=cfg.seed)
     sample = source.sample(_INIT_SAMPLE)
