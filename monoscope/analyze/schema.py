@@ -1,0 +1,124 @@
+"""The feature store: one SQLite file per (SAE, activation store) pair.
+
+This module is the contract between `analyze` (the writer) and `serve` / `steer` / the
+exporters (readers). Readable from any SQLite client; every JSON column holds plain lists or
+objects. Activations are in the SAE's reporting convention (`meta.activation_convention`, e.g.
+f*||W_dec_i|| for the relu recipe), the units steering multiples refer to.
+
+Tables
+------
+meta(key TEXT PRIMARY KEY, value TEXT)       JSON-encoded values:
+    schema_version   int, SCHEMA_VERSION
+    complete         bool, the pass finished (readers refuse or warn on an incomplete store)
+    sae              {"path", "sha256" (of weights.safetensors), "arch", "n_features", "d_in",
+                      "site", "model", "activation_convention"}
+    acts             {"path", "manifest_sha256", "site", "n_tokens", "split"}
+    model            {"name", "revision"}: the model whose tokenizer decodes the token ids
+    params           the AnalyzeConfig that produced the store (top_n, n_quantiles, window, ...)
+    tokens_seen      int, tokens consumed so far (resume point)
+    hist_edges       [n_bins + 1] log10-spaced activation bin edges shared by all features
+    density_hist     {"edges": [...log10 density...], "counts": [...]} over all features
+    created_at, monoscope_version
+features(id INTEGER PRIMARY KEY,             one row per feature, 0..n_features-1
+    n_fired INTEGER, density REAL,           tokens with activation > 0, and that / tokens_seen
+    max_act REAL, mean_act REAL,             max, and mean over firing tokens
+    hist TEXT,                               JSON [n_bins] counts of non-zero activations per
+                                             meta.hist_edges bin
+    logit_top TEXT, logit_bottom TEXT,       JSON [[token_id, token_text, effect], ...] direct
+                                             logit effects (final norm approx + unembedding)
+    map_x REAL, map_y REAL,                  2-D map (UMAP of decoder directions), NULL if none
+    explanation TEXT, score REAL)            filled by the interpret stage, NULL until then
+examples(feature INTEGER, kind TEXT,         kind: 'top' | 'quantile' | 'random' (random contexts
+                                             where the feature does not fire)
+    rank INTEGER,                            order within (feature, kind, bucket), 0 = first
+    bucket INTEGER,                          quantile interval index (0 = lowest), NULL otherwise
+    activation REAL,                         the activation at the example's centre token
+    context INTEGER, position INTEGER,       where in the store (context index, token position)
+    tokens TEXT,                             JSON [window] token ids around the centre token
+    acts TEXT,                               JSON [window] the feature's activation on each
+    centre INTEGER,                          index of the centre token inside `tokens`
+    PRIMARY KEY (feature, kind, bucket, rank))
+neighbours(feature INTEGER, rank INTEGER,    top decoder-cosine neighbours, rank 0 = closest
+    neighbour INTEGER, cosine REAL,
+    cooccurrence REAL,                       P(neighbour fires | feature fires), NULL if unknown
+    PRIMARY KEY (feature, rank))
+vocab(id INTEGER PRIMARY KEY, text TEXT)     the tokenizer's decoded text of each token id
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS features (
+    id INTEGER PRIMARY KEY, n_fired INTEGER NOT NULL, density REAL NOT NULL,
+    max_act REAL NOT NULL, mean_act REAL NOT NULL, hist TEXT NOT NULL,
+    logit_top TEXT, logit_bottom TEXT, map_x REAL, map_y REAL,
+    explanation TEXT, score REAL);
+CREATE TABLE IF NOT EXISTS examples (
+    feature INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL, bucket INTEGER,
+    activation REAL NOT NULL, context INTEGER NOT NULL, position INTEGER NOT NULL,
+    tokens TEXT NOT NULL, acts TEXT NOT NULL, centre INTEGER NOT NULL,
+    PRIMARY KEY (feature, kind, bucket, rank));
+CREATE TABLE IF NOT EXISTS neighbours (
+    feature INTEGER NOT NULL, rank INTEGER NOT NULL, neighbour INTEGER NOT NULL,
+    cosine REAL NOT NULL, cooccurrence REAL, PRIMARY KEY (feature, rank));
+CREATE TABLE IF NOT EXISTS vocab (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS features_density ON features (density);
+CREATE INDEX IF NOT EXISTS features_max_act ON features (max_act);
+"""
+
+
+class FeatureStoreError(ValueError):
+    """A feature store that is missing, of another schema version, or incomplete."""
+
+
+def create(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) a feature store for writing, with the schema in place."""
+    conn = sqlite3.connect(path)
+    conn.executescript(DDL)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
+    )
+    conn.commit()
+    return conn
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """Open an existing feature store read-only; FeatureStoreError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureStoreError(f"{path}: no such feature store (run `monoscope analyze` first)")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise FeatureStoreError(f"{path} is not a monoscope feature store: {err}") from err
+    if row is None or json.loads(row[0]) != SCHEMA_VERSION:
+        conn.close()
+        found = None if row is None else json.loads(row[0])
+        raise FeatureStoreError(
+            f"{path} has feature-store schema version {found}, this monoscope reads "
+            f"version {SCHEMA_VERSION}"
+        )
+    return conn
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Every meta entry, JSON-decoded."""
+    return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def write_meta(conn: sqlite3.Connection, **entries: Any) -> None:
+    """Set meta entries (JSON-encoded); the caller commits."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+        [(k, json.dumps(v)) for k, v in entries.items()],
+    )
