@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from monoscope.runtime import configure_threads  # noqa: E402
 from monoscope.sae import SAEConfig, build_sae  # noqa: E402
+from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
 
 D, BATCH, K = 576, 4096, 32
 N_FEATURES = 16 * D
@@ -79,6 +80,7 @@ class Trainer:
         n_features: int = N_FEATURES,
         compute_dtype: str = "float32",
     ) -> None:
+        return_large_blocks_when_freed()  # as monoscope.train.run does
         k = K if arch in ("topk", "batchtopk") else None
         cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
@@ -92,11 +94,11 @@ class Trainer:
         start = time.perf_counter()
         for x in self.data:
             out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
-            self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             self.sae.before_optimizer_step()
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
             self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
             self.sae.after_optimizer_step()
         return (time.perf_counter() - start) / len(self.data)
 

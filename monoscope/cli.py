@@ -49,16 +49,59 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.to} SAE to {out}")
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from monoscope.analyze import AnalyzeConfig, run
+
+    out = run(config_from_args(AnalyzeConfig, args))
+    print(f"wrote the feature store {out}; browse it with: monoscope serve {out}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from monoscope.serve import serve
+
+    serve(args.db, host=args.host, port=args.port, model=args.model)
+
+
+def _export_site(args: argparse.Namespace) -> None:
+    from monoscope.serve import export_site
+
+    out = export_site(args.db, args.out, shard_size=args.shard_size)
+    print(f"wrote the static feature browser to {out}; open {out / 'index.html'}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monoscope.demo import DemoConfig, run
 
     run(config_from_args(DemoConfig, args))
 
 
+def _steer(args: argparse.Namespace) -> None:
+    from monoscope.steer.commands import SteerConfig, run_steer
+    from monoscope.steer.report import format_steer
+
+    print(format_steer(run_steer(config_from_args(SteerConfig, args))))
+
+
+def _attribute(args: argparse.Namespace) -> None:
+    from monoscope.steer.commands import AttributeConfig, run_attribute
+    from monoscope.steer.report import format_attribution
+
+    print(format_attribution(run_attribute(config_from_args(AttributeConfig, args))))
+
+
+def _features_for(args: argparse.Namespace) -> None:
+    from monoscope.steer.commands import FeaturesForConfig, run_features_for
+    from monoscope.steer.report import format_features
+
+    print(format_features(run_features_for(config_from_args(FeaturesForConfig, args))))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from monoscope.analyze import AnalyzeConfig
     from monoscope.demo import DemoConfig
     from monoscope.evaluate import EvalConfig
     from monoscope.harvest import HarvestConfig
+    from monoscope.steer.commands import AttributeConfig, FeaturesForConfig, SteerConfig
     from monoscope.train import TrainConfig
 
     parser = argparse.ArgumentParser(
@@ -82,12 +125,62 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(evaluate, EvalConfig, rename={})
     evaluate.set_defaults(func=_eval)
 
+    analyze = commands.add_parser(
+        "analyze", help="one pass over stored activations -> the feature store (SQLite)"
+    )
+    add_config_arguments(analyze, AnalyzeConfig, rename={})
+    analyze.set_defaults(func=_analyze)
+
     convert = commands.add_parser("convert", help="convert an SAE between formats")
     convert.add_argument("src", help="SAE folder: monoscope, SAELens or sparsify format")
     convert.add_argument("--to", required=True, choices=["saelens", "monoscope"])
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--overwrite", action="store_true", help="replace files in --out")
     convert.set_defaults(func=_convert)
+
+    steer = commands.add_parser(
+        "steer", help="generate with SAE features clamped, added or ablated"
+    )
+    add_config_arguments(steer, SteerConfig, rename={"features": "feature", "json_out": "json"})
+    steer.set_defaults(func=_steer)
+
+    attribute = commands.add_parser(
+        "attribute", help="attribute a next-token prediction to SAE features, check by ablation"
+    )
+    add_config_arguments(attribute, AttributeConfig, rename={"json_out": "json"})
+    attribute.set_defaults(func=_attribute)
+
+    features_for = commands.add_parser(
+        "features-for", help="features active on a marked span, or separating two prompt sets"
+    )
+    add_config_arguments(features_for, FeaturesForConfig, rename={"json_out": "json"})
+    features_for.set_defaults(func=_features_for)
+
+    serve = commands.add_parser("serve", help="browse a feature store in the web browser")
+    serve.add_argument("db", help="feature store written by `monoscope analyze`")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    serve.add_argument(
+        "--model",
+        help='model for "what fires", steering and attribution (default: the store\'s model)',
+    )
+    serve.set_defaults(func=_serve)
+
+    export_site = commands.add_parser(
+        "export-site", help="write the feature browser as a static site (works from file://)"
+    )
+    export_site.add_argument("db", help="feature store written by `monoscope analyze`")
+    export_site.add_argument(
+        "--out",
+        required=True,
+        help="folder to write (a new or empty one, or a site exported before)",
+    )
+    export_site.add_argument(
+        "--shard-size", type=int, default=256, help="features per data file (default: %(default)s)"
+    )
+    export_site.set_defaults(func=_export_site)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in model and corpus")
     add_config_arguments(demo, DemoConfig, rename={})
@@ -102,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a 1 s load are noise here
     try:
         args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        # Bad input and known failures get one clear line, not a traceback.
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
+        # Bad input, known failures and missing extras get one clear line, not a traceback.
         print(f"monoscope {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """`monoscope demo`: the pipeline on the built-in model and corpus, end to end.
 
 Harvest a middle-layer residual stream of SmolLM2-135M on the built-in corpus, train a TopK SAE
-on it, and evaluate it on held-out tokens (FVU, L0, dead features, loss recovered when spliced
-into the model). Each stage reuses what a previous run finished, so a rerun is quick.
+on it, evaluate it on held-out tokens (FVU, L0, dead features, loss recovered when spliced
+into the model), and analyze its features into runs/demo/features.db for the browser. Each
+stage reuses what a previous run finished, so a rerun is quick.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from monoscope.analyze import AnalyzeConfig
+from monoscope.analyze import run as run_analyze
+from monoscope.analyze.layout import require_umap
 from monoscope.evaluate import EvalConfig, format_table
 from monoscope.evaluate import run as run_eval
-from monoscope.harvest import HarvestConfig
+from monoscope.harvest import ActivationStore, HarvestConfig
 from monoscope.harvest import run as run_harvest
-from monoscope.models import load_model
+from monoscope.models import LanguageModel, load_model
 from monoscope.train import TrainConfig
 from monoscope.train import run as run_train
 
@@ -24,7 +28,7 @@ MODEL = "smollm2-135m"
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    """Run folder: acts/ (activation store), sae/ (the SAE) and eval.json go here."""
+    """Run folder: acts/ (activation store), sae/ (the SAE), eval.json and features.db go here."""
     tokens: int = 200_000
     """Tokens to harvest (5% of contexts are held out for evaluation)."""
     site: str = "blocks.15.hook_resid_post"
@@ -44,7 +48,7 @@ class DemoConfig:
 def run(cfg: DemoConfig) -> dict:
     root = Path(cfg.out)
     lm = load_model(MODEL, dtype=cfg.model_dtype)
-    print(f"[1/3] harvest {cfg.tokens:,} tokens of {cfg.site} from {MODEL} -> {root / 'acts'}")
+    print(f"[1/4] harvest {cfg.tokens:,} tokens of {cfg.site} from {MODEL} -> {root / 'acts'}")
     store = run_harvest(
         HarvestConfig(
             model=MODEL,
@@ -63,7 +67,7 @@ def run(cfg: DemoConfig) -> dict:
         f"mean |x| {store.mean_norm():.1f}"
     )
     sae_dir = root / "sae"
-    print(f"[2/3] train a {cfg.arch} SAE ({cfg.features} features, k={cfg.k}) -> {sae_dir}")
+    print(f"[2/4] train a {cfg.arch} SAE ({cfg.features} features, k={cfg.k}) -> {sae_dir}")
     if (
         (sae_dir / "config.json").exists()
         and not (sae_dir / "checkpoint.json").exists()
@@ -82,10 +86,33 @@ def run(cfg: DemoConfig) -> dict:
                 dead_window=65_536,
             )
         )
-    print("[3/3] evaluate on held-out tokens, with the SAE spliced into the model")
+    print("[3/4] evaluate on held-out tokens, with the SAE spliced into the model")
     report = run_eval(
         EvalConfig(sae=str(sae_dir), acts=str(store.path), model=MODEL, n_contexts=32),
         lm=lm,
     )
     print(format_table(report))
+    analyze_features(root, sae_dir, store, lm, cfg.overwrite)
     return report
+
+
+def analyze_features(
+    root: Path, sae_dir: Path, store: ActivationStore, lm: LanguageModel, overwrite: bool
+) -> None:
+    """Step 4: the feature store, with the map when umap-learn is installed."""
+    out = root / "features.db"
+    print(f"[4/4] analyze every feature (examples, logit effects, neighbours, map) -> {out}")
+    try:
+        require_umap()
+        draw_map = True
+    except ImportError:
+        print("      no feature map: it needs umap-learn (pip install 'monoscope[map]')")
+        draw_map = False
+    run_analyze(
+        AnalyzeConfig(
+            sae=str(sae_dir), acts=str(store.path), out=str(out), map=draw_map, overwrite=overwrite
+        ),
+        store=store,
+        lm=lm,
+    )
+    print(f"      browse the features: monoscope serve {out}")

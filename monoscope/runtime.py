@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,6 +48,23 @@ def configure_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get("MONOSCOPE_THREADS", 0)) or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run a block with n intra-op threads, then restore the previous count.
+
+    For code made of many small tensor ops (analyze's per-batch bookkeeping: gathers, bincounts
+    and sorts over ~10^5 entries): every parallel region synchronises all threads, which costs
+    more than it saves on ops that small, and far more when other processes share the cores
+    (benchmarks/analyze.py measures both).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cache_dir() -> Path:

@@ -80,3 +80,148 @@ def save_tiny_model(folder: str | Path, family: str = "llama", seed: int = 0, **
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_sae(lm, site: str, arch: str = "topk", expansion: int = 4, k: int = 4, seed: int = 0):
+    """A random SAE of `arch` for `site` of `lm` (expansion x width features), named for that
+    model and site, with its input scale (and b_dec, threshold) set from the model's activations
+    on a short text, so its features fire at realistic sizes."""
+    from monoscope.sae import SAEConfig, build_sae
+
+    ids = lm.tokenizer("The model reads a token and writes features.", return_tensors="pt")
+    x = lm.capture(ids.input_ids, [site])[site][0]  # [pos, width]
+    width = x.shape[-1]
+    cfg = SAEConfig(
+        arch=arch,
+        d_in=width,
+        n_features=expansion * width,
+        k=k if arch in ("topk", "batchtopk") else None,
+        input_scale=width**0.5 / float(x.norm(dim=-1).mean()),
+        site=site,
+        model=lm.name,
+        batchtopk_threshold=0.0 if arch == "batchtopk" else None,
+    )
+    sae = build_sae(cfg, seed=seed)
+    if arch in ("topk", "batchtopk"):
+        sae.init_b_dec(x)
+    return sae.eval()
+
+
+def random_feature_store(
+    path: str | Path,
+    n_features: int = 64,
+    vocab: list[str] | None = None,
+    n_tokens: int = 100_000,
+    top_n: int = 20,
+    n_quantiles: int = 10,
+    quantile_examples: int = 2,
+    window: int = 16,
+    n_neighbours: int = 8,
+    explanations: dict[int, str] | None = None,
+    meta: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a schema-conformant feature store (monoscope/analyze/schema.py) of random but
+    plausible contents: densities log-uniform in [1e-5, 0.1], examples drawn from `vocab`,
+    clustered map points. For tests and the server benchmark; `meta` entries override the
+    defaults (e.g. "sae", "model", "complete")."""
+    import json
+
+    import numpy as np
+
+    from monoscope.analyze import schema
+
+    rng = np.random.default_rng(seed)
+    vocab = vocab or ["<bos>", "\n", *(f" w{i}" for i in range(510))]
+    edges = np.logspace(-2, 2, 41)
+    density = 10 ** rng.uniform(-5, -1, n_features)
+    max_act = rng.lognormal(1.5, 0.5, n_features)
+    clusters = rng.normal(0, 6, (12, 2))
+    xy = clusters[rng.integers(0, 12, n_features)] + rng.normal(0, 1, (n_features, 2))
+    features, examples, neighbours = [], [], []
+    for i in range(n_features):
+        n_fired = max(1, int(density[i] * n_tokens))
+        fired = rng.uniform(0, max_act[i], n_fired)
+        logit_ids = rng.choice(len(vocab), min(20, len(vocab)), replace=False).tolist()
+        effects = np.linspace(2, -2, len(logit_ids)).tolist()
+        ranked = [[t, vocab[t], e] for t, e in zip(logit_ids, effects, strict=True)]
+        top, bottom = ranked[:10], ranked[10:]
+        explanation = (explanations or {}).get(i)
+        features.append(
+            (
+                i,
+                n_fired,
+                float(density[i]),
+                float(max_act[i]),
+                float(fired.mean()),
+                json.dumps(np.histogram(fired, edges)[0].tolist()),
+                json.dumps(top),
+                json.dumps(bottom),
+                float(xy[i, 0]),
+                float(xy[i, 1]),
+                explanation,
+                None if explanation is None else 0.5,
+            )
+        )
+        levels = [("top", None, r, max_act[i] * (1 - r / (2 * top_n))) for r in range(top_n)]
+        levels += [
+            ("quantile", b, r, max_act[i] * (b + rng.uniform()) / n_quantiles)
+            for b in range(n_quantiles)
+            for r in range(quantile_examples)
+        ]
+        centre = window * 3 // 4
+        level_acts = np.array([act for *_, act in levels])
+        windows = rng.integers(0, len(vocab), (len(levels), window)).tolist()
+        spread = rng.uniform(0, 1, (len(levels), window)) * level_acts[:, None]
+        values = np.where(rng.uniform(size=spread.shape) < 0.2, spread, 0.0)
+        values[:, centre] = level_acts
+        values = np.round(values, 4).tolist()
+        for (kind, bucket, rank, act), tokens, acts in zip(levels, windows, values, strict=True):
+            examples.append(
+                (
+                    i,
+                    kind,
+                    rank,
+                    bucket,
+                    float(act),
+                    int(rng.integers(0, 10**6)),
+                    centre,
+                    json.dumps(tokens),
+                    json.dumps(acts),
+                    centre,
+                )
+            )
+        others = rng.choice(n_features - 1, min(n_neighbours, n_features - 1), replace=False)
+        for rank, j in enumerate(others.tolist()):
+            neighbour = j + (j >= i)  # every feature but i
+            neighbours.append((i, rank, neighbour, 0.9 - 0.05 * rank, float(rng.uniform())))
+    density_counts, density_edges = np.histogram(np.log10(density), np.linspace(-6, 0, 31))
+    defaults = {
+        "complete": True,
+        "sae": {
+            "path": None,
+            "sha256": None,
+            "arch": "topk",
+            "n_features": n_features,
+            "d_in": 32,
+            "site": "blocks.1.hook_resid_post",
+            "model": None,
+            "activation_convention": "f",
+        },
+        "acts": {"path": None, "n_tokens": n_tokens, "site": "blocks.1.hook_resid_post"},
+        "model": {"name": None, "revision": None},
+        "params": {"top_n": top_n, "n_quantiles": n_quantiles, "window": window},
+        "tokens_seen": n_tokens,
+        "hist_edges": edges.tolist(),
+        "density_hist": {"edges": density_edges.tolist(), "counts": density_counts.tolist()},
+    }
+    path = Path(path)
+    conn = schema.create(path)
+    with conn:
+        conn.executemany("INSERT INTO vocab VALUES (?, ?)", list(enumerate(vocab)))
+        conn.executemany("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", features)
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", examples)
+        conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?,?)", neighbours)
+        schema.write_meta(conn, **{**defaults, **(meta or {})})
+    conn.close()
+    return path

@@ -17,7 +17,12 @@ meta(key TEXT PRIMARY KEY, value TEXT)       JSON-encoded values:
     params           the AnalyzeConfig that produced the store (top_n, n_quantiles, window, ...)
     tokens_seen      int, tokens consumed so far (resume point)
     hist_edges       [n_bins + 1] log10-spaced activation bin edges shared by all features
-    density_hist     {"edges": [...log10 density...], "counts": [...]} over all features
+                     (set from the first batch; the first and last bins also count values
+                     below and above them)
+    density_hist     {"edges": [...log10 density...], "counts": [...], "dead": int} over all
+                     features (dead: features that never fired, outside the log10 bins)
+    seconds          {"neighbours", "pass", "examples", "logits", "map", "windows_and_write"}:
+                     wall time per stage
     created_at, monoscope_version
 features(id INTEGER PRIMARY KEY,             one row per feature, 0..n_features-1
     n_fired INTEGER, density REAL,           tokens with activation > 0, and that / tokens_seen

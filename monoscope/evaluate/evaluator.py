@@ -3,7 +3,7 @@
 eval.json layout:
   format, version      "monoscope.eval", 1
   sae                  site, d_in, n_features, model (from the SAE's config), path (run only)
-  store                path, model, split ("heldout"), max_tokens
+  store                path, model, split ("heldout", or "train"), max_tokens
   reconstruction       tokens, fvu, explained_variance, mse, mse_per_element, l0,
                        features {n_features, dead_fraction, dense_fraction, dense_threshold,
                                  density_histogram {log10_edges, counts, dead}},
@@ -51,7 +51,10 @@ class EvalConfig:
     batch_size: int = 4096
     """Activation rows per SAE forward pass."""
     max_tokens: int = 200_000
-    """Held-out tokens to evaluate, the first in store order (0: the whole held-out split)."""
+    """Tokens to evaluate, the first of the split in store order (0: the whole split)."""
+    split: str = "heldout"
+    """Store split to evaluate: heldout, or train (as seen in training: in-sample, for
+    comparing with tools that report training-set metrics; no splice metrics)."""
     n_contexts: int = 64
     """Held-out contexts for the splice metrics."""
     splice_batch: int = 8
@@ -66,6 +69,8 @@ class EvalConfig:
         for name in ("batch_size", "n_contexts", "splice_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.split not in ("heldout", "train"):
+            raise ValueError(f"split must be heldout or train, got {self.split!r}")
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0 (0: all), got {self.max_tokens}")
         if self.outlier_multiple != 0 and self.outlier_multiple < 1:
@@ -120,14 +125,20 @@ def evaluate(
     n_contexts: int = EvalConfig.n_contexts,
     splice_batch: int = EvalConfig.splice_batch,
     outlier_multiple: float = EvalConfig.outlier_multiple,
+    split: str = EvalConfig.split,
 ) -> dict:
-    """Metrics of `sae` on the held-out split of `store`, and with `model` the splice metrics:
-    the eval.json document (see the module docstring). Options are EvalConfig's fields."""
+    """Metrics of `sae` on the held-out split of `store` (or the train split), and with `model`
+    the splice metrics: the eval.json document (see the module docstring). Options are
+    EvalConfig's fields."""
     start = time.perf_counter()
+    if split not in ("heldout", "train"):
+        raise ValueError(f"split must be heldout or train, got {split!r}")
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     lm = load_model(model) if isinstance(model, str) else model
     site = check_compatible(sae, store, lm)
-    if store.heldout_fraction <= 0:
+    if lm is not None and split != "heldout":
+        raise ValueError("splice metrics are measured on held-out contexts: use split heldout")
+    if split == "heldout" and store.heldout_fraction <= 0:
         raise StoreError(f"store {store.path} has no held-out split (heldout_fraction 0)")
     # The trainer's outlier filter: a multiple of the median norm of the train split.
     median = store.median_norm(site) if outlier_multiple > 0 else None
@@ -135,7 +146,7 @@ def evaluate(
     left = max_tokens or store.n_tokens
     with torch.no_grad():
         # The store's reader stops on a NaN or Inf with the shard and row named.
-        for acts, meta in store.rows(site, split="heldout"):
+        for acts, meta in store.rows(site, split=split):
             xs, norms = acts[:left].split(batch_size), meta["norms"][:left].split(batch_size)
             for x, norm in zip(xs, norms, strict=True):
                 f, x_hat = run_sae(sae, x)
@@ -159,7 +170,7 @@ def evaluate(
         "store": {
             "path": str(store.path),
             "model": store.manifest["model"]["name"],
-            "split": "heldout",
+            "split": split,
             "max_tokens": max_tokens,
         },
         "reconstruction": stats.result(),
@@ -219,6 +230,7 @@ def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None 
         n_contexts=cfg.n_contexts,
         splice_batch=cfg.splice_batch,
         outlier_multiple=cfg.outlier_multiple,
+        split=cfg.split,
     )
     report["sae"]["path"] = cfg.sae
     out = cfg.out_path
@@ -227,6 +239,9 @@ def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None 
     if cfg.plots:
         plot_density(report, out.parent / "plots" / "feature_density.png")
     return report
+
+
+_SPLIT_NAMES = {"heldout": "held-out", "train": "train-split (in-sample)"}
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -239,7 +254,8 @@ def format_table(report: dict) -> str:
     feats = rec["features"]
     lines = [
         f"SAE at {sae['site']}: d_in {sae['d_in']} -> {sae['n_features']:,} features; "
-        f"{rec['tokens']:,} held-out tokens of {report['store']['path']}",
+        f"{rec['tokens']:,} {_SPLIT_NAMES[report['store']['split']]} tokens of "
+        f"{report['store']['path']}",
     ]
     columns = [("all tokens", rec)]
     clean = rec.get("without_outliers")

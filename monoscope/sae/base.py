@@ -74,6 +74,18 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         """Initialise every parameter as the architecture's paper does."""
 
     @torch.no_grad()
+    def init_tied(self, generator: torch.Generator, decoder_norm: float = 1.0) -> None:
+        """Decoder rows random directions of norm `decoder_norm`, the encoder their transpose,
+        biases 0: the initialisation all four papers share (they differ in the norm)."""
+        W_dec = random_directions(self.cfg.n_features, self.cfg.d_in, generator)
+        if decoder_norm != 1.0:
+            W_dec *= decoder_norm
+        self.W_dec.copy_(W_dec)
+        self.W_enc.copy_(W_dec.t())
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @torch.no_grad()
     def init_b_dec(self, sample: Tensor, iterations: int = 50) -> None:
         """Set b_dec to the geometric median of a sample of raw activations [n, d_in].
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions
+from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.config import SAEConfig
 
 
@@ -84,11 +84,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def reset_parameters(self, generator: torch.Generator) -> None:
         # Gemma Scope: decoder rows random unit directions, encoder its transpose, biases 0,
         # every threshold at jumprelu_init_threshold.
-        W_dec = random_directions(self.cfg.n_features, self.cfg.d_in, generator)
-        self.W_dec.copy_(W_dec)
-        self.W_enc.copy_(W_dec.t())
-        self.b_enc.zero_()
-        self.b_dec.zero_()
+        self.init_tied(generator)
         self.log_threshold.fill_(math.log(self.cfg.jumprelu_init_threshold))
 
     def encode(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions, total_variance
+from monoscope.sae.base import SparseAutoencoder, TrainStep, total_variance
 from monoscope.sae.config import SAEConfig
 
 # April 2024 update: decoder rows start as random directions of a fixed norm, "0.05 to 1"
@@ -31,23 +31,19 @@ class ReluSAE(SparseAutoencoder):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        # The training step's [batch, n_features] buffer, once its backward is done with it:
-        # a fresh one every step costs ~40 ms of page faults at 4096 x 9216 (it is too big for
-        # the heap, so it is mapped and unmapped each time). Dropped by eval().
-        self._spare: list[Tensor] = []
+        # The training step's [block, n_features] buffers (values and their ReLU mask), kept
+        # between steps: fresh ones every step cost page faults (they are too big for the
+        # heap, so they are mapped and unmapped each time). Dropped by eval().
+        self._block: tuple[Tensor, Tensor] | None = None
 
     def train(self, mode: bool = True) -> ReluSAE:
         if not mode:
-            self._spare.clear()
+            self._block = None
         return super().train(mode)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        W_dec = random_directions(self.cfg.n_features, self.cfg.d_in, generator) * INIT_DECODER_NORM
-        self.W_dec.copy_(W_dec)
-        self.W_enc.copy_(W_dec.t())
-        self.b_enc.zero_()
-        self.b_dec.zero_()
+        self.init_tied(generator, decoder_norm=INIT_DECODER_NORM)
 
     def decoder_norms(self) -> Tensor:
         """||W_dec_i|| per latent [n_features]."""
@@ -69,15 +65,15 @@ class ReluSAE(SparseAutoencoder):
         rows, scale = x.shape[0], self.cfg.input_scale
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         dtype = torch.bfloat16 if self.cfg.compute_dtype == "bfloat16" else self.W_enc.dtype
-        shape = (rows, self.cfg.n_features)
-        spare = self._spare.pop() if self._spare else None
-        if (
-            spare is None
-            or spare.shape != shape
-            or spare.dtype != dtype
-            or spare.device != x.device
+        shape = (min(rows, _ROW_BLOCK), self.cfg.n_features)
+        if self._block is None or (
+            (self._block[0].shape, self._block[0].dtype, self._block[0].device)
+            != (shape, dtype, x.device)
         ):
-            spare = x.new_empty(shape, dtype=dtype)
+            self._block = (
+                x.new_empty(shape, dtype=dtype),
+                x.new_empty(shape, dtype=torch.bool),
+            )
         loss, sse, l1, active, column_sums = _ReluStep.apply(
             x,
             self.W_enc,
@@ -87,11 +83,9 @@ class ReluSAE(SparseAutoencoder):
             shift,
             scale,
             coefficient,
-            spare,
-            self._spare,
+            *self._block,
+            torch.is_grad_enabled(),
         )
-        if not loss.requires_grad:  # no backward will come to hand the buffer back
-            self._spare.append(spare)
         with torch.no_grad():
             variance = total_variance(x, scale)
         return TrainStep(
@@ -105,23 +99,27 @@ class ReluSAE(SparseAutoencoder):
 
 
 _ROW_BLOCK = 512
-"""Rows of [batch, n_features] handled at a time by the elementwise work of `_ReluStep`, so
-that it runs on cache-sized blocks right after (or before) their matmul."""
+"""Rows of the batch per block of `_ReluStep`: its [block, n_features] buffers are the step's
+only tensors of that width (18 + 4.5 MiB at 9,216 latents in float32)."""
 
 
 class _ReluStep(torch.autograd.Function):
-    """The ReLU SAE's training loss with hand-written gradients, on one [batch, n_features]
-    buffer: f = ReLU(pre) in the forward, overwritten by the gradient w.r.t. pre in the
-    backward.
+    """The ReLU SAE's training loss and its gradients, a block of rows of the batch at a time.
 
         pre = (x * scale - shift) W_enc + b_enc,  f = ReLU(pre),  x_hat = f W_dec + b_dec
         e = x * scale - x_hat,  loss = Σ||e||^2 / batch + λ Σ_i colsum(f)_i ||W_dec_i|| / batch
 
-    Five matmuls of the encoder's size (two forward, three backward), no more: the L1 term
-    is colsum(f) · norms, so neither f * norms nor its gradient exists as a [batch, F] tensor;
-    the constants of the gradient ride on the matmuls (alpha, and the bias of d/df). The
-    matmuls and the [batch, F] buffer are in `dtype` (bfloat16 or the parameters' dtype); the
-    residual, the loss, the sums and the gradients handed back are in the parameters' dtype.
+    The loss is a sum over rows, so a block's share of every gradient is final once the block
+    is done: the forward pass forms the gradients as it goes (five matmuls of a block's size:
+    two forward, three backward) and the backward pass hands them back, times the incoming
+    gradient. So no [batch, n_features] tensor exists, only a [block, n_features] buffer
+    (`block`), which holds f and then, in place, d loss / d pre, and where f is 0 (`mask`,
+    bool). The L1 term is colsum(f) · norms, so neither f * norms nor its gradient exists as a
+    [block, F] tensor; the constants of the gradient ride on the matmuls (alpha, and the bias
+    of d/df). The matmuls and the buffer are in the buffer's dtype (bfloat16 or the
+    parameters'); the residual, the loss, the sums and the gradients are in the parameters'
+    dtype. With `want_grads` False (no grad mode) only the loss and its statistics are
+    computed.
     """
 
     @staticmethod
@@ -135,103 +133,85 @@ class _ReluStep(torch.autograd.Function):
         shift: Tensor | None,
         scale: float,
         coefficient: float,
-        f: Tensor,
-        spare: list[Tensor],
+        block: Tensor,
+        mask: Tensor,
+        want_grads: bool,
     ) -> tuple[Tensor, ...]:
-        rows, dtype = x.shape[0], f.dtype
-        W_dec_c = W_dec.to(dtype)
-        x_in = x * scale
-        if shift is not None:
-            x_in -= shift
-        # One matmul call: ~20 ms faster than one per block of rows (W_enc is packed once).
-        torch.addmm(b_enc.to(dtype), x_in.to(dtype), W_enc.to(dtype), out=f)
-        del x_in
-        column_sums = torch.zeros_like(b_enc)
-        active = torch.zeros((), dtype=torch.float64, device=x.device)
-        for start in range(0, rows, _ROW_BLOCK):
-            block = f[start : start + _ROW_BLOCK]
-            block.relu_()
-            column_sums += block.sum(0, dtype=column_sums.dtype)
-            # f >= 0, so sign(f) is 1 where active: ~15x faster than count_nonzero here. The
-            # sum is exact in float32 below 2^24 per block; the total is kept in float64.
-            active += block.sign().sum(dtype=torch.float32)
-        x_hat = torch.addmm(b_dec.to(dtype), f, W_dec_c)
-        residual = torch.mul(x, scale).sub_(x_hat)  # x - x_hat, in the parameters' dtype
-        del x_hat
-        flat = residual.view(-1)
-        sse = torch.dot(flat, flat)
+        rows, dtype = x.shape[0], block.dtype
+        need = [want_grads and n for n in ctx.needs_input_grad[:6]]
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_shift = need
+        W_enc_c, W_dec_c, b_enc_c = W_enc.to(dtype), W_dec.to(dtype), b_enc.to(dtype)
+        b_dec_c = b_dec.to(dtype)
         norms = torch.linalg.vector_norm(W_dec, dim=-1)
+        c = -2.0 / rows  # d loss / d x_hat = c * e
+        a = coefficient / rows  # d loss / d f_bi (L1) = a * norms_i
+        d_f_bias = (norms * a).to(dtype)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_W_enc = torch.zeros_like(W_enc) if need_W_enc else None
+        grad_W_dec = torch.zeros_like(W_dec) if need_W_dec else None
+        grad_b_dec = torch.zeros_like(b_dec) if need_b_dec else None
+        # Σ over rows of d loss / d pre: b_enc's gradient, and shift's through W_enc.
+        pre_sums = torch.zeros_like(b_enc) if (need_b_enc or need_shift) else None
+        column_sums = torch.zeros_like(b_enc)
+        sse = x.new_zeros(())
+        active = torch.zeros((), dtype=torch.int64, device=x.device)
+        for start in range(0, rows, block.shape[0]):
+            x_b = x[start : start + block.shape[0]]
+            f = block[: x_b.shape[0]]
+            x_in = x_b * scale
+            if shift is not None:
+                x_in -= shift
+            x_in_c = x_in.to(dtype)
+            torch.addmm(b_enc_c, x_in_c, W_enc_c, out=f)
+            f.relu_()
+            column_sums += f.sum(0, dtype=column_sums.dtype)
+            off = torch.le(f, 0, out=mask[: f.shape[0]])  # ReLU's mask, inverted
+            active += f.numel() - torch.count_nonzero(off)  # no temporary, unlike a sum
+            e = torch.mul(x_b, scale).sub_(torch.addmm(b_dec_c, f, W_dec_c))  # x - x_hat
+            flat = e.view(-1)
+            sse += torch.dot(flat, flat)
+            if not any(need):
+                continue
+            e_c = e.to(dtype)
+            if grad_W_dec is not None:  # reconstruction part: c f^T e
+                if dtype == grad_W_dec.dtype:
+                    grad_W_dec.addmm_(f.t(), e, alpha=c)
+                else:
+                    grad_W_dec.add_(torch.mm(f.t(), e_c), alpha=c)
+            if grad_b_dec is not None:
+                grad_b_dec.add_(e.sum(0), alpha=c)
+            # f becomes d loss / d pre: d loss / d f written over it, then ReLU's mask.
+            torch.addmm(d_f_bias, e_c, W_dec_c.t(), alpha=c, out=f)
+            f.masked_fill_(off, 0.0)
+            if pre_sums is not None:
+                pre_sums += f.sum(0, dtype=pre_sums.dtype)
+            if grad_W_enc is not None:  # pre reads x_in: x_in^T d_pre
+                if dtype == grad_W_enc.dtype:
+                    grad_W_enc.addmm_(x_in_c.t(), f)
+                else:
+                    grad_W_enc.add_(torch.mm(x_in_c.t(), f))
+            if grad_x is not None:
+                g = torch.mm(f, W_enc_c.t()).to(x.dtype).mul_(scale)
+                grad_x[start : start + x_b.shape[0]] = g.add_(e, alpha=-c * scale)
         l1 = torch.dot(column_sums, norms) / rows
-        ctx.save_for_backward(x, W_enc, W_dec, shift, f, residual, norms, column_sums)
-        ctx.scale, ctx.coefficient, ctx.spare, ctx.done = scale, coefficient, spare, False
+        if grad_W_dec is not None:  # L1 part: a colsum_i W_dec_i / ||W_dec_i||
+            tiny = torch.finfo(norms.dtype).tiny
+            grad_W_dec.addcmul_(W_dec, (a * column_sums / norms.clamp_min(tiny)).unsqueeze(1))
+        grad_shift = -(W_enc @ pre_sums) if need_shift else None
+        grad_b_enc = pre_sums if need_b_enc else None
+        ctx.grads = (grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_shift)
         ctx.mark_non_differentiable(sse, l1, active, column_sums)
         return sse / rows + coefficient * l1, sse, l1, active, column_sums
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
-        if ctx.done:
+        if ctx.grads is None:
             raise RuntimeError(
-                "a ReLU SAE training step supports one backward pass (it overwrites its "
-                "activations with their gradient): retain_graph is not supported"
+                "a ReLU SAE training step supports one backward pass (its gradients are "
+                "handed over, not kept): retain_graph is not supported"
             )
-        ctx.done = True
-        x, W_enc, W_dec, shift, f, residual, norms, column_sums = ctx.saved_tensors
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_shift = ctx.needs_input_grad[
-            :6
-        ]
-        rows, scale, dtype = x.shape[0], ctx.scale, f.dtype
+        grads, ctx.grads = ctx.grads, None  # handed over: the step holds no copy
         g = float(grad)
-        c = -2.0 * g / rows  # d loss / d x_hat = c * residual
-        a = ctx.coefficient * g / rows  # d loss / d f_bi (L1) = a * norms_i
-        residual_c, W_dec_c = residual.to(dtype), W_dec.to(dtype)
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_shift = None
-        if need_W_dec:
-            # Reconstruction: c f^T e; L1: a colsum_i W_dec_i / ||W_dec_i||.
-            tiny = torch.finfo(norms.dtype).tiny
-            grad_W_dec = W_dec * (a * column_sums / norms.clamp_min(tiny)).unsqueeze(1)
-            if dtype == grad_W_dec.dtype:
-                grad_W_dec.addmm_(f.t(), residual, alpha=c)
-            else:
-                grad_W_dec.add_(torch.mm(f.t(), residual_c), alpha=c)
-        if need_b_dec:
-            grad_b_dec = residual.sum(0).mul_(c)
-        if need_x:
-            grad_x = residual * (-c * scale)
-        # f becomes d loss / d pre, a block of rows at a time: ReLU's mask applied while the
-        # block is in cache, and no second [batch, F] tensor.
-        sums = torch.zeros_like(norms)
-        bias = (norms * a).to(dtype)
-        for start in range(0, rows, _ROW_BLOCK):
-            block = f[start : start + _ROW_BLOCK]
-            d_f = torch.addmm(bias, residual_c[start : start + _ROW_BLOCK], W_dec_c.t(), alpha=c)
-            torch.ops.aten.threshold_backward.grad_input(d_f, block, 0.0, grad_input=block)
-            sums += block.sum(0, dtype=sums.dtype)
-        grad_pre = f
-        if need_b_enc or need_shift:
-            grad_b_enc = sums
-        if need_W_enc:
-            # pre reads x * scale - shift: scale x^T d_pre - shift ⊗ colsum(d_pre).
-            # As d_pre^T @ x ([F, d], then transposed): ~8% faster than x^T @ d_pre here.
-            grad_W_enc = torch.mm(grad_pre.t(), x.to(dtype)).t()
-            grad_W_enc = grad_W_enc.to(W_enc.dtype, memory_format=torch.contiguous_format)
-            grad_W_enc.mul_(scale)
-            if shift is not None:
-                grad_W_enc.addr_(shift, sums, alpha=-1.0)
-        if need_x:
-            grad_x.add_(torch.mm(grad_pre, W_enc.to(dtype).t()), alpha=scale)
-        if need_shift:
-            grad_shift = -(W_enc @ sums)
-        if not ctx.spare:
-            ctx.spare.append(f)  # the next step may reuse the buffer
-        return (
-            grad_x,
-            grad_W_enc,
-            grad_b_enc if need_b_enc else None,
-            grad_W_dec,
-            grad_b_dec,
-            grad_shift,
-            None,
-            None,
-            None,
-            None,
-        )
+        if g != 1.0:
+            grads = tuple(None if t is None else t.mul_(g) for t in grads)
+        return (*grads, None, None, None, None, None)

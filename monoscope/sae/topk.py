@@ -27,7 +27,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, random_directions, total_variance
+from monoscope.sae.base import SparseAutoencoder, TrainStep, total_variance
 from monoscope.sae.sparse import (
     Pattern,
     TopGroups,
@@ -76,12 +76,33 @@ class TopKFamilySAE(SparseAutoencoder):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
         # Gao et al.: decoder rows random unit vectors, encoder its transpose, biases 0 (the
-        # trainer may then move b_dec to the data's geometric median with `init_b_dec`).
-        W_dec = random_directions(self.cfg.n_features, self.cfg.d_in, generator)
-        self.W_dec.copy_(W_dec)
-        self.W_enc.copy_(W_dec.t())
-        self.b_enc.zero_()
-        self.b_dec.zero_()
+        # trainer then moves b_dec to the data's geometric median with `init_b_dec`, and
+        # fits the encoder's scale with `init_encoder_scale`).
+        self.init_tied(generator)
+
+    @torch.no_grad()
+    def init_encoder_scale(self, sample: Tensor, rows_per_pass: int = 1024) -> float:
+        """Scale W_enc by the factor that makes the SAE's reconstruction of a raw sample
+        [n, d_in] the least-squares best at that scale, and return the factor.
+
+        With b_enc = 0 (as initialised) the choice of latents does not depend on the encoder's
+        scale, so the factor is <x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² (normalised space).
+        The transposed decoder alone overshoots: the latents a token picks are those most
+        aligned with it, hence with one another (0.67 on SmolLM2's layer 15; sparsify's
+        default initialisation amounts to about 0.58). One epoch of 200k tokens ends at a
+        lower FVU from the fitted scale (docs/LOG.md, 2026-11-25).
+        """
+        target_dot = sample.new_zeros((), dtype=torch.float64)
+        fit_dot = sample.new_zeros((), dtype=torch.float64)
+        for rows in sample.split(rows_per_pass):
+            x = self.normalise(rows) - self.b_dec
+            x_hat = self.forward(rows) * self.cfg.input_scale - self.b_dec
+            target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
+            fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
+        factor = float(target_dot / fit_dot) if fit_dot > 0 else 1.0
+        if factor > 0:  # a non-positive fit (no signal at all) leaves the encoder as it is
+            self.W_enc.mul_(factor)
+        return factor
 
     @abc.abstractmethod
     def candidates_per_row(self) -> int:

@@ -2,7 +2,9 @@
 
 Defaults follow Anthropic's April 2024 update for `relu` (Adam 0.9/0.999, λ = 5 warmed up over
 the first 5% of steps, learning rate decayed linearly to 0 over the last 20%, gradient-norm clip
-1.0, inputs scaled so E‖x‖ = √d) and Gao et al. 2024 for `topk` (AuxK coefficient 1/32).
+1.0, inputs scaled so E‖x‖ = √d) and Gao et al. 2024 for `topk` (AuxK coefficient 1/32), with
+what the quality benchmark measured for short runs (docs/LOG.md, 2026-11-25) on top: TopK's
+learning rate, its linear warm-up and Adam's β1.
 """
 
 from __future__ import annotations
@@ -11,15 +13,25 @@ from dataclasses import dataclass
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 
-# Architecture defaults: (learning rate, sparsity coefficient).
-# relu: lr 5e-5 and λ = 5 (APR24 as reimplemented, secondary source; SM's λ convention needs
-# E‖x‖² ≈ d). topk/batchtopk: the coefficient is AuxK's 1/32 (Gao et al.); lr chosen by the
-# quality benchmark (docs/LOG.md). jumprelu: λ of the L0 penalty, in units of the summed MSE.
-DEFAULTS: dict[str, tuple[float, float]] = {
-    "relu": (5e-5, 5.0),
-    "topk": (4e-3, 1 / 32),
-    "batchtopk": (4e-3, 1 / 32),
-    "jumprelu": (1e-3, 0.5),
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    lr: float
+    coefficient: float
+    adam_beta1: float
+    lr_warmup_fraction: float
+
+
+# relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up (APR24 as reimplemented, secondary source;
+# SM's λ convention needs E‖x‖² ≈ d). topk/batchtopk: the coefficient is AuxK's 1/32 (Gao et
+# al.); lr, β1 and the lr warm-up chosen by the quality benchmark for runs of tens to hundreds
+# of steps (docs/LOG.md). jumprelu: λ of the L0 penalty, in units of the summed MSE.
+_TOPK = ArchDefaults(lr=6e-3, coefficient=1 / 32, adam_beta1=0.8, lr_warmup_fraction=0.1)
+DEFAULTS: dict[str, ArchDefaults] = {
+    "relu": ArchDefaults(lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0),
+    "topk": _TOPK,
+    "batchtopk": _TOPK,
+    "jumprelu": ArchDefaults(lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0),
 }
 
 
@@ -40,7 +52,12 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimizer step."""
     lr: float = 0.0
-    """Adam learning rate; 0 means the architecture's default."""
+    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 6e-3)."""
+    adam_beta1: float = 0.0
+    """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
+    lr_warmup_fraction: float = -1.0
+    """Fraction of steps over which the learning rate ramps up linearly from 0; negative
+    means the architecture's default (relu none, topk 0.1)."""
     coefficient: float = -1.0
     """Sparsity coefficient (relu: L1 λ, default 5; jumprelu: L0 λ; topk: AuxK weight, 1/32);
     negative means the architecture's default."""
@@ -75,7 +92,8 @@ class TrainConfig:
     log_every: int = 10
     """Steps between lines of train_log.jsonl."""
     logger: str = "none"
-    """Also log to 'wandb' or 'tensorboard' (must be installed), or 'none'."""
+    """Also log to 'wandb' or 'tensorboard' (pip install 'monoscope[wandb]' or
+    'monoscope[tensorboard]'), or 'none'."""
     overwrite: bool = False
     """Replace a trained SAE at --out instead of refusing."""
     progress: bool = True
@@ -88,6 +106,10 @@ class TrainConfig:
             raise ValueError("batch_size and k must be positive, tokens non-negative")
         if self.target_l0 and self.arch not in ("relu", "jumprelu"):
             raise ValueError("target_l0 applies to relu and jumprelu; topk sets L0 with --k")
+        if not 0 <= self.adam_beta1 < 1:
+            raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
+        if self.lr_warmup_fraction > 1:
+            raise ValueError(f"lr_warmup_fraction is at most 1, got {self.lr_warmup_fraction}")
         if self.logger not in ("none", "wandb", "tensorboard"):
             raise ValueError(f"logger must be none, wandb or tensorboard, got {self.logger!r}")
         self.n_features(1)  # validates the features string
@@ -102,7 +124,15 @@ class TrainConfig:
             ) from None
 
     def lr_value(self) -> float:
-        return self.lr or DEFAULTS[self.arch][0]
+        return self.lr or DEFAULTS[self.arch].lr
 
     def coefficient_value(self) -> float:
-        return self.coefficient if self.coefficient >= 0 else DEFAULTS[self.arch][1]
+        return self.coefficient if self.coefficient >= 0 else DEFAULTS[self.arch].coefficient
+
+    def adam_beta1_value(self) -> float:
+        return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1
+
+    def lr_warmup_value(self) -> float:
+        if self.lr_warmup_fraction >= 0:
+            return self.lr_warmup_fraction
+        return DEFAULTS[self.arch].lr_warmup_fraction

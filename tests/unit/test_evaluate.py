@@ -197,7 +197,23 @@ def test_run_writes_eval_json_and_plot(store, tmp_path):
     assert rec["l0"] == pytest.approx(mean_l0(f))
     assert rec["without_outliers"]["median_norm"] == store.median_norm(SITE)
     assert report["sae"]["path"] == cfg.sae and report["splice"] is None
-    assert "FVU" in format_table(report)
+    assert "FVU" in format_table(report) and "held-out tokens" in format_table(report)
+
+
+def test_the_train_split_can_be_evaluated_in_sample(store, tiny_llama):
+    sae = random_sae()
+    report = evaluate(sae, store, split="train", batch_size=32)
+    x = torch.cat([acts for acts, _ in store.rows(SITE, split="train")])
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    assert report["store"]["split"] == "train"
+    assert report["reconstruction"]["tokens"] == x.shape[0]
+    assert report["reconstruction"]["fvu"] == pytest.approx(fvu(x, x_hat))
+    assert "train-split (in-sample) tokens" in format_table(report)
+    with pytest.raises(ValueError, match="held-out contexts"):
+        evaluate(sae, store, tiny_llama, split="train")
+    with pytest.raises(ValueError, match="split must be heldout or train"):
+        EvalConfig(split="all")
     assert evaluate(sae, store, max_tokens=50)["reconstruction"]["tokens"] == 50
 
 

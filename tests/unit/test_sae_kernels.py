@@ -24,7 +24,7 @@ from monoscope.sae.topk import TopKFamilySAE
 
 
 def dense_topk_reference(sae, x, coefficient, dead_mask):
-    """TopK / BatchTopK training loss with plain dense autograd (as in test_sae.py)."""
+    """TopK / BatchTopK training loss with plain dense autograd: the definition."""
     x_norm = x * sae.cfg.input_scale
     pre = (x_norm - sae.b_dec) @ sae.W_enc + sae.b_enc
     if sae.cfg.arch == "topk":
@@ -47,6 +47,30 @@ def dense_topk_reference(sae, x, coefficient, dead_mask):
     residual_hat = (torch.relu(pre) * aux_keep) @ sae.W_dec
     aux = (residual - residual_hat).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
     return fvu + coefficient * aux
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_step_has_the_dense_gradients(arch):
+    torch.manual_seed(0)
+    d, n, k, batch = 32, 512, 8, 64
+    sae = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    assert_dense_loss_and_gradients(sae, torch.randn(batch, d) * 2.0, torch.rand(n) < 0.2)
+
+
+def assert_dense_loss_and_gradients(sae, x, dead):
+    """The SAE's training step has `dense_topk_reference`'s loss and gradients."""
+    out = sae.training_step(x, 0.25, dead)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    reference = dense_topk_reference(sae, x, 0.25, dead)
+    reference.backward()
+    assert torch.allclose(out.loss, reference, rtol=1e-5)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), name
 
 
 def _blocks(nb: int, rows: int, w: int, seed: int = 0, spare_rows: int = 3) -> torch.Tensor:
@@ -185,17 +209,7 @@ def test_chunked_selection_has_the_dense_loss_and_gradients(
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(std=0.1)
-    x = torch.randn(batch, d) * 2.0
-    dead = torch.rand(n) < dead_fraction
-    out = sae.training_step(x, 0.25, dead)
-    out.loss.backward()
-    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
-    sae.zero_grad()
-    reference = dense_topk_reference(sae, x, 0.25, dead)
-    reference.backward()
-    assert torch.allclose(out.loss, reference, rtol=1e-5)
-    for name, p in sae.named_parameters():
-        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), name
+    assert_dense_loss_and_gradients(sae, torch.randn(batch, d) * 2.0, torch.rand(n) < dead_fraction)
 
 
 def test_batchtopk_recomputes_rows_holding_more_than_their_candidates(small_blocks):
@@ -343,23 +357,27 @@ def test_bfloat16_steps_are_close_to_float32():
         assert (grad16 - grad32).norm() <= 0.2 * grad32.norm(), arch
 
 
-def test_relu_step_reuses_its_buffer_and_refuses_a_second_backward():
+def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backward():
     torch.manual_seed(0)
     sae = build_sae(SAEConfig("relu", 16, 64, input_scale=0.5), seed=0)
-    x = torch.randn(40, 16)
+    x = torch.randn(1100, 16)
     out = sae.training_step(x, 0.1)
-    assert not sae._spare  # lent to the step until its backward
+    buffer = sae._block
+    assert [b.shape for b in buffer] == [(512, 64)] * 2  # never [batch, n_features]
     out.loss.backward(retain_graph=True)
-    (buffer,) = sae._spare
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.loss.backward()
     sae.zero_grad()
     again = sae.training_step(x, 0.1)
-    assert not sae._spare  # the same buffer, lent again
-    again.loss.backward()
-    assert sae._spare[0] is buffer
-    with torch.no_grad():  # no graph: the buffer comes back at once
-        sae.training_step(x, 0.1)
-    assert sae._spare[0] is buffer
+    assert sae._block is buffer
+    (2 * again.loss).backward()  # the handed-over gradients follow the incoming gradient
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    sae.training_step(x, 0.1).loss.backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(grads[name], 2 * p.grad)
+    with torch.no_grad():  # no graph: the loss alone, from the same buffer
+        assert torch.equal(sae.training_step(x, 0.1).loss, again.loss.detach())
+    assert sae._block is buffer
     sae.eval()
-    assert not sae._spare
+    assert sae._block is None

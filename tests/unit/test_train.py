@@ -19,6 +19,19 @@ from monoscope.train.target_l0 import L0Controller
 def test_schedules_follow_the_recipe():
     assert [learning_rate(s, 10, 1.0) for s in (0, 7, 8, 9)] == [1.0, 1.0, 1.0, 0.5]
     assert learning_rate(99, 100, 2.0) == pytest.approx(2.0 / 20)
+    # TopK's linear warm-up over the first 10% of steps, then the same decay.
+    warm = [learning_rate(s, 100, 2.0, 0.2, 0.1) for s in (0, 4, 9, 10, 79, 99)]
+    assert warm == pytest.approx([0.2, 1.0, 2.0, 2.0, 2.0, 2.0 / 20])
+
+
+def test_architecture_defaults_and_overrides():
+    topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
+    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (6e-3, 0.8, 0.1)
+    assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
+    mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
+    assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
+    with pytest.raises(ValueError, match="adam_beta1"):
+        TrainConfig(adam_beta1=1.0)
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
 
@@ -205,3 +218,59 @@ def test_streaming_from_the_model_trains_and_resumes_exactly(
     resumed = run(cfg("unused", tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_tensorboard_logging_writes_the_metrics(low_rank_npy, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install 'monoscope[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(cfg(low_rank_npy, tmp_path / "sae", logger="tensorboard", tokens=256 * 3))
+    events = EventAccumulator(str(tmp_path / "sae" / "tensorboard"))
+    events.Reload()
+    fvu = [(e.step, e.value) for e in events.Scalars("fvu")]
+    logged = [(row["step"], row["fvu"]) for row in read_log(tmp_path / "sae")]
+    assert [step for step, _ in fvu] == [1, 2, 3]
+    assert [v for _, v in fvu] == pytest.approx([v for _, v in logged])
+    assert {"loss", "l0", "dead_fraction", "lr"} <= set(events.Tags()["scalars"])
+
+
+def test_wandb_logging_offline(low_rank_npy, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="pip install 'monoscope[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    import wandb
+
+    real_init = wandb.init
+
+    def recording_init(*args, **kwargs):
+        wandb_run = real_init(*args, **kwargs)
+        real_log = wandb_run.log
+        monkeypatch.setattr(
+            wandb_run, "log", lambda data, step: (logged.append(step), real_log(data, step=step))
+        )
+        return wandb_run
+
+    monkeypatch.setattr(wandb, "init", recording_init)
+    run(cfg(low_rank_npy, tmp_path / "sae", logger="wandb", tokens=256 * 3))
+    assert logged == [1, 2, 3]
+    assert list((tmp_path / "sae" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_a_missing_logging_backend_names_its_extra(low_rank_npy, tmp_path, monkeypatch, backend):
+    import sys
+
+    monkeypatch.setitem(sys.modules, backend, None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=rf"pip install 'monoscope\[{backend}\]'"):
+        run(cfg(low_rank_npy, tmp_path / "sae", logger=backend))
+    assert not (tmp_path / "sae").exists()  # refused before anything was written
+
+
+def test_large_blocks_go_back_to_the_system_when_freed():
+    import platform
+
+    from monoscope.train.memory import return_large_blocks_when_freed
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert return_large_blocks_when_freed() is expected

@@ -1,0 +1,111 @@
+"""Which run a feature store belongs to, and opening one for writing: a store of another SAE,
+activation store or parameters is refused (unless overwritten), a finished one is reused, an
+unfinished one of the same run is continued."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import sqlite3
+from importlib.metadata import version
+from pathlib import Path
+
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from monoscope.analyze import schema
+from monoscope.analyze.checkpoint import checkpoint_path
+from monoscope.analyze.config import AnalyzeConfig
+from monoscope.artifacts import sha256_file
+from monoscope.harvest import ActivationStore
+from monoscope.harvest.store import MANIFEST
+
+
+def _sae_sha256(sae: nn.Module) -> str:
+    """sha256 of the weights as `sae.save` writes them (= weights.safetensors' for a folder
+    monoscope saved)."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    return hashlib.sha256(save_bytes(weights)).hexdigest()
+
+
+def identity(cfg: AnalyzeConfig, sae: nn.Module, store: ActivationStore, site: str) -> dict:
+    c = sae.cfg
+    return {
+        "sae": {
+            "path": cfg.sae,
+            "sha256": _sae_sha256(sae),
+            "arch": getattr(c, "arch", type(sae).__name__),
+            "n_features": c.n_features,
+            "d_in": c.d_in,
+            "site": site,
+            "model": getattr(c, "model", None),
+            "activation_convention": getattr(c, "activation_convention", None),
+        },
+        "acts": {
+            "path": str(store.path),
+            "manifest_sha256": sha256_file(store.path / MANIFEST),
+            "site": site,
+            "split": cfg.split,
+        },
+        "params": cfg.params(),
+    }
+
+
+def _same_run(identity: dict) -> dict:
+    """What must match between a store on disk and a run that continues or reuses it (not the
+    paths: the same files may be named differently)."""
+    return {
+        "sae": identity["sae"]["sha256"],
+        "acts": identity["acts"]["manifest_sha256"],
+        "site": identity["acts"]["site"],
+        **{f"params.{k}": v for k, v in identity["params"].items()},
+    }
+
+
+def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:
+    """Whether `out` already holds this run's complete store. A store of another SAE, store or
+    parameters (or any other file) is refused unless `overwrite`, which deletes it."""
+    if overwrite:
+        for path in (out, out.with_name(out.name + "-journal"), checkpoint_path(out)):
+            path.unlink(missing_ok=True)
+    if not out.exists():
+        return False
+    try:
+        conn = schema.open_readonly(out)
+        try:
+            meta = schema.read_meta(conn)
+        finally:
+            conn.close()
+    except schema.FeatureStoreError as err:
+        raise schema.FeatureStoreError(
+            f"{out} exists and is not a feature store this monoscope writes ({err}); pass "
+            "--overwrite to replace it, or choose another --out"
+        ) from None
+    if "params" not in meta:  # created, then killed before its identity was recorded
+        return False
+    had = _same_run({"sae": meta["sae"], "acts": meta["acts"], "params": meta["params"]})
+    asked = _same_run(identity)
+    differ = [k for k in sorted(set(had) | set(asked)) if had.get(k) != asked.get(k)]
+    if differ:
+        details = "; ".join(f"{k}: {had.get(k)!r} there, {asked.get(k)!r} asked" for k in differ)
+        raise schema.FeatureStoreError(
+            f"{out} holds the features of another run ({details}). Pass --overwrite to "
+            "replace it, or choose another --out."
+        )
+    return bool(meta.get("complete"))
+
+
+def create_store(out: Path, identity: dict) -> sqlite3.Connection:
+    """A writable connection to the (new or resumed) store, its identity recorded."""
+    conn = schema.create(out)
+    with conn:
+        schema.write_meta(
+            conn,
+            complete=False,
+            sae=identity["sae"],
+            acts=identity["acts"],
+            params=identity["params"],
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            monoscope_version=version("monoscope"),
+        )
+    return conn

@@ -1,0 +1,355 @@
+"""`analyze`: one pass over an activation store with an SAE -> the feature store (schema.py).
+
+Stages: open (lock, identity checks, resume) -> neighbours by decoder cosine (before the pass:
+the pass counts their co-occurrence) -> the pass (encode each batch, update the Accumulator,
+checkpoint every few batches) -> the examples -> logit effects, the map -> every table in one
+transaction, the examples' windows read (from the pass's code cache, or re-read from the store
+and re-encoded) while they are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from monoscope.analyze import schema
+from monoscope.analyze.accumulate import Accumulator
+from monoscope.analyze.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from monoscope.analyze.codes import CodeCache
+from monoscope.analyze.config import AnalyzeConfig
+from monoscope.analyze.layout import NEIGHBOURS as MAP_NEIGHBOURS
+from monoscope.analyze.layout import feature_map, require_umap
+from monoscope.analyze.lock import writer_lock
+from monoscope.analyze.logits import logit_effects, token_texts, vocab_size
+from monoscope.analyze.neighbours import cosine_neighbours
+from monoscope.analyze.opening import create_store, existing_is_complete, identity
+from monoscope.analyze.tables import (
+    Examples,
+    LogitEffects,
+    example_rows,
+    export_parquet,
+    feature_rows,
+    neighbour_rows,
+    require_pyarrow,
+    write_tables,
+)
+from monoscope.analyze.windows import WindowReader, read_rows
+from monoscope.evaluate.evaluator import check_compatible
+from monoscope.evaluate.metrics import density_histogram
+from monoscope.harvest import ActivationStore, StoreError
+from monoscope.models import LanguageModel, load_model
+from monoscope.runtime import configure_threads, intra_op_threads
+
+
+def encode(sae: nn.Module, x: Tensor) -> Tensor:
+    """Feature activations [b, n_features] (reporting convention, float32, CPU) of raw x
+    [b, d_in], computed on the SAE's device and dtype."""
+    param = next(sae.parameters())
+    with torch.no_grad():
+        return sae.encode(x.to(device=param.device, dtype=param.dtype)).float().cpu()
+
+
+def _model(cfg: AnalyzeConfig, store: ActivationStore, lm: LanguageModel | None):
+    """The model for logit effects and token texts, or None (with a warning) when --no-logits
+    was asked and it cannot be loaded."""
+    name = cfg.model or store.manifest["model"]["name"]
+    if lm is None:
+        try:
+            lm = load_model(name, device="cpu")
+        except (OSError, ValueError, RuntimeError) as err:
+            if cfg.logits:
+                raise ValueError(
+                    f"logit effects need the model {name!r}, which could not be loaded ({err}); "
+                    "pass --model, or --no-logits to analyse without it"
+                ) from err
+            print(
+                f"monoscope analyze: warning: model {name!r} could not be loaded ({err}); "
+                "the store gets no logit effects and no token texts",
+                file=sys.stderr,
+            )
+            return None
+    store.check_compatible(revision=lm.revision)
+    return lm
+
+
+def pass_batches(
+    store: ActivationStore, site: str, cfg: AnalyzeConfig, skip: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(activations [b, d], locs [b]) in store order, batch_size rows at a time within each
+    shard, from token `skip` of the split on (a batch boundary of an earlier run)."""
+    context, seen = int(store.manifest["context"]), 0
+    limit = cfg.max_tokens or store.n_tokens
+    for acts, meta in store.rows(site, cfg.split):
+        n = min(acts.shape[0], limit - seen)
+        locs = meta["context_index"] * context + meta["position"].long()
+        for start in range(0, n, cfg.batch_size):
+            if seen + start >= skip:
+                stop = min(start + cfg.batch_size, n)
+                yield acts[start:stop].float(), locs[start:stop]
+        seen += n
+        if seen >= limit:
+            return
+
+
+@dataclass
+class _Analysis:
+    """One analysis run on an opened store (`conn`), from resume to the final transaction."""
+
+    cfg: AnalyzeConfig
+    sae: nn.Module
+    store: ActivationStore
+    site: str
+    lm: LanguageModel | None
+    out: Path
+    identity: dict
+    conn: sqlite3.Connection
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.context = int(self.store.manifest["context"])
+        self._write_start = 0.0
+        self.threads = torch.get_num_threads()  # configure_threads' choice, for the encodes
+        n = self.sae.cfg.n_features
+        saved = load_checkpoint(self.out, self.identity)
+        with self._timed("neighbours"):
+            if saved is not None:
+                self.neighbours = saved.pop("neighbour_index"), saved.pop("neighbour_cosine")
+            else:
+                # The map's neighbours too, when it is drawn: the table keeps the first ones.
+                k = max(self.cfg.neighbours, MAP_NEIGHBOURS - 1 if self.cfg.map else 0)
+                self.neighbours = cosine_neighbours(self.sae.W_dec, k)
+        self.cache = CodeCache(n, self.cfg.cache_entries)
+        self.acc = Accumulator(
+            n,
+            top_n=self.cfg.top_n,
+            n_quantiles=self.cfg.n_quantiles,
+            quantile_examples=self.cfg.quantile_examples,
+            random_examples=self.cfg.random_examples,
+            n_bins=self.cfg.n_bins,
+            seed=self.cfg.seed,
+            neighbour_index=self.neighbours[0][:, : self.cfg.neighbours],
+            cache=self.cache,
+        )
+        if saved is not None:
+            self.cache.load_state({k: saved.pop(k) for k in list(saved) if k.startswith("cache_")})
+            self.acc.load_state(saved)
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = time.perf_counter() - start
+
+    def run(self) -> None:
+        with self._timed("pass"):
+            self._pass()
+        if self.acc.tokens_seen == 0:
+            raise StoreError(
+                f"the {self.cfg.split} split of store {self.store.path} has no tokens to analyse"
+            )
+        with self._timed("examples"):
+            examples = self._examples()
+        reader = WindowReader(
+            self.store,
+            self.site,
+            self._encode_all_threads,
+            self.cache,
+            self.context,
+            self.cfg.window_before,
+            self.cfg.window_after,
+            int(self.acc.state["last_loc"]),
+            self.cfg.batch_size,
+        )
+        directions = self.sae.W_dec.detach()
+        with self._timed("logits"):
+            logits = None
+            if self.lm is not None and self.cfg.logits:
+                logits = LogitEffects(*logit_effects(directions, self.lm, self.cfg.logit_tokens))
+            vocab = token_texts(self.lm.tokenizer, vocab_size(self.lm)) if self.lm else []
+        with self._timed("map"):
+            coords = None
+            if self.cfg.map:
+                knn = (n[:, : MAP_NEIGHBOURS - 1] for n in self.neighbours)
+                coords = feature_map(*knn, directions, self.cfg.map_epochs, self.cfg.seed)
+        s, k = self.acc.state, self.cfg.neighbours
+        table = [n[:, :k] for n in self.neighbours]
+        self._write_start = time.perf_counter()
+        write_tables(
+            self.conn,
+            feature_rows(
+                s["n_fired"],
+                self.acc.tokens_seen,
+                s["act_sum"],
+                s["act_max"],
+                self.acc.hist(),
+                logits,
+                vocab,
+                coords,
+            ),
+            # The windows are read while their rows are written.
+            example_rows(examples, reader.read(examples.feature, examples.loc), self.context),
+            neighbour_rows(*table, s["cooccur"] if k else None, s["n_fired"]),
+            vocab,
+            self._final_meta,
+        )
+
+    def _encode_all_threads(self, x: Tensor) -> Tensor:
+        with intra_op_threads(self.threads):
+            return encode(self.sae, x)
+
+    def _pass(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        bar = tqdm(
+            total=min(cfg.max_tokens or self.store.n_tokens, self.store.n_tokens)
+            if cfg.split == "all"
+            else None,
+            initial=acc.tokens_seen,
+            unit="tok",
+            unit_scale=True,
+            disable=not cfg.progress,
+            desc="analyze",
+        )
+        try:
+            batches = pass_batches(self.store, self.site, cfg, acc.tokens_seen)
+            for step, (x, locs) in enumerate(batches, 1):
+                acc.update(encode(self.sae, x), locs)
+                bar.update(x.shape[0])
+                if step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
+        finally:
+            bar.close()
+
+    def _checkpoint(self) -> None:
+        self.acc.flush()
+        state = {**self.acc.state, **self.cache.state()}
+        state.update(neighbour_index=self.neighbours[0], neighbour_cosine=self.neighbours[1])
+        save_checkpoint(self.out, state, self.identity)
+        with self.conn:
+            schema.write_meta(self.conn, tokens_seen=self.acc.tokens_seen)
+
+    def _random_examples(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(feature, rank, loc) [e]: per firing feature, the first random_examples pool tokens
+        (in sample order) on which it does not fire."""
+        locs, n = self.acc.pool_locs(), self.cfg.random_examples
+        if not n or not locs.numel():
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty, empty
+        x = read_rows(self.store, self.site, locs, self.context)
+        f = torch.cat([encode(self.sae, rows) for rows in x.split(self.cfg.batch_size)])
+        silent = (f == 0) & (self.acc.state["n_fired"] > 0)  # [c, F]
+        rank = silent.cumsum(0) - 1
+        token, feature = (silent & (rank < n)).nonzero(as_tuple=True)
+        return feature, rank[token, feature], locs[token]
+
+    def _examples(self) -> Examples:
+        top, quant = self.acc.top_examples(), self.acc.interval_examples()
+        rand = self._random_examples()
+        none = [torch.full_like(top[0], -1), torch.full_like(rand[0], -1)]
+        # (feature, kind, bucket, rank, activation, loc) of each kind
+        parts = [
+            (top[0], 0, none[0], top[1], top[2], top[3]),
+            (quant[0], 1, quant[1], quant[2], quant[3], quant[4]),
+            (rand[0], 2, none[1], rand[1], torch.zeros(rand[0].numel()), rand[2]),
+        ]
+        return Examples(
+            feature=torch.cat([p[0] for p in parts]),
+            kind=torch.cat([torch.full_like(p[0], p[1]) for p in parts]),
+            bucket=torch.cat([p[2] for p in parts]),
+            rank=torch.cat([p[3] for p in parts]),
+            activation=torch.cat([p[4].float() for p in parts]),
+            loc=torch.cat([p[5] for p in parts]),
+        )
+
+    def _final_meta(self) -> dict:
+        model, tokens = self.store.manifest["model"], self.acc.tokens_seen
+        density = density_histogram(self.acc.state["n_fired"], tokens)
+        return {
+            "complete": True,
+            "acts": {**self.identity["acts"], "n_tokens": tokens},
+            "model": {"name": model["name"], "revision": model["revision"]},
+            "tokens_seen": tokens,
+            "hist_edges": (10 ** self.acc.log10_edges()).tolist(),
+            "density_hist": {
+                # float32 linspace edges (-3.9000000953674316) rounded back to their decimals
+                "edges": [round(e, 6) for e in density["log10_edges"]],
+                "counts": density["counts"],
+                "dead": density["dead"],
+            },
+            "seconds": {
+                **{k: round(v, 3) for k, v in self.seconds.items()},
+                "windows_and_write": round(time.perf_counter() - self._write_start, 3),
+            },
+        }
+
+
+def run(
+    cfg: AnalyzeConfig,
+    sae: nn.Module | None = None,
+    store: ActivationStore | None = None,
+    lm: LanguageModel | None = None,
+) -> Path:
+    """Analyse as `cfg` says (objects given are used instead of loading cfg.sae, cfg.acts,
+    cfg.model); resume an interrupted store at cfg.out; returns its path."""
+    configure_threads()
+    if cfg.map:
+        require_umap()  # before the pass, not after it
+    if cfg.export == "parquet":
+        require_pyarrow()
+    if sae is None:
+        from monoscope.sae import load_sae
+
+        sae = load_sae(cfg.sae)
+    store = store if store is not None else ActivationStore(cfg.acts)
+    site = check_compatible(sae, store, None)
+    if cfg.split == "heldout" and store.heldout_fraction <= 0:
+        raise StoreError(f"store {store.path} has no held-out split (heldout_fraction 0)")
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):
+        ident = identity(cfg, sae, store, site)
+        if existing_is_complete(out, ident, cfg.overwrite):
+            print(f"feature store {out} is already complete", file=sys.stderr)
+        else:
+            lm = _model(cfg, store, lm)  # before anything is written: a missing model fails fast
+            conn = create_store(out, ident)
+            try:
+                _Analysis(cfg, sae, store, site, lm, out, ident, conn).run()
+            finally:
+                conn.close()
+        checkpoint_path(out).unlink(missing_ok=True)  # also one a kill left after the commit
+    if cfg.export == "parquet":
+        export_parquet(out)
+    return out
+
+
+def analyze(
+    sae: nn.Module | str | Path,
+    acts: ActivationStore | str | Path,
+    model: LanguageModel | str | None = None,
+    out: str | Path = "features.db",
+    **options,
+) -> Path:
+    """Python entry point: `analyze(sae, store, model=lm, out="runs/a/features.db")`.
+
+    `sae` and `acts` are objects or folders; `model` a LanguageModel, a name, or None for the
+    store's model; `options` are the other AnalyzeConfig fields (top_n, window, map, ...).
+    """
+    store = acts if isinstance(acts, ActivationStore) else ActivationStore(acts)
+    lm = model if isinstance(model, LanguageModel) else None
+    cfg = AnalyzeConfig(
+        sae="" if isinstance(sae, nn.Module) else str(sae),
+        acts=str(store.path),
+        out=str(out),
+        model=model.name if isinstance(model, LanguageModel) else model,
+        **options,
+    )
+    return run(cfg, sae if isinstance(sae, nn.Module) else None, store, lm)

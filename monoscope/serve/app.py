@@ -1,0 +1,170 @@
+"""The live browser: the front end plus its JSON API, as a FastAPI app.
+
+GET  /                       the front end (static/index.html); /assets/* its files
+GET  /config.js              tells the front end it runs live, and the model endpoints' limits
+GET  /api/meta               meta record (records.py)
+GET  /api/features           ?query=&sort=id|density|max_act&order=asc|desc&offset=&limit=
+GET  /api/features/{id}      feature record; 404 for an id that is not 0..n_features-1
+GET  /api/map                map points
+POST /api/fires              {"text": ...} -> per-token top features (fires.py); 422 empty,
+                             413 too long, 503 when the model or SAE cannot be loaded
+POST /api/steer              {feature, prompt, strength, relative, mode, positions,
+                             max_new_tokens, temperature, seed, chat} -> unsteered vs
+                             steered continuations (steering.py); 404 unknown feature, 422
+                             bad input, 503 no model
+POST /api/attribute          {prompt, target, top, chat} -> attribution and ablation of the
+                             prompt's features to the next token (steering.py); 422, 503
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
+# and the request model is local to create_app.
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from monoscope.analyze.schema import FeatureStoreError
+from monoscope.serve.catalog import ORDERS, SORTS
+from monoscope.serve.fires import FiresEngine, FiresInputError
+from monoscope.serve.model import ModelUnavailable
+from monoscope.serve.steering import SteerEngine
+from monoscope.serve.store import FeatureNotFound, FeatureStore
+from monoscope.steer import SteeringError
+
+STATIC = Path(str(resources.files("monoscope.serve") / "static"))
+MAX_PAGE = 500
+"""Most features one list request returns."""
+
+
+def require_server_extra() -> None:
+    """ImportError naming the extra when the web server's packages are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"`monoscope serve` needs the web server packages ({err.name} is missing): "
+            'pip install "monoscope[serve]"'
+        ) from err
+
+
+def front_end_config(mode: str, **extra: Any) -> str:
+    """config.js: the first script the page runs, telling it where its data comes from."""
+    config = {"mode": mode, **extra}
+    return f"window.MS = window.MS || {{}};\nMS.config = {json.dumps(config)};\n"
+
+
+def create_app(
+    store: FeatureStore, fires: FiresEngine | None = None, steer: SteerEngine | None = None
+):
+    """The FastAPI app over `store`; `fires` None disables POST /api/fires, `steer` None
+    POST /api/steer and /api/attribute (503)."""
+    require_server_extra()
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel
+
+    class FiresRequest(BaseModel):
+        text: str
+
+    class SteerRequest(BaseModel):
+        feature: int | str
+        prompt: str
+        strength: float | str = 5.0
+        relative: bool = True
+        mode: str = "clamp"
+        positions: str = "all"
+        max_new_tokens: int = 32
+        temperature: float = 0.7
+        seed: int = 0
+        chat: bool | None = None
+
+    class AttributeRequest(BaseModel):
+        prompt: str
+        target: str | None = None
+        top: int = 20
+        chat: bool = False
+
+    app = FastAPI(title="monoscope", docs_url=None, redoc_url=None, openapi_url=None)
+    config_js = front_end_config(
+        "live",
+        fires={"max_tokens": fires.max_tokens} if fires is not None else None,
+        steer=steer.limits() if steer is not None else None,
+    )
+
+    @app.exception_handler(FeatureNotFound)
+    def _not_found(request: Request, err: FeatureNotFound) -> JSONResponse:
+        return JSONResponse({"detail": err.args[0]}, status_code=404)
+
+    @app.exception_handler(SteeringError)
+    def _bad_request(request: Request, err: SteeringError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(ModelUnavailable)
+    def _no_model(request: Request, err: ModelUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(FeatureStoreError)
+    def _store_error(request: Request, err: FeatureStoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/config.js")
+    def config() -> Response:
+        return Response(config_js, media_type="text/javascript")
+
+    # JSONResponse directly: FastAPI's default encoder walks every value of a big record first.
+    @app.get("/api/meta")
+    def meta() -> JSONResponse:
+        return JSONResponse(store.meta_record())
+
+    @app.get("/api/features")
+    def features(
+        query: str = "",
+        sort: Literal[SORTS] = "id",  # type: ignore[valid-type]
+        order: Literal[ORDERS] = "asc",  # type: ignore[valid-type]
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=MAX_PAGE),
+    ) -> JSONResponse:
+        return JSONResponse(store.catalog.search(query, sort, order, offset, limit))
+
+    @app.get("/api/features/{feature_id}")
+    def feature(feature_id: str) -> JSONResponse:
+        return JSONResponse(store.feature(feature_id))
+
+    @app.get("/api/map")
+    def feature_map() -> JSONResponse:
+        return JSONResponse(store.map())
+
+    @app.post("/api/fires")
+    def fires_on_text(body: FiresRequest) -> JSONResponse:
+        if fires is None:
+            raise HTTPException(503, "this server runs without a model")
+        try:
+            return JSONResponse(fires.run(body.text))
+        except FiresInputError as err:
+            raise HTTPException(err.status, str(err)) from err
+
+    # Plain `def` routes run in the thread pool, off the event loop; the engines take the
+    # model's lock, so browsing stays responsive while a generation runs.
+    @app.post("/api/steer")
+    def steer_feature(body: SteerRequest) -> JSONResponse:
+        fid = store.feature_id(body.feature)
+        if steer is None:
+            raise HTTPException(503, "this server runs without a model")
+        options = body.model_dump(exclude={"feature"})
+        return JSONResponse(steer.steer(fid, **options))
+
+    @app.post("/api/attribute")
+    def attribute_prompt(body: AttributeRequest) -> JSONResponse:
+        if steer is None:
+            raise HTTPException(503, "this server runs without a model")
+        return JSONResponse(steer.attribute(**body.model_dump()))
+
+    # StaticFiles resolves each path and refuses any that leaves the folder (../, %2e%2e).
+    app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
+    return app

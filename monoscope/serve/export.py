@@ -1,0 +1,125 @@
+"""`monoscope export-site`: the browser as a static folder that works from file:// or any host.
+
+Chromium refuses fetch() and module scripts on file:// pages, so every data file is a script
+calling `MS.receive(name, data)` (JSONP-style), which the front end loads by adding a <script>
+tag. Layout of the site:
+
+index.html, assets/        the front end (the same files `monoscope serve` serves)
+config.js                  {"mode": "static", shard_size, shard_digits}
+data/meta.js               meta record
+data/index.js              every feature's summary, column by column (the list and its sort)
+data/search.js             token -> feature ids (the search; loaded on the first search)
+data/map.js                map points
+data/features/NNNN.js      feature records shard_size*NNNN .. shard_size*(NNNN+1)-1
+monoscope-site.json        marks the folder as a site, so a re-export may replace it
+
+The site is built in a temp folder beside OUT and renamed into place; a folder that is not a
+site is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from monoscope.serve.app import STATIC, front_end_config
+from monoscope.serve.store import FeatureStore
+
+SITE_MARKER = "monoscope-site.json"
+SITE_FORMAT_VERSION = 1
+SHARD_SIZE = 256
+
+
+def export_site(db: str | Path, out: str | Path, shard_size: int = SHARD_SIZE) -> Path:
+    """Write the static site of feature store `db` to folder `out`; returns `out`."""
+    if shard_size <= 0:
+        raise ValueError(f"shard size must be a positive number of features, got {shard_size}")
+    out = Path(out)
+    _check_target(out)
+    store = FeatureStore(db)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_site(store, tmp, shard_size)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def shard_name(index: int, digits: int) -> str:
+    return f"features/{index:0{digits}d}"
+
+
+def _check_target(out: Path) -> None:
+    if out.is_file() or out.is_symlink():
+        raise ValueError(f"{out} is a file; export-site writes a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+        raise ValueError(
+            f"refusing to overwrite {out}: it is not a monoscope site (no {SITE_MARKER}); "
+            "choose a new or empty folder"
+        )
+
+
+def _write_site(store: FeatureStore, root: Path, shard_size: int) -> None:
+    shutil.copytree(STATIC, root, dirs_exist_ok=True)
+    n = store.n_features
+    n_shards = -(-n // shard_size)
+    digits = max(4, len(str(max(n_shards - 1, 0))))
+    (root / "config.js").write_text(
+        front_end_config("static", shard_size=shard_size, shard_digits=digits), encoding="utf-8"
+    )
+    (root / "data" / "features").mkdir(parents=True)
+    cat = store.catalog
+    _write_data(root, "meta", store.meta_record())
+    _write_data(
+        root,
+        "index",
+        {
+            "density": cat.density.tolist(),
+            "max_act": cat.max_act.tolist(),
+            "mean_act": cat.mean_act.tolist(),
+            "explanation": cat.explanation,
+            "score": cat.score,
+            "top_tokens": cat.top_tokens,
+        },
+    )
+    _write_data(root, "search", {"tokens": cat.token_index})
+    _write_data(root, "map", store.map())
+    for shard in range(n_shards):
+        start = shard * shard_size
+        records = store.feature_range(start, min(start + shard_size, n))
+        _write_data(root, shard_name(shard, digits), {"first": start, "features": records})
+    marker = {
+        "format": "monoscope.site",
+        "version": SITE_FORMAT_VERSION,
+        "source": str(store.path.resolve()),
+        "n_features": n,
+        "shard_size": shard_size,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (root / SITE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_data(root: Path, name: str, data: Any) -> None:
+    """data/<name>.js: one call to MS.receive, the JSON inline."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = f"MS.receive({json.dumps(name)},{payload});\n"
+    (root / "data" / f"{name}.js").write_text(text, encoding="utf-8")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished site onto `out`; a previous site is moved aside first, then removed."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old)

@@ -1,0 +1,301 @@
+"""The feature browser in real headless Chromium, on a real (tiny) pipeline: a tiny random model
+-> harvest -> train an SAE -> analyze -> `monoscope serve` on a free 127.0.0.1 port, and the
+exported static site opened from file://.
+
+Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and playwright's pip wheel
+(its driver only: no browser is downloaded). Without them the test is skipped, except in CI
+(CI=true), where it fails. Screenshots go to $MONOSCOPE_SCREENSHOTS or a temp folder; the
+folder is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from monoscope.analyze import analyze
+from monoscope.harvest import HarvestConfig
+from monoscope.harvest import run as harvest
+from monoscope.serve import FeatureStore, export_site, open_app
+from monoscope.serve.server import background_server
+from monoscope.train import TrainConfig
+from monoscope.train import run as train
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SITE = "blocks.1.hook_resid_post"
+
+
+def require_browser():
+    """playwright's sync API, or skip (fail in CI) when it or chromium is missing."""
+    missing = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = 'playwright (pip install "monoscope[browser]")'
+    if missing is None and not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} (apt-get install chromium)"
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the browser test needs {missing}; .ci/run installs it")
+        pytest.skip(f"needs {missing}")
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def db(tiny_llama, corpus_file, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    store = harvest(
+        HarvestConfig(
+            model=tiny_llama.name,
+            sites=[SITE],
+            corpus=str(corpus_file),
+            tokens=4000,
+            out=str(root / "acts"),
+            context=32,
+            progress=False,
+        ),
+        tiny_llama,
+    )
+    train(
+        TrainConfig(
+            acts=str(store.path),
+            out=str(root / "sae"),
+            arch="topk",
+            features="4x",
+            k=4,
+            batch_size=256,
+            lr=4e-3,
+            progress=False,
+        )
+    )
+    return analyze(
+        str(root / "sae"),
+        store,
+        model=tiny_llama,
+        out=root / "features.db",
+        window=16,
+        batch_size=512,
+        map_epochs=50,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    folder = Path(os.environ.get("MONOSCOPE_SCREENSHOTS") or tempfile.mkdtemp(prefix="shots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = require_browser()
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    # The error responses the tests cause on purpose: 413 for too long a text, 422 for a
+    # target of two tokens.
+    expected = ("the server responded with a status of 413", "status of 422")
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not any(e in msg.text for e in expected)
+            else None
+        ),
+    )
+    yield page
+    page.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def a_searchable_token(store: FeatureStore) -> str:
+    """A token that several features, but not all, fire on in their top examples."""
+    sizes = {k: len(v) for k, v in store.catalog.token_index.items() if k.isalpha()}
+    return max((n, k) for k, n in sizes.items() if n < store.n_features)[1]
+
+
+def listed_ids(page) -> list[int]:
+    return [
+        int(i)
+        for i in page.eval_on_selector_all("#feature-rows tr", "rs => rs.map(r => r.dataset.id)")
+    ]
+
+
+def test_live_server(db, page, shots, capsys):
+    store = FeatureStore(db)
+    app, _ = open_app(db)
+    with background_server(app) as url:
+        # The list.
+        page.goto(url)
+        page.wait_for_selector("#feature-rows tr.feature-row")
+        assert listed_ids(page) == list(range(min(50, store.n_features)))
+        page.screenshot(path=shots / "1-list.png", full_page=True)
+
+        # Search by a token: the same features as the API gives.
+        token = a_searchable_token(store)
+        page.fill("#search", token)
+        page.wait_for_function(
+            "t => document.querySelector('#list-status').textContent.includes(t)", arg=token
+        )
+        expected = [item["id"] for item in store.catalog.search(token, limit=50)["items"]]
+        assert listed_ids(page) == expected
+        page.screenshot(path=shots / "2-search.png")
+
+        # A feature page: highlighted tokens, the histogram, neighbours.
+        fid = expected[0]
+        page.click(f"#feature-rows tr[data-id='{fid}']")
+        page.wait_for_selector("#top-examples .tok.on")
+        assert page.url.endswith(f"#/feature/{fid}")
+        assert f"/{fid}" in page.inner_text(".feature-title")
+        colours = page.eval_on_selector_all(
+            "#top-examples .tok.on", "ts => ts.map(t => getComputedStyle(t).backgroundColor)"
+        )
+        assert colours and all(
+            c.startswith("rgba(255, 138, 0") or c == "rgb(255, 138, 0)" for c in colours
+        )
+        assert page.locator("#activation-histogram rect.bar").count() > 0
+        assert page.locator("[data-panel=logits] .logit-row").count() > 0
+        page.screenshot(path=shots / "3-feature.png", full_page=True)
+
+        # Steer it: unsteered and steered continuations side by side, and the figures.
+        page.click("#steer-jump")
+        page.fill("#steer-prompt", "the model reads")
+        page.fill("#steer-strength", "20")
+        page.fill("#steer-tokens", "6")
+        page.fill("#steer-temperature", "0")
+        assert "20× its max activation" in page.inner_text("#steer-hint")
+        page.click("#steer-run")
+        page.wait_for_selector("#steer-results .steer-compare")
+        columns = page.locator(".steer-column .steer-text")
+        assert columns.count() == 2 and all(t.strip() for t in columns.all_inner_texts())
+        assert "clamp 20× max" in page.inner_text(".steer-edit")
+        assert page.locator("#steer-figures .stat").count() == 4
+        assert page.locator("#steer-logits tbody tr").count() == 5
+        page.locator("[data-panel=steer]").screenshot(path=shots / "3b-steer.png")
+        page.select_option("#steer-mode", "ablate")
+        assert page.is_disabled("#steer-strength") and "Sets the feature to 0" in page.inner_text(
+            "#steer-hint"
+        )
+
+        # A neighbour is a link to its page.
+        neighbour = page.locator("[data-panel=neighbours] a.feature-link").first
+        target = neighbour.inner_text()
+        neighbour.click()
+        page.wait_for_url(f"**#/feature/{target}")
+        page.wait_for_selector(f".feature-title:has-text('/{target}')")
+
+        # The map, focused on this feature (zoomed about it): clicking the centre opens it.
+        page.click("[data-panel=minimap] canvas")
+        page.wait_for_url(f"**#/map?f={target}")
+        canvas = page.locator("#map-canvas")
+        box = canvas.bounding_box()
+        page.wait_for_timeout(200)
+        page.screenshot(path=shots / "4-map.png")
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_url(f"**#/feature/{target}")
+
+        # What fires on my text.
+        page.goto(url + "#/fires")
+        text = "the model reads a token and writes features"
+        page.fill("#fires-text", text)
+        page.click("#fires-run")
+        page.wait_for_selector("#fires-tokens .tok")
+        assert page.locator("#fires-tokens .tok").count() == len(text.encode())  # byte tokens
+        assert page.locator("#text-features tbody tr").count() > 0
+        page.locator("#fires-tokens .tok").nth(4).click()
+        page.wait_for_selector("#token-features tbody tr")
+        page.screenshot(path=shots / "5-fires.png", full_page=True)
+        page.locator("#token-features a.feature-link").first.click()
+        page.wait_for_selector("#top-examples")
+
+        # Too long a text: the server's message is shown.
+        page.goto(url + "#/fires")
+        page.fill("#fires-text", "a " * 300)
+        page.click("#fires-run")
+        page.wait_for_selector("#fires-status:has-text('the limit is 512')")
+
+        # Attribution: a ranked table, and the prompt's tokens shaded by total attribution.
+        page.click("#nav-attribute")
+        prompt = "the model reads"
+        page.fill("#attr-prompt", prompt)
+        page.fill("#attr-target", "ab")
+        page.click("#attr-run")
+        page.wait_for_selector("#attr-status:has-text('not one')")  # two byte tokens
+        page.fill("#attr-target", "e")
+        page.fill("#attr-top", "8")
+        page.click("#attr-run")
+        page.wait_for_selector("#attr-rows tbody tr")
+        assert page.locator("#attr-rows tbody tr").count() == 8
+        assert page.locator("#attr-tokens .tok").count() == len(prompt) + 1  # BOS + bytes
+        shaded = page.eval_on_selector_all(
+            "#attr-tokens .tok", "ts => ts.filter(t => t.style.backgroundColor).length"
+        )
+        assert shaded > 0
+        page.locator("#attr-rows tbody tr").first.click()
+        page.wait_for_selector("#attr-position-features tbody tr")
+        page.screenshot(path=shots / "5b-attribution.png", full_page=True)
+        page.locator("#attr-rows a.feature-link").first.click()
+        page.wait_for_selector("[data-panel=steer]")
+    with capsys.disabled():
+        print(f"\nbrowser screenshots: {shots}")
+
+
+def test_static_site_from_file_url(db, page, shots, tmp_path, capsys):
+    store = FeatureStore(db)
+    site = export_site(db, tmp_path / "site", shard_size=32)
+    index = (site / "index.html").as_uri()
+    token = a_searchable_token(store)
+    page.goto(f"{index}#/?q={token}")
+    page.wait_for_selector("#feature-rows tr.feature-row")
+    # The front end's search over the exported index finds what the server's search finds.
+    for sort, order in [("id", "asc"), ("max_act", "desc"), ("density", "asc")]:
+        page.goto(f"{index}#/?q={token}&sort={sort}&order={order}")
+        page.wait_for_function(
+            "s => document.querySelector('#sort').value === s", arg=f"{sort}:{order}"
+        )
+        page.wait_for_selector("#feature-rows tr.feature-row")
+        result = store.catalog.search(token, sort=sort, order=order, limit=50)
+        assert listed_ids(page) == [item["id"] for item in result["items"]]
+    assert page.locator("#nav-fires").is_hidden()  # no model without the server
+    assert page.locator("#nav-attribute").is_hidden()
+
+    alive = [i for i in range(store.n_features) if store.catalog.top_tokens[i]]
+    for fid in (alive[0], alive[-1]):  # the first and the last shard
+        page.goto(f"{index}#/feature/{fid}")
+        page.wait_for_selector("#top-examples .tok.on")
+        assert f"/{fid}" in page.inner_text(".feature-title")
+        assert page.locator("#activation-histogram rect.bar").count() > 0
+        assert page.locator("[data-panel=steer]").count() == 0
+    page.screenshot(path=shots / "6-static-feature.png", full_page=True)
+
+    page.goto(f"{index}#/feature/{store.n_features + 5}")
+    page.wait_for_selector(".error-card:has-text('no feature')")
+    shutil.rmtree(site)
+    with capsys.disabled():
+        print(f"\nbrowser screenshots: {shots}")
