@@ -15,12 +15,12 @@ KL from the unsteered model and the steered text's perplexity under the unsteere
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from monoscope.analyze.logits import direct_map
+from monoscope.artifacts import atomic_write_json
 from monoscope.models import load_model
 from monoscope.runtime import configure_threads
 from monoscope.sae import load_sae
@@ -164,10 +164,11 @@ def main() -> None:
                 }
             )
         print_feature(rows[-len(strengths) - 1 :])
+        if args.json:  # after every feature: a long run stopped early keeps what it measured
+            atomic_write_json(
+                args.json, {"rows": rows, "examples": examples, "max_source": maxes.source}
+            )
     print(f"{time.perf_counter() - start:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "examples": examples, "max_source": maxes.source}, f)
 
 
 def print_feature(rows: list[dict]) -> None:

@@ -89,8 +89,11 @@ class TopKFamilySAE(SparseAutoencoder):
         scale, so the factor is <x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² (normalised space).
         The transposed decoder alone overshoots: the latents a token picks are those most
         aligned with it, hence with one another (0.67 on SmolLM2's layer 15; sparsify's
-        default initialisation amounts to about 0.58). One epoch of 200k tokens ends at a
-        lower FVU from the fitted scale (docs/LOG.md, 2026-11-25).
+        default initialisation amounts to about 0.58). Gao et al. 2024 (§A.1) scale the
+        encoder so that reconstructions match the inputs in norm, which ignores the angle
+        between them (1.16 here; they saw no or a weakly negative effect in long runs); the
+        least-squares scale lowers the FVU one epoch of 200k tokens ends at (docs/LOG.md,
+        2026-11-25).
         """
         target_dot = sample.new_zeros((), dtype=torch.float64)
         fit_dot = sample.new_zeros((), dtype=torch.float64)

@@ -20,19 +20,28 @@ class ArchDefaults:
     coefficient: float
     adam_beta1: float
     lr_warmup_fraction: float
+    b_dec_init: str
 
 
-# relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up (APR24 as reimplemented, secondary source;
-# SM's λ convention needs E‖x‖² ≈ d). topk/batchtopk: the coefficient is AuxK's 1/32 (Gao et
-# al.); lr, β1 and the lr warm-up chosen by the quality benchmark for runs of tens to hundreds
-# of steps (docs/LOG.md). jumprelu: λ of the L0 penalty, in units of the summed MSE.
-_TOPK = ArchDefaults(lr=6e-3, coefficient=1 / 32, adam_beta1=0.8, lr_warmup_fraction=0.1)
+# relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up, zero biases (APR24 as reimplemented,
+# secondary source; SM's λ convention needs E‖x‖² ≈ d). topk/batchtopk: the coefficient is
+# AuxK's 1/32 and b_dec starts at the geometric median (Gao et al.); lr, β1 and the lr warm-up
+# chosen by the quality benchmark for runs of tens to hundreds of steps (docs/LOG.md).
+# jumprelu: λ of the L0 penalty, in units of the summed MSE; zero biases (Gemma Scope).
+_TOPK = ArchDefaults(
+    lr=4e-3, coefficient=1 / 32, adam_beta1=0.8, lr_warmup_fraction=0.1, b_dec_init="median"
+)
 DEFAULTS: dict[str, ArchDefaults] = {
-    "relu": ArchDefaults(lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0),
+    "relu": ArchDefaults(
+        lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
+    ),
     "topk": _TOPK,
     "batchtopk": _TOPK,
-    "jumprelu": ArchDefaults(lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0),
+    "jumprelu": ArchDefaults(
+        lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
+    ),
 }
+B_DEC_INITS = ("median", "zero")
 
 
 @dataclass
@@ -52,12 +61,16 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimizer step."""
     lr: float = 0.0
-    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 6e-3)."""
+    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 4e-3)."""
     adam_beta1: float = 0.0
     """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
     lr_warmup_fraction: float = -1.0
     """Fraction of steps over which the learning rate ramps up linearly from 0; negative
     means the architecture's default (relu none, topk 0.1)."""
+    b_dec_init: str = ""
+    """Where b_dec starts: 'median' (the geometric median of a sample: Bricken et al. 2023,
+    Gao et al. 2024) or 'zero'; empty means the architecture's default (topk median, relu
+    zero as in the April 2024 recipe; a short relu run wants median)."""
     coefficient: float = -1.0
     """Sparsity coefficient (relu: L1 λ, default 5; jumprelu: L0 λ; topk: AuxK weight, 1/32);
     negative means the architecture's default."""
@@ -110,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
         if self.lr_warmup_fraction > 1:
             raise ValueError(f"lr_warmup_fraction is at most 1, got {self.lr_warmup_fraction}")
+        if self.b_dec_init not in ("", *B_DEC_INITS):
+            raise ValueError(f"b_dec_init must be median or zero, got {self.b_dec_init!r}")
         if self.logger not in ("none", "wandb", "tensorboard"):
             raise ValueError(f"logger must be none, wandb or tensorboard, got {self.logger!r}")
         self.n_features(1)  # validates the features string
@@ -131,6 +146,9 @@ class TrainConfig:
 
     def adam_beta1_value(self) -> float:
         return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1
+
+    def b_dec_init_value(self) -> str:
+        return self.b_dec_init or DEFAULTS[self.arch].b_dec_init
 
     def lr_warmup_value(self) -> float:
         if self.lr_warmup_fraction >= 0:

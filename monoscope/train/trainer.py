@@ -85,9 +85,10 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
         sample = sample[sample.norm(dim=-1) <= max_norm]
     # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
     sae.cfg.input_scale = math.sqrt(source.d) / float(sample.norm(dim=-1).mean())
+    if cfg.b_dec_init_value() == "median":
+        sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
     if cfg.arch in ("topk", "batchtopk"):
-        sae.init_b_dec(sample)  # Gao et al.; the April 2024 recipe keeps biases at zero
-        sae.init_encoder_scale(sample)
+        sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
     return sae
 
 

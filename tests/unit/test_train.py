@@ -26,7 +26,7 @@ def test_schedules_follow_the_recipe():
 
 def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
-    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (6e-3, 0.8, 0.1)
+    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (4e-3, 0.8, 0.1)
     assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
     mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
     assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
@@ -274,3 +274,19 @@ def test_large_blocks_go_back_to_the_system_when_freed():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert return_large_blocks_when_freed() is expected
+
+
+def test_b_dec_starts_where_the_config_says(low_rank_npy, tmp_path):
+    from monoscope.train.sources import open_source
+
+    source = open_source(low_rank_npy)
+    for arch, b_dec_init, moved in [
+        ("relu", "", False),
+        ("relu", "median", True),
+        ("topk", "", True),
+    ]:
+        config = cfg(low_rank_npy, tmp_path / "x", arch=arch, b_dec_init=b_dec_init)
+        sae = train_run._new_sae(config, source, None)
+        assert bool(sae.b_dec.abs().sum() > 0) is moved, (arch, b_dec_init)
+    with pytest.raises(ValueError, match="b_dec_init must be median or zero"):
+        TrainConfig(b_dec_init="mean")
