@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
+import cli_rss  # noqa: E402  (benchmarks/cli_rss.py, beside this script)
 import torch  # noqa: E402
 
 from monoscope.analyze import AnalyzeConfig, accumulate, run  # noqa: E402
@@ -47,15 +46,6 @@ from monoscope.analyze.runner import encode, pass_batches  # noqa: E402
 from monoscope.harvest import ActivationStore  # noqa: E402
 from monoscope.runtime import configure_threads  # noqa: E402
 from monoscope.sae import load_sae  # noqa: E402
-
-GNU_TIME = "/usr/bin/time"
-_RSS_WRAPPER = (
-    "import resource, sys\n"
-    "from monoscope.cli import main\n"
-    "rc = main(sys.argv[1:])\n"
-    "print(f'PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
-    "sys.exit(rc)\n"
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,21 +170,8 @@ def cli_peak_rss(
     ]
     if not cache:
         cli += ["--cache-entries", "0"]
-    if Path(GNU_TIME).exists():
-        cmd = [GNU_TIME, "-v", sys.executable, "-m", "monoscope.cli", *cli]
-        pattern = r"Maximum resident set size \(kbytes\):\s*(\d+)"
-    else:
-        cmd = [sys.executable, "-c", _RSS_WRAPPER, *cli]
-        pattern = r"PEAK_RSS_KB (\d+)"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    match = re.search(pattern, proc.stderr)
-    if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"CLI analyze failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return int(match.group(1)), wall
+    peak_kb, wall = cli_rss.peak_rss(cli)
+    return peak_kb, wall
 
 
 def peak_rss(args: argparse.Namespace, tmp: Path) -> None:

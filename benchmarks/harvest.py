@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
+import cli_rss  # noqa: E402  (benchmarks/cli_rss.py, beside this script)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -61,16 +60,8 @@ CONTEXT = 128
 BATCH_CONTEXTS = 32
 BATCH_TOKENS = CONTEXT * BATCH_CONTEXTS  # 4096
 RSS_SHARD_TOKENS = 16_384
-GNU_TIME = "/usr/bin/time"
 
 # Runs the CLI in-process and reports its own peak RSS (kB on Linux) when /usr/bin/time is absent.
-_RSS_WRAPPER = (
-    "import resource, sys\n"
-    "from monoscope.cli import main\n"
-    "rc = main(sys.argv[1:])\n"
-    "print(f'PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
-    "sys.exit(rc)\n"
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -182,25 +173,11 @@ def cli_peak_rss(site: str, tokens: int, out: Path) -> tuple[int, float]:
         "--shard-tokens",
         str(RSS_SHARD_TOKENS),
     ]
-    use_time = Path(GNU_TIME).exists()
-    if use_time:
-        cmd = [GNU_TIME, "-v", sys.executable, "-m", "monoscope.cli", *cli]
-        pattern = r"Maximum resident set size \(kbytes\):\s*(\d+)"
-    else:
-        cmd = [sys.executable, "-c", _RSS_WRAPPER, *cli]
-        pattern = r"PEAK_RSS_KB (\d+)"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    match = re.search(pattern, proc.stderr)
-    if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"CLI harvest failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    peak_kb, wall = cli_rss.peak_rss(cli)
     stored = ActivationStore(out).n_tokens
     if stored != tokens:
         raise RuntimeError(f"CLI harvest stored {stored} tokens, asked {tokens}")
-    return int(match.group(1)), wall
+    return peak_kb, wall
 
 
 FULL = "full forward (fp32)"
@@ -306,7 +283,7 @@ def speed_and_accuracy(args: argparse.Namespace, tmp: Path) -> None:
 def peak_rss(args: argparse.Namespace, tmp: Path) -> None:
     """Section 5: peak RSS of CLI harvests at N and 4N tokens."""
     sizes = [args.rss_tokens, 4 * args.rss_tokens]
-    how = "/usr/bin/time -v" if Path(GNU_TIME).exists() else "in-process getrusage"
+    how = cli_rss.how_measured()
     print(
         f"peak RSS of `python -m monoscope.cli harvest` (fp32 model, bf16 store, shards of "
         f"{RSS_SHARD_TOKENS:,} tokens; {how}):"
