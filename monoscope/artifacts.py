@@ -17,10 +17,39 @@ STORE_FORMAT_VERSION = 1
 """Version of the activation-store layout (`manifest.json` + safetensors shards)."""
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+UMASK = _read_umask()
+"""The process's umask, read once at import: new files get 0o666 & ~UMASK, folders 0o777 &
+~UMASK, as `open()` and `mkdir` would give them."""
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file in `path`'s folder, to be renamed onto `path`, with the
+    permissions a plain new file gets (mkstemp's own 0o600 would make every store, SAE and
+    database private to its writer)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if hasattr(os, "fchmod"):  # POSIX
+        os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, tmp
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new temp folder in `path`'s folder, to be renamed onto `path`, with the permissions
+    `mkdir` gives (mkdtemp's own 0o700 would hide an exported site from a web server)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~UMASK)
+    return tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

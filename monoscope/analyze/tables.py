@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from monoscope.analyze.schema import write_meta
 from monoscope.analyze.windows import Windows
+from monoscope.artifacts import temp_file_beside
 
 KINDS = ("top", "quantile", "random")
 TABLES = ("meta", "features", "examples", "neighbours", "vocab")
@@ -198,7 +198,7 @@ def export_parquet(db: Path, rows_per_batch: int = 1 << 16) -> list[Path]:
             ]
             schema = pa.schema(columns)
             path = db.with_name(f"{db.stem}.{table}.parquet")
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=db.parent)
+            fd, tmp = temp_file_beside(path)
             os.close(fd)
             try:
                 with pq.ParquetWriter(tmp, schema) as writer:

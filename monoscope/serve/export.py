@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from monoscope.artifacts import temp_dir_beside
 from monoscope.serve.app import STATIC, front_end_config
 from monoscope.serve.store import FeatureStore
 
@@ -43,7 +43,7 @@ def export_site(db: str | Path, out: str | Path, shard_size: int = SHARD_SIZE) -
     _check_target(out)
     store = FeatureStore(db)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         _write_site(store, tmp, shard_size)
         _move_into_place(tmp, out)

@@ -3,6 +3,7 @@ the --help text), `run_*` functions returning the JSON results, and plain-text r
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,8 @@ class SteerConfig:
     seed: int = 0
     """Random seed of the sampling (the same for every run)."""
     features_db: str | None = None
-    """Feature store (monoscope analyze) giving each feature's max activation for 10x values."""
+    """Feature store (monoscope analyze) giving each feature's max activation for 10x values
+    (default: the features.db beside the SAE folder, if it was built for that SAE)."""
     acts: str | None = None
     """Activation store to estimate max activations from (a sample of its train split)."""
     sample_tokens: int = DEFAULT_SAMPLE_TOKENS
@@ -177,7 +179,23 @@ def _max_acts(cfg: SteerConfig, saes: dict) -> dict[str, MaxActivations] | None:
         return {k: from_feature_store(cfg.features_db, s, k) for k, s in saes.items()}
     if cfg.acts:
         return {k: from_activation_store(cfg.acts, s, cfg.sample_tokens) for k, s in saes.items()}
-    return None
+    found = {k: _store_beside(k, s) for k, s in saes.items()}
+    return {k: m for k, m in found.items() if m is not None} or None
+
+
+def _store_beside(sae_dir: str, sae) -> MaxActivations | None:
+    """Max activations from the features.db next to the SAE folder (`monoscope demo`'s layout:
+    runs/demo/sae and runs/demo/features.db), if there is one and it was built for this SAE."""
+    path = Path(sae_dir).parent / "features.db"
+    if not path.is_file():
+        return None
+    try:
+        found = from_feature_store(path, sae, sae_dir)
+    except SteeringError as err:
+        print(f"(not using {path} for max activations: {err})", file=sys.stderr)
+        return None
+    print(f"(max activations of {sae_dir} from {path})", file=sys.stderr)
+    return found
 
 
 def _specs(cfg: SteerConfig) -> tuple[SteeringSpec, list[SteeringSpec], list[str | None]]:

@@ -1,0 +1,32 @@
+"""Atomic writes leave files and folders with the permissions plain ones would get."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+
+from monoscope import artifacts
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+
+
+@posix_only
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask_not_mkstemp(tmp_path, monkeypatch, umask):
+    monkeypatch.setattr(artifacts, "UMASK", umask)
+    path = tmp_path / "manifest.json"
+    artifacts.atomic_write_json(path, {"a": 1})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert artifacts.read_json(path) == {"a": 1}
+    folder = artifacts.temp_dir_beside(tmp_path / "site")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert folder.parent == tmp_path and folder.name.startswith(".site.")
+
+
+def test_the_umask_read_at_import_is_the_process_umask():
+    current = os.umask(0)
+    os.umask(current)
+    assert artifacts.UMASK == current
