@@ -29,4 +29,4 @@ def test_atomic_writes_follow_the_umask_not_mkstemp(tmp_path, monkeypatch, umask
 def test_the_umask_read_at_import_is_the_process_umask():
     current = os.umask(0)
     os.umask(current)
-    assert artifacts.UMASK == current
+    assert current == artifacts.UMASK
