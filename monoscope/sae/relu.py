@@ -45,6 +45,25 @@ class ReluSAE(SparseAutoencoder):
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.init_tied(generator, decoder_norm=INIT_DECODER_NORM)
 
+    @torch.no_grad()
+    def start_at_l0(self, sample: Tensor, l0: float, columns_per_pass: int = 1024) -> None:
+        """Lower b_enc so that each latent fires on about l0 / n_features of the raw `sample`
+        [n, d_in]: the run starts at the mean L0 it targets rather than at about half the
+        latents, which the L1 penalty would otherwise silence in the first steps, leaving most
+        of them dead for good in a short run (docs/LOG.md, 2026-11-26)."""
+        n_rows, n = sample.shape[0], self.cfg.n_features
+        if n_rows < 2:
+            return
+        # How many rows of the sample each latent fires on (at least one, and not all: a
+        # small sample sets the start only roughly).
+        fires = min(max(1, round(n_rows * l0 / n)), n_rows - 1)
+        x = self.encoder_input(self.normalise(sample))
+        for start in range(0, n, columns_per_pass):
+            cols = slice(start, start + columns_per_pass)
+            pre = torch.addmm(self.b_enc[cols], x, self.W_enc[:, cols])
+            # The (fires + 1)-th largest pre-activation of each latent becomes its zero.
+            self.b_enc[cols] -= pre.topk(fires + 1, dim=0).values[-1]
+
     def decoder_norms(self) -> Tensor:
         """||W_dec_i|| per latent [n_features]."""
         return self.W_dec.norm(dim=-1)

@@ -26,12 +26,16 @@ def test_schedules_follow_the_recipe():
 
 def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
-    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (4e-3, 0.8, 0.1)
+    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (2.5e-3, 0.8, 0.1)
     assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
+    assert (topk.decoder_lr_multiple_value(), relu.decoder_lr_multiple_value()) == (5.0, 1.0)
     mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
     assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
+    assert TrainConfig(arch="relu", decoder_lr_multiple=2).decoder_lr_multiple_value() == 2
     with pytest.raises(ValueError, match="adam_beta1"):
         TrainConfig(adam_beta1=1.0)
+    with pytest.raises(ValueError, match="decoder_lr_multiple"):
+        TrainConfig(decoder_lr_multiple=-1)
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
 
@@ -101,6 +105,23 @@ def test_training_lowers_the_loss_and_writes_the_sae(low_rank_npy, tmp_path, arc
     assert not list((tmp_path / "sae").glob("checkpoint*"))
 
 
+def test_the_decoder_learns_at_its_multiple_of_the_rate(low_rank_npy, tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([(g["lr"], len(g["params"])) for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    config = cfg(low_rank_npy, tmp_path / "sae", lr=1e-3, decoder_lr_multiple=4)
+    sae = run(config)
+    (lr_rest, n_rest), (lr_dec, n_dec) = seen[6]  # past the warm-up, before the decay
+    assert (n_rest, n_dec) == (len(list(sae.parameters())) - 1, 1)
+    assert lr_rest == pytest.approx(1e-3) and lr_dec == pytest.approx(4e-3)
+    assert sae.cfg.training["decoder_lr_multiple"] == 4
+
+
 class Killed(Exception):
     pass
 
@@ -159,6 +180,21 @@ def test_target_l0_steers_relu_sparsity(low_rank_npy, tmp_path):
     late = [row["l0"] for row in read_log(tmp_path / "sae")[-10:]]
     assert 20.0 < sum(late) / len(late) < 32.0
     assert read_log(tmp_path / "sae")[-1]["coefficient"] > 0.15
+
+
+def test_relu_with_a_target_l0_starts_at_that_l0(low_rank_npy, tmp_path):
+    from monoscope.train.sources import open_source
+
+    source = open_source(low_rank_npy)
+    sample = source.sample(2048)
+    for target, start in [(0.0, None), (6.0, 6.0), (20.0, 20.0)]:
+        config = cfg(low_rank_npy, tmp_path / "x", arch="relu", target_l0=target)
+        sae = train_run._new_sae(config, source, None)
+        l0 = float((sae.encode(sample) > 0).sum(-1).float().mean())
+        if start is None:  # the recipe's zero b_enc: about half the latents fire
+            assert l0 > 0.3 * sae.cfg.n_features
+        else:
+            assert l0 == pytest.approx(start, rel=0.15)
 
 
 def test_bad_input_is_refused(low_rank_npy, tmp_path):
