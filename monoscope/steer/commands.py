@@ -183,7 +183,7 @@ def _max_acts(cfg: SteerConfig, saes: dict) -> dict[str, MaxActivations] | None:
     return {k: m for k, m in found.items() if m is not None} or None
 
 
-def _store_beside(sae_dir: str, sae) -> MaxActivations | None:
+def _store_beside(sae_dir: str, sae: SparseAutoencoder) -> MaxActivations | None:
     """Max activations from the features.db next to the SAE folder (`monoscope demo`'s layout:
     runs/demo/sae and runs/demo/features.db), if there is one and it was built for this SAE."""
     path = Path(sae_dir).parent / "features.db"

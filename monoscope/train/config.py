@@ -132,7 +132,8 @@ class TrainConfig:
             raise ValueError("target_l0 applies to relu and jumprelu; topk sets L0 with --k")
         if self.decoder_lr_multiple < 0:
             raise ValueError(
-                f"decoder_lr_multiple must be positive (0: default), got {self.decoder_lr_multiple}"
+                "decoder_lr_multiple must not be negative (0: default), "
+                f"got {self.decoder_lr_multiple}"
             )
         if not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
