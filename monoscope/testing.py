@@ -225,3 +225,21 @@ def random_feature_store(
         schema.write_meta(conn, **{**defaults, **(meta or {})})
     conn.close()
     return path
+
+
+def max_act_feature_store(path: str | Path, n_features: int, complete: bool = True):
+    """A minimal feature store in which feature i has max activation 1 + i (and nothing else
+    of note), its meta naming an SAE of `n_features` features; returns the open sqlite3
+    connection, for tests that go on editing the meta."""
+    from monoscope.analyze import schema
+
+    conn = schema.create(path)
+    conn.executemany(
+        "INSERT INTO features (id, n_fired, density, max_act, mean_act, hist) VALUES "
+        "(?, 1, 0.1, ?, 0.5, '[]')",
+        [(i, 1.0 + i) for i in range(n_features)],
+    )
+    sae = {"n_features": n_features, "activation_convention": "f"}
+    schema.write_meta(conn, complete=complete, sae=sae)
+    conn.commit()
+    return conn

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from monoscope.analyze.schema import create, write_meta
+from monoscope.analyze.schema import write_meta
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.steer import (
@@ -28,7 +28,7 @@ from monoscope.steer import (
     parse_value,
     steering,
 )
-from monoscope.testing import tiny_sae
+from monoscope.testing import max_act_feature_store, tiny_sae
 
 SITE = "blocks.1.hook_resid_post"
 PROMPT = "the residual stream"
@@ -337,14 +337,7 @@ def test_max_activations_from_a_feature_store(saes, tmp_path):
     sae = saes["topk"]
     n = sae.cfg.n_features
     path = tmp_path / "features.db"
-    conn = create(path)
-    conn.executemany(
-        "INSERT INTO features (id, n_fired, density, max_act, mean_act, hist) VALUES "
-        "(?, 1, 0.1, ?, 0.5, '[]')",
-        [(i, 1.0 + i) for i in range(n)],
-    )
-    write_meta(conn, complete=False, sae={"n_features": n, "activation_convention": "f"})
-    conn.commit()
+    conn = max_act_feature_store(path, n, complete=False)
     with pytest.raises(SteeringError, match="incomplete"):
         from_feature_store(path, sae)
     write_meta(conn, complete=True)

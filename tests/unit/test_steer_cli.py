@@ -6,12 +6,11 @@ import json
 
 import pytest
 
-from monoscope.analyze.schema import create, write_meta
 from monoscope.cli import main
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.steer import SteeringSpec
-from monoscope.testing import tiny_sae
+from monoscope.testing import max_act_feature_store, tiny_sae
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -62,32 +61,18 @@ def test_steer_sweep_with_max_activations_from_a_store(sae_dir, acts_dir, capsys
     assert f"activation store {acts_dir}" in text
 
 
-def _feature_store(path, n_features: int, complete: bool = True) -> None:
-    """A minimal features.db: feature i's max activation is 1 + i."""
-    conn = create(path)
-    conn.executemany(
-        "INSERT INTO features (id, n_fired, density, max_act, mean_act, hist) VALUES "
-        "(?, 1, 0.1, ?, 0.5, '[]')",
-        [(i, 1.0 + i) for i in range(n_features)],
-    )
-    sae = {"n_features": n_features, "activation_convention": "f"}
-    write_meta(conn, complete=complete, sae=sae)
-    conn.commit()
-    conn.close()
-
-
 def test_steer_finds_the_feature_store_beside_the_sae(tiny_llama, tmp_path, capsys):
     # monoscope demo's layout: runs/demo/sae and runs/demo/features.db
     sae = tiny_sae(tiny_llama, SITE, "topk")
     sae.save(tmp_path / "sae")
     argv = ["steer", "--sae", str(tmp_path / "sae"), "--feature", "3=2x", "--prompt", "the"]
     argv += ["--max-new-tokens", "2", "--temperature", "0"]
-    _feature_store(tmp_path / "features.db", sae.cfg.n_features, complete=False)
+    max_act_feature_store(tmp_path / "features.db", sae.cfg.n_features, False).close()
     assert main(argv) == 2  # an unfinished store is not used, and says why
     err = capsys.readouterr().err
     assert "not using" in err and "incomplete" in err and "no max source" in err
     (tmp_path / "features.db").unlink()
-    _feature_store(tmp_path / "features.db", sae.cfg.n_features)
+    max_act_feature_store(tmp_path / "features.db", sae.cfg.n_features).close()
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert f"from {tmp_path / 'features.db'}" in captured.err
