@@ -19,6 +19,7 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope.sae.blocks import block_rows
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
 
@@ -193,7 +194,7 @@ def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
     dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
     mean = x.mean(0)
     total = x.new_zeros(())
-    for block in x.split(1024):
+    for block in x.split(block_rows(x.shape[1] * x.element_size())):
         centred = (block - mean).view(-1)
         total = total + torch.dot(centred, centred)
     return (total * scale**2).clamp_min(1e-12)

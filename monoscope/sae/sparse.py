@@ -29,10 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-_COLUMN_BLOCK = 512
-"""Columns per block of `Pattern.transposed_product_t` (a [block, d] product stays in cache)."""
-_ROW_BLOCK = 512
-"""Rows per block of `Pattern.subtract_product`."""
+from monoscope.sae.blocks import block_rows
 
 
 class Pattern:
@@ -120,7 +117,8 @@ class Pattern:
     def subtract_product(self, values: Tensor, dense: Tensor, out: Tensor) -> Tensor:
         """out -= matrix(values) @ dense, in place, a block of rows at a time (no [n_rows, d]
         temporary)."""
-        starts = [*range(0, self.n_rows, _ROW_BLOCK), self.n_rows]
+        step = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] temporary
+        starts = [*range(0, self.n_rows, step), self.n_rows]
         bounds = self.crow[starts].tolist()  # one host sync for all blocks
         for start, stop, lo, hi in zip(starts, starts[1:], bounds, bounds[1:], strict=False):
             offsets = self.crow[start : stop + 1] - lo
@@ -132,11 +130,11 @@ class Pattern:
         order, crow_t, row_t = self._transpose
         return _bags(row_t, crow_t, values[order], dense)
 
-    def _column_blocks(self) -> list[tuple[int, int, int, int]]:
+    def _column_blocks(self, columns: int) -> list[tuple[int, int, int, int]]:
         """(first column, end column, first entry, end entry) of the transpose's blocks of
-        `_COLUMN_BLOCK` columns."""
+        `columns` columns."""
         _, crow_t, _ = self._transpose
-        starts = [*range(0, self.n_cols, _COLUMN_BLOCK), self.n_cols]
+        starts = [*range(0, self.n_cols, columns), self.n_cols]
         bounds = crow_t[starts].tolist()  # one host sync for all blocks
         return list(zip(starts, starts[1:], bounds, bounds[1:], strict=False))
 
@@ -156,7 +154,8 @@ class Pattern:
         order, crow_t, row_t = self._transpose
         values = values[order]
         out = dense.new_empty(dense.shape[1], self.n_cols)
-        for start, stop, lo, hi in self._column_blocks():
+        columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
+        for start, stop, lo, hi in self._column_blocks(columns):
             block = _bags(row_t[lo:hi], crow_t[start : stop + 1] - lo, values[lo:hi], dense)
             target = out[:, start:stop]
             target.copy_(block.t())
