@@ -290,10 +290,17 @@ class _SparseError(torch.autograd.Function):
         ctx.save_for_backward(values, W_dec, residual)
         ctx.pattern, ctx.scale = pattern, scale
         ctx.mark_non_differentiable(residual)
+        # The residual gets no gradient: without this, autograd would pass the backward a
+        # [rows, d] tensor of zeros for it, allocated and filled every step.
+        ctx.set_materialize_grads(False)
         return torch.dot(flat, flat), residual
 
     @staticmethod
-    def backward(ctx: Any, grad_total: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_total: Tensor | None, _: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        if grad_total is None:
+            return (None,) * 7
         values, W_dec, residual = ctx.saved_tensors
         pattern: Pattern = ctx.pattern
         # d total / d decoded = -2 residual; the factor goes on the small operands, so no

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from monoscope.sae import SAEConfig, build_sae
+from monoscope.sae import relu as relu_module
 from monoscope.sae.sparse import (
     Pattern,
     merge_groups,
@@ -276,7 +277,9 @@ def _relu_reference(sae, x, coefficient):
 
 
 @pytest.mark.parametrize("subtract", [False, True])
-def test_relu_step_has_the_autograd_loss_and_gradients(subtract):
+def test_relu_step_has_the_autograd_loss_and_gradients(subtract, monkeypatch):
+    # Matmuls in blocks of 64 latents: 200 = 3 whole blocks and a part.
+    monkeypatch.setattr(relu_module, "_PRODUCT_BLOCK", 64)
     torch.manual_seed(0)
     cfg = SAEConfig("relu", 24, 200, input_scale=0.7, subtract_b_dec_in_encoder=subtract)
     sae = build_sae(cfg, seed=0)
@@ -336,7 +339,8 @@ def test_bfloat16_selection_with_float32_values_and_gradients(arch):
         assert torch.allclose(grads16[name], grad, rtol=1e-4, atol=1e-6), name
 
 
-def test_bfloat16_steps_are_close_to_float32():
+def test_bfloat16_steps_are_close_to_float32(monkeypatch):
+    monkeypatch.setattr(relu_module, "_PRODUCT_BLOCK", 200)  # relu: 512 latents in 3 blocks
     torch.manual_seed(0)
     x = torch.randn(300, 32) * 2.0
     dead = torch.rand(512) < 0.1
@@ -363,7 +367,8 @@ def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backwa
     x = torch.randn(1100, 16)
     out = sae.training_step(x, 0.1)
     buffer = sae._block
-    assert [b.shape for b in buffer] == [(512, 64)] * 2  # never [batch, n_features]
+    block = (relu_module._ROW_BLOCK, 64)
+    assert [b.shape for b in buffer] == [block] * 2  # never [batch, n_features]
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.loss.backward()
