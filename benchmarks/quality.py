@@ -10,8 +10,10 @@ Workload (issue "SAE training", Quality): the built-in model's middle layer
   on the run's length: an epoch count is a run, not a checkpoint of a longer one);
 - relu (the paper's recipe) with --target-l0 (default 40) for one epoch: its mean L0 (wanted
   in 20-60) and FVU next to topk's. The recipe's learning rate (5e-5) and zero b_dec are made
-  for runs of ~10^5 steps; this one has 46, so it runs at --relu-lr (default 2e-3) with b_dec
-  starting at the geometric median (`--lr 2e-3 --b-dec-init median`).
+  for runs of ~10^5 steps; this one has 46, so it runs at --relu-lr (default 2e-3) with the
+  decoder at --relu-decoder-lr-multiple (default 5) times that, b_dec starting at the geometric
+  median and the L0 controller starting from λ = --relu-coefficient (default 1.5): `--lr 2e-3
+  --decoder-lr-multiple 5 --coefficient 1.5 --b-dec-init median` (docs/LOG.md, 2026-11-26).
 FVU is pooled and centred (monoscope.evaluate), on the held-out split, where tokens over 10x
 the median norm are reported apart. It is also given on the train split including those
 outlier tokens (in-sample, as a tool that filters nothing and holds nothing out reports it):
@@ -19,9 +21,18 @@ a few tokens after BOS carry about half of the train split's variance, so that f
 comparable with the held-out one. Dead: latents that never fire on the held-out tokens.
 With --model, loss recovered (zero and mean ablation) on held-out contexts.
 
+--sparsify adds a reference at each epoch count: EleutherAI sparsify's own SparseCoder and
+optimizer with its trainer's defaults (k 32, sign SGD at 5e-3 / sqrt(latents / 2^14) wrapped in
+schedule-free averaging with momentum 0.95, b_dec at the first batch's mean, the FVU loss,
+decoder rows renormalised before each step and their gradients' parallel part removed), on the
+same batches in the same order, raw (unscaled) activations as sparsify takes them. Its
+averaged weights are saved in sparsify's format, read back with monoscope's importer and
+evaluated like ours. Needs `pip install eai-sparsify==1.3.3 schedulefree` (not a dependency of
+monoscope; checked with 1.3.3).
+
 Run from the repository root:
     python benchmarks/quality.py --acts /work/scratch/acts [--model smollm2-135m]
-        [--epochs 1,2,4] [--relu-target-l0 40]
+        [--epochs 1,2,4] [--relu-target-l0 40] [--sparsify]
 Without --acts, a store of 200k tokens is harvested first into <out>/acts (about 3 minutes on
 2 CPU cores; reused by later runs). Training takes about 20 s per topk epoch and 70 s per relu
 epoch on a quiet 2-core machine; the defaults take about 5 minutes after the harvest.
@@ -37,6 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+
+import torch  # noqa: E402
 
 from monoscope.evaluate import evaluate  # noqa: E402
 from monoscope.harvest import ActivationStore, HarvestConfig  # noqa: E402
@@ -63,6 +76,15 @@ def parse_args() -> argparse.Namespace:
         "--relu-target-l0", type=float, default=40.0, help="relu's target mean L0 (0: no relu)"
     )
     p.add_argument("--relu-lr", type=float, default=2e-3, help="relu's learning rate")
+    p.add_argument(
+        "--relu-decoder-lr-multiple", type=float, default=5.0, help="relu's W_dec lr multiple"
+    )
+    p.add_argument(
+        "--relu-coefficient", type=float, default=1.5, help="relu's starting L1 coefficient"
+    )
+    p.add_argument(
+        "--sparsify", action="store_true", help="also train sparsify's SAE as a reference"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     args.epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
@@ -114,6 +136,67 @@ def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm) -> dict:
     return row
 
 
+def sparsify_reference(
+    name: str, store: ActivationStore, cfg: TrainConfig, steps: int, out: Path, lm
+) -> dict:
+    """Train sparsify's SparseCoder with its trainer's defaults on the batches our trainer
+    would see for `cfg` (`steps` of them), then evaluate it as `measure` does."""
+    try:
+        from schedulefree import ScheduleFreeWrapper
+        from sparsify.config import SparseCoderConfig
+        from sparsify.sign_sgd import SignSGD
+        from sparsify.sparse_coder import SparseCoder
+    except ImportError as err:
+        raise SystemExit(
+            f"--sparsify needs `pip install eai-sparsify==1.3.3 schedulefree` ({err})"
+        ) from err
+    from monoscope.sae import load_sae
+    from monoscope.train.sources import open_source
+    from monoscope.train.trainer import _batches
+
+    source = open_source(store.path, cfg.site)
+    max_norm = cfg.outlier_multiple * source.median_norm()
+    n_features = cfg.n_features(source.d)
+    torch.manual_seed(cfg.seed)
+    coder = SparseCoder(source.d, SparseCoderConfig(num_latents=n_features, k=cfg.k))
+    lr = 5e-3 / (n_features / 2**14) ** 0.5  # sparsify's default for "signum"
+    opt = ScheduleFreeWrapper(SignSGD([dict(params=coder.parameters(), lr=lr)]), momentum=0.95)
+    opt.train()
+    start = time.perf_counter()
+    for step, x in zip(range(steps), _batches(source, cfg, max_norm), strict=False):
+        x = x.float()
+        if step == 0:
+            coder.b_dec.data = x.mean(0)
+        coder.set_decoder_norm_to_unit_norm()
+        coder(x).fvu.backward()
+        coder.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+    opt.eval()  # the schedule-free average: what sparsify saves
+    seconds = time.perf_counter() - start
+    folder = out / "sparsify"
+    coder.save_to_disk(folder)
+    sae = load_sae(folder)
+    held = evaluate(sae, store, lm, max_tokens=0)
+    rec = held["reconstruction"]
+    row = {
+        "run": name,
+        "steps": steps,
+        "fvu": rec["fvu"],
+        "fvu_without_outliers": rec.get("without_outliers", {}).get("fvu"),
+        "train_fvu_with_outliers": None,
+        "l0": rec["l0"],
+        "dead": rec["features"]["dead_fraction"],
+        "seconds": seconds,
+    }
+    if held["splice"] is not None:
+        recovered = held["splice"]["loss_recovered"]
+        row["loss_recovered_zero"] = recovered["zero_ablation"]
+        row["loss_recovered_mean"] = recovered["mean_ablation"]
+    print(format_row(row), flush=True)
+    return row
+
+
 def _num(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -161,6 +244,11 @@ def main() -> None:
         )
         name = f"topk k=32, {epochs} epoch{'s' if epochs > 1 else ''}"
         rows.append(measure(name, cfg, store, lm) | {"arch": "topk", "epochs": epochs})
+        if args.sparsify:
+            name = f"sparsify, {epochs} epoch{'s' if epochs > 1 else ''}"
+            folder = out / f"sparsify-{epochs}ep"
+            row = sparsify_reference(name, store, cfg, epochs * steps_per_epoch, folder, lm)
+            rows.append(row | {"arch": "sparsify", "epochs": epochs})
     if args.relu_target_l0 > 0:
         cfg = TrainConfig(
             **common,
@@ -168,6 +256,8 @@ def main() -> None:
             arch="relu",
             features="16x",
             lr=args.relu_lr,
+            decoder_lr_multiple=args.relu_decoder_lr_multiple,
+            coefficient=args.relu_coefficient,
             b_dec_init="median",
             target_l0=args.relu_target_l0,
             tokens=steps_per_epoch * BATCH,
