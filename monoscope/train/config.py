@@ -22,6 +22,7 @@ class ArchDefaults:
     lr_warmup_fraction: float
     b_dec_init: str
     decoder_lr_multiple: float = 1.0
+    decoder_init_power: float = 0.0
 
 
 # relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up, zero biases (APR24 as reimplemented,
@@ -29,7 +30,8 @@ class ArchDefaults:
 # AuxK's 1/32 and b_dec starts at the geometric median (Gao et al.); lr, β1 and the lr warm-up
 # chosen by the quality benchmark for runs of tens to hundreds of steps (docs/LOG.md); the
 # unit-norm decoder rows learn at 5x the encoder's rate (lower FVU and a third of the dead
-# latents at 46, 92 and 184 steps).
+# latents at 46, 92 and 184 steps), and start as random directions shaped by Σ^(1/8) of the
+# data (lower FVU at 46 and 92 steps, as many dead latents).
 # jumprelu: λ of the L0 penalty, in units of the summed MSE; zero biases (Gemma Scope).
 _TOPK = ArchDefaults(
     lr=2.5e-3,
@@ -38,6 +40,7 @@ _TOPK = ArchDefaults(
     lr_warmup_fraction=0.1,
     b_dec_init="median",
     decoder_lr_multiple=5.0,
+    decoder_init_power=0.125,
 )
 DEFAULTS: dict[str, ArchDefaults] = {
     "relu": ArchDefaults(
@@ -73,6 +76,10 @@ class TrainConfig:
     decoder_lr_multiple: float = 0.0
     """W_dec's learning rate as a multiple of --lr; 0 means the architecture's default (topk
     and batchtopk 5, relu and jumprelu 1)."""
+    decoder_init_power: float = -1.0
+    """topk/batchtopk: the decoder rows start as random directions mapped through Σ^p, Σ the
+    covariance of a data sample, then normalised (0: isotropic, as Gao et al.); negative means
+    the architecture's default (0.125)."""
     adam_beta1: float = 0.0
     """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
     lr_warmup_fraction: float = -1.0
@@ -135,6 +142,8 @@ class TrainConfig:
                 "decoder_lr_multiple must not be negative (0: default), "
                 f"got {self.decoder_lr_multiple}"
             )
+        if self.decoder_init_power > 0 and self.arch not in ("topk", "batchtopk"):
+            raise ValueError("decoder_init_power applies to topk and batchtopk")
         if not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
         if self.lr_warmup_fraction > 1:
@@ -162,6 +171,11 @@ class TrainConfig:
 
     def decoder_lr_multiple_value(self) -> float:
         return self.decoder_lr_multiple or DEFAULTS[self.arch].decoder_lr_multiple
+
+    def decoder_init_power_value(self) -> float:
+        if self.decoder_init_power >= 0:
+            return self.decoder_init_power
+        return DEFAULTS[self.arch].decoder_init_power
 
     def adam_beta1_value(self) -> float:
         return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1

@@ -89,6 +89,8 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
     if cfg.b_dec_init_value() == "median":
         sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
     if cfg.arch in ("topk", "batchtopk"):
+        if cfg.decoder_init_power_value() > 0:
+            sae.shape_decoder_directions(sample, cfg.decoder_init_power_value())
         sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
     if cfg.arch == "relu" and cfg.target_l0:
         sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
@@ -230,6 +232,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "batch_size": cfg.batch_size,
         "lr": cfg.lr_value(),
         "decoder_lr_multiple": decoder_multiple,
+        "decoder_init_power": cfg.decoder_init_power_value(),
         "adam_betas": list(betas),
         "lr_warmup_fraction": cfg.lr_warmup_value(),
         "coefficient": controller.coefficient if controller else cfg.coefficient_value(),

@@ -295,6 +295,28 @@ def test_init_encoder_scale_fits_the_reconstruction_scale(arch):
     assert best < error(factor * 0.95) and best < error(factor * 1.05) and best < error(1.0)
 
 
+def test_shape_decoder_directions_leans_the_rows_toward_the_data_variance():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.ones(D)
+    spread[0] = 30.0  # one axis carries most of the variance
+    sample = torch.randn(500, D, generator=g) * spread + 5.0
+    sae = build_sae(config("topk", input_scale=0.5), seed=0)
+    before = sae.W_dec.detach().clone()
+    sae.shape_decoder_directions(sample, 0.25)
+    rows = sae.W_dec.detach()
+    assert torch.allclose(rows.norm(dim=-1), torch.ones(F), atol=1e-5)
+    assert torch.equal(sae.W_enc, rows.t())
+    # Isotropic rows put 1/D of their energy on each axis; Σ^(1/4) scales axis 0 by ~30^(1/2).
+    assert before[:, 0].pow(2).mean() < 2.0 / D
+    assert rows[:, 0].pow(2).mean() > 5.0 / D
+    # Power 0 maps through the identity.
+    again = build_sae(config("topk", input_scale=0.5), seed=0)
+    again.shape_decoder_directions(sample, 0.0)
+    assert torch.allclose(again.W_dec, before, atol=1e-6)
+    with pytest.raises(ValueError, match="2 rows"):
+        again.shape_decoder_directions(sample[:1], 0.25)
+
+
 # -- jumprelu ---------------------------------------------------------------------------------
 def test_jumprelu_init_and_encode():
     sae = build_sae(config("jumprelu", jumprelu_init_threshold=0.05))

@@ -36,6 +36,10 @@ def test_architecture_defaults_and_overrides():
         TrainConfig(adam_beta1=1.0)
     with pytest.raises(ValueError, match="decoder_lr_multiple"):
         TrainConfig(decoder_lr_multiple=-1)
+    assert (topk.decoder_init_power_value(), relu.decoder_init_power_value()) == (0.125, 0.0)
+    assert TrainConfig(arch="topk", decoder_init_power=0).decoder_init_power_value() == 0
+    with pytest.raises(ValueError, match="decoder_init_power"):
+        TrainConfig(arch="relu", decoder_init_power=0.5)
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
 
