@@ -136,11 +136,9 @@ def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm) -> dict:
     return row
 
 
-def sparsify_reference(
-    name: str, store: ActivationStore, cfg: TrainConfig, steps: int, out: Path, lm
-) -> dict:
-    """Train sparsify's SparseCoder with its trainer's defaults on the batches our trainer
-    would see for `cfg` (`steps` of them), then evaluate it as `measure` does."""
+def import_sparsify() -> tuple:
+    """(ScheduleFreeWrapper, SparseCoderConfig, SignSGD, SparseCoder), or exit saying what to
+    install."""
     try:
         from schedulefree import ScheduleFreeWrapper
         from sparsify.config import SparseCoderConfig
@@ -150,6 +148,16 @@ def sparsify_reference(
         raise SystemExit(
             f"--sparsify needs `pip install eai-sparsify==1.3.3 schedulefree` ({err})"
         ) from err
+    return ScheduleFreeWrapper, SparseCoderConfig, SignSGD, SparseCoder
+
+
+def sparsify_reference(
+    name: str, store: ActivationStore, cfg: TrainConfig, steps: int, out: Path, lm
+) -> dict:
+    """Train sparsify's SparseCoder with its trainer's defaults on the batches our trainer
+    would see for `cfg` (`steps` of them), save it at `out` in sparsify's format, read it back
+    and evaluate it as `measure` does."""
+    ScheduleFreeWrapper, SparseCoderConfig, SignSGD, SparseCoder = import_sparsify()
     from monoscope.sae import load_sae
     from monoscope.train.sources import open_source
     from monoscope.train.trainer import _batches
@@ -174,9 +182,8 @@ def sparsify_reference(
         opt.zero_grad()
     opt.eval()  # the schedule-free average: what sparsify saves
     seconds = time.perf_counter() - start
-    folder = out / "sparsify"
-    coder.save_to_disk(folder)
-    sae = load_sae(folder)
+    coder.save_to_disk(out)
+    sae = load_sae(out)
     held = evaluate(sae, store, lm, max_tokens=0)
     rec = held["reconstruction"]
     row = {
@@ -219,6 +226,8 @@ def format_row(row: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.sparsify:
+        import_sparsify()  # before any training: a missing package fails at once
     threads = configure_threads()
     store = store_for(args)
     lm = load_model(args.model) if args.model else None

@@ -72,8 +72,8 @@ class TopKFamilySAE(SparseAutoencoder):
     chunk_rows: ClassVar[int] = 256
     """Rows of pre-activations computed at a time while selecting. Their per-block temporaries
     (the encoder's input rows, each row's candidates) then stay under the trainer's mmap
-    threshold (see blocks.py): 512 rows cost ~20 ms more a step at 16 x 576 latents, the
-    page faults of those temporaries mapped afresh each time."""
+    threshold (see blocks.py), rather than being mapped and faulted in afresh each time, and
+    at 16 x 576 latents one column part holds the whole width (docs/LOG.md, 2026-11-26)."""
     column_block: ClassVar[int] = 1152
     """Columns per matmul call (cache-sized blocks: faster than one call per block of rows)."""
 
