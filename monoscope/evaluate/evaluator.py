@@ -1,9 +1,14 @@
 """`evaluate`: an SAE on its store's held-out split -> metrics, eval.json and plots.
 
+The activations are a store folder, or the `.npy`/`.safetensors` [n, d] array an SAE was trained
+on: its held-out rows are the ones the trainer held out (the last 5%). An array has no tokens,
+so there are no splice metrics for it.
+
 eval.json layout:
   format, version      "monoscope.eval", 1
   sae                  site, d_in, n_features, model (from the SAE's config), path (run only)
-  store                path, model, split ("heldout", or "train"), max_tokens
+  store                path, model (null for an array), split ("heldout", or "train"),
+                       max_tokens
   reconstruction       tokens, fvu, explained_variance, mse, mse_per_element, l0,
                        features {n_features, dead_fraction, dense_fraction, dense_threshold,
                                  density_histogram {log10_edges, counts, dead}},
@@ -34,6 +39,7 @@ from monoscope.evaluate.splice import heldout_contexts, run_sae, splice_metrics
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
 from monoscope.runtime import configure_threads
+from monoscope.train.sources import ArraySource
 
 EVAL_FORMAT_VERSION = 1
 
@@ -43,7 +49,8 @@ class EvalConfig:
     sae: str = "runs/demo/sae"
     """SAE folder to evaluate."""
     acts: str = "runs/demo/acts"
-    """Activation store the SAE was trained on; its held-out split is evaluated."""
+    """Activation store the SAE was trained on, or the .npy/.safetensors [n, d] array it was
+    trained on; its held-out split is evaluated (an array's: the rows the trainer held out)."""
     model: str | None = None
     """Model to splice the SAE into for loss recovered and KL (none: reconstruction only)."""
     out: str | None = None
@@ -128,11 +135,18 @@ def evaluate(
     split: str = EvalConfig.split,
 ) -> dict:
     """Metrics of `sae` on the held-out split of `store` (or the train split), and with `model`
-    the splice metrics: the eval.json document (see the module docstring). Options are
-    EvalConfig's fields."""
+    the splice metrics: the eval.json document (see the module docstring). `store` may also be
+    the path of an [n, d] array file. Options are EvalConfig's fields."""
     start = time.perf_counter()
     if split not in ("heldout", "train"):
         raise ValueError(f"split must be heldout or train, got {split!r}")
+    if not isinstance(store, ActivationStore) and Path(store).is_file():
+        if model is not None:
+            raise ValueError(
+                f"{store} is an array file: it has no tokens to run the model on, so no loss "
+                "recovered; evaluate on an activation store for splice metrics"
+            )
+        return _evaluate_array(sae, Path(store), split, batch_size, max_tokens, outlier_multiple)
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     lm = load_model(model) if isinstance(model, str) else model
     site = check_compatible(sae, store, lm)
@@ -158,6 +172,47 @@ def evaluate(
     if lm is not None:
         contexts = heldout_contexts(store.manifest, lm.tokenizer, n_contexts)
         splice = splice_metrics(lm, sae, site, contexts, stats.mean, splice_batch)
+    about = {"path": str(store.path), "model": store.manifest["model"]["name"]}
+    return _report(sae, site, about, split, max_tokens, stats, splice, start)
+
+
+def _evaluate_array(
+    sae: nn.Module,
+    path: Path,
+    split: str,
+    batch_size: int,
+    max_tokens: int,
+    outlier_multiple: float,
+) -> dict:
+    """`evaluate` on an array file's rows of `split`, as the trainer split them."""
+    start = time.perf_counter()
+    source = ArraySource(path)  # stops on a bad shape or a NaN/Inf, with the row named
+    if source.d != sae.cfg.d_in:
+        raise StoreError(f"the SAE has d_in {sae.cfg.d_in}, but {path} has width {source.d}")
+    rows = source.test if split == "heldout" else source.train
+    if rows.shape[0] == 0:
+        raise StoreError(f"{path} has no {split} rows ({source.train.shape[0]} in all)")
+    median = source.median_norm() if outlier_multiple > 0 else None
+    stats = ReconstructionStats(median, outlier_multiple)
+    with torch.no_grad():
+        for x in rows[: max_tokens or None].split(batch_size):
+            x = x.float()
+            f, x_hat = run_sae(sae, x)
+            stats.update(x.to(x_hat.device), x_hat, f, x.norm(dim=-1))
+    about = {"path": str(path), "model": None}
+    return _report(sae, sae.cfg.site, about, split, max_tokens, stats, None, start)
+
+
+def _report(
+    sae: nn.Module,
+    site: str | None,
+    about: dict,
+    split: str,
+    max_tokens: int,
+    stats: ReconstructionStats,
+    splice: dict | None,
+    start: float,
+) -> dict:
     report = {
         "format": "monoscope.eval",
         "version": EVAL_FORMAT_VERSION,
@@ -167,12 +222,7 @@ def evaluate(
             "n_features": sae.cfg.n_features,
             "model": sae.cfg.model,
         },
-        "store": {
-            "path": str(store.path),
-            "model": store.manifest["model"]["name"],
-            "split": split,
-            "max_tokens": max_tokens,
-        },
+        "store": {**about, "split": split, "max_tokens": max_tokens},
         "reconstruction": stats.result(),
         "splice": splice,
         "seconds": round(time.perf_counter() - start, 3),
@@ -201,7 +251,7 @@ def plot_density(report: dict, path: Path) -> None:
     ax.set_ylabel("features")
     n_tokens = report["reconstruction"]["tokens"]
     ax.set_title(
-        f"{report['sae']['site']}: {report['sae']['n_features']:,} features, "
+        f"{report['sae']['site'] or 'SAE'}: {report['sae']['n_features']:,} features, "
         f"{hist['dead']:,} dead over {n_tokens:,} tokens"
     )
     buffer = io.BytesIO()
@@ -253,7 +303,8 @@ def format_table(report: dict) -> str:
     sae, rec = report["sae"], report["reconstruction"]
     feats = rec["features"]
     lines = [
-        f"SAE at {sae['site']}: d_in {sae['d_in']} -> {sae['n_features']:,} features; "
+        f"SAE at {sae['site'] or 'an unnamed site'}: d_in {sae['d_in']} -> "
+        f"{sae['n_features']:,} features; "
         f"{rec['tokens']:,} {_SPLIT_NAMES[report['store']['split']]} tokens of "
         f"{report['store']['path']}",
     ]

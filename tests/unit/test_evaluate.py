@@ -256,6 +256,46 @@ def test_site_and_width_mismatches_are_refused(store):
         evaluate(random_sae(d_in=16), store)
 
 
+def test_an_array_file_is_evaluated_on_the_rows_the_trainer_held_out(tmp_path, tiny_llama):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from monoscope.train.sources import open_source
+
+    x = torch.randn(400, D, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    npy, st = tmp_path / "acts.npy", tmp_path / "acts.safetensors"
+    np.save(npy, x.numpy())
+    save_file({"acts": x}, st)
+    sae = random_sae(site=None)
+    held = torch.cat(list(open_source(npy).heldout(64)))  # the trainer's held-out rows
+    assert held.shape[0] == 20
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(held))
+    for path in (npy, st):
+        report = evaluate(sae, str(path), batch_size=8)
+        assert report["reconstruction"]["tokens"] == 20
+        assert report["reconstruction"]["fvu"] == pytest.approx(fvu(held, x_hat))
+        assert report["store"] == {
+            "path": str(path),
+            "model": None,
+            "split": "heldout",
+            "max_tokens": 200_000,
+        }
+    train = evaluate(sae, npy, split="train", max_tokens=100)["reconstruction"]
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x[:100]))
+    assert train["tokens"] == 100 and train["fvu"] == pytest.approx(fvu(x[:100], x_hat))
+    assert "an unnamed site" in format_table(report)
+    with pytest.raises(StoreError, match=r"d_in 16, but .*acts.npy has width 32"):
+        evaluate(random_sae(d_in=16), npy)
+    with pytest.raises(ValueError, match="no tokens to run the model on"):
+        evaluate(sae, npy, tiny_llama)
+    x[390, 4] = float("inf")
+    np.save(npy, x.numpy())
+    with pytest.raises(StoreError, match="row 390"):
+        evaluate(sae, npy)
+
+
 def test_nan_in_a_store_row_names_the_shard_and_row(store, tmp_path):
     folder = tmp_path / "acts"
     shutil.copytree(store.path, folder)
