@@ -100,6 +100,10 @@ class TrainConfig:
     """Fraction of steps at the end over which the learning rate decays linearly to 0."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: off)."""
+    divergence_fvu: float = 1000.0
+    """Stop as diverged when a batch's FVU exceeds this (a NaN or Inf loss always stops the
+    run); an SAE that outputs zeros scores the data's uncentred / centred variance ratio
+    (~2 for a residual stream), so 1000 is far past any run that is learning (0: off)."""
     compute_dtype: str = "float32"
     """Precision of the dense matmuls of a training step: float32, or bfloat16 (topk,
     batchtopk, relu: parameters, gradients and Adam stay float32)."""
@@ -146,6 +150,8 @@ class TrainConfig:
             raise ValueError("decoder_init_power applies to topk and batchtopk")
         if not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
+        if self.divergence_fvu < 0:
+            raise ValueError(f"divergence_fvu must be >= 0 (0: off), got {self.divergence_fvu}")
         if self.lr_warmup_fraction > 1:
             raise ValueError(f"lr_warmup_fraction is at most 1, got {self.lr_warmup_fraction}")
         if self.b_dec_init not in ("", *B_DEC_INITS):

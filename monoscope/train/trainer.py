@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from monoscope.runtime import configure_threads
-from monoscope.sae import SAEConfig, SparseAutoencoder, build_sae
+from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
 from monoscope.train.checkpoint import (
+    POINTER,
     TrainingState,
     load_checkpoint,
     optimizer_tensors,
@@ -178,11 +179,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             if cfg.arch in ("relu", "jumprelu"):
                 coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
             result = sae.training_step(x, coefficient, dead_mask=tracker.dead_mask)
-            if not torch.isfinite(result.loss):
-                raise TrainingDivergedError(
-                    f"loss became {result.loss.item()} at step {step}; the last good checkpoint "
-                    f"is kept in {out} (lower --lr, or check the activations)"
-                )
+            _check_diverged(result, cfg.divergence_fvu, step, out)
             result.loss.backward()
             sae.before_optimizer_step()
             if cfg.grad_clip > 0:
@@ -249,6 +246,29 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     for leftover in out.glob("checkpoint-*.safetensors"):
         leftover.unlink()
     return sae.eval()
+
+
+def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:
+    """TrainingDivergedError if the step's loss is NaN/Inf or its FVU is over `limit` (0: no
+    FVU limit); one host sync for both."""
+    finite = torch.isfinite(result.loss)
+    ok = finite & (result.fvu <= limit) if limit > 0 else finite
+    if bool(ok):
+        return
+    what = (
+        f"loss became {result.loss.item()}"
+        if not bool(finite)
+        else f"batch FVU became {float(result.fvu):.4g} (over --divergence-fvu {limit:g})"
+    )
+    kept = (
+        "the last good checkpoint is kept in"
+        if (out / POINTER).exists()
+        else "no checkpoint was written yet in"
+    )
+    raise TrainingDivergedError(
+        f"{what} at step {step}: the run diverged; {kept} {out} "
+        "(lower --lr, or check the activations)"
+    )
 
 
 def read_log(out: str | Path) -> list[dict]:

@@ -177,6 +177,24 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(low_rank_npy, tmp_path, 
     assert json.loads((tmp_path / "sae" / "checkpoint.json").read_text())["step"] == 4
 
 
+def test_a_finite_but_exploding_loss_also_stops_the_run(low_rank_npy, tmp_path):
+    # lr 1e3: every weight jumps by ~1e3 a step; the loss stays finite but the FVU explodes.
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"batch FVU became \S+ \(over --divergence-fvu 1000\) at step 1",
+    ):
+        run(cfg(low_rank_npy, tmp_path / "sae", lr=1e3, checkpoint_every=1))
+    assert (tmp_path / "sae" / "checkpoint.json").exists()
+    assert not (tmp_path / "sae" / "config.json").exists()  # no SAE claims to be trained
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written yet"):
+        run(cfg(low_rank_npy, tmp_path / "early", lr=1e3, checkpoint_every=100))
+    # The limit is a setting: off, the same run ends (and writes its poor SAE).
+    run(cfg(low_rank_npy, tmp_path / "off", lr=1e3, divergence_fvu=0))
+    assert (tmp_path / "off" / "config.json").exists()
+    with pytest.raises(ValueError, match="divergence_fvu must be >= 0"):
+        cfg(low_rank_npy, tmp_path / "x", divergence_fvu=-1)
+
+
 def test_target_l0_steers_relu_sparsity(low_rank_npy, tmp_path):
     # At this fixed coefficient L0 stays near 45-50 (measured); the controller must pull it down.
     options = dict(arch="relu", tokens=256 * 150, lr=3e-3, coefficient=0.05, warmup_fraction=0.0)
