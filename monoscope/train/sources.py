@@ -114,6 +114,8 @@ class ModelSource:
     `buffer_tokens` and shuffled there. One epoch is one pass over the corpus.
     """
 
+    BUFFER_TOKENS = 1 << 17
+
     def __init__(
         self,
         model: str,
@@ -121,7 +123,7 @@ class ModelSource:
         corpus: str,
         context: int = 128,
         model_dtype: str = "float32",
-        buffer_tokens: int = 1 << 17,
+        buffer_tokens: int = BUFFER_TOKENS,
         heldout_fraction: float = 0.05,
     ) -> None:
         from monoscope.data import CorpusSpec

@@ -104,7 +104,12 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     return_large_blocks_when_freed()  # peak memory: see monoscope.train.memory
     require_backend(cfg.logger)  # a missing optional package fails before anything is done
     if cfg.stream_model:
-        source = ModelSource(cfg.stream_model, cfg.site, cfg.corpus, cfg.context)
+        # The shuffle buffer need not hold more than the run trains on: a short run would
+        # otherwise harvest the whole buffer (131k tokens) before its first step.
+        buffer = min(ModelSource.BUFFER_TOKENS, max(cfg.tokens, cfg.batch_size))
+        source = ModelSource(
+            cfg.stream_model, cfg.site, cfg.corpus, cfg.context, buffer_tokens=buffer
+        )
     else:
         source = open_source(cfg.acts, cfg.site or None)
     out = Path(cfg.out)

@@ -270,8 +270,23 @@ def test_streaming_from_the_model_trains_and_resumes_exactly(
     )
     with pytest.raises(ValueError, match="pass --tokens"):
         run(cfg("unused", tmp_path / "x", **{**options, "tokens": 0}))
+    from monoscope.train import sources
+
+    captured = []
+    real_rows = sources.ModelSource._rows
+
+    def counted_rows(self, split):
+        for acts in real_rows(self, split):
+            captured.append(acts.shape[0])
+            yield acts
+
+    monkeypatch.setattr(sources.ModelSource, "_rows", counted_rows)
     reference = run(cfg("unused", tmp_path / "ref", **options))
     assert reference.cfg.d_in == 32 and reference.cfg.site == "blocks.1.hook_resid_post"
+    # A short run harvests about what it trains on (plus the normalisation sample), not a
+    # whole default shuffle buffer of 131k tokens.
+    assert sum(captured) < 4 * options["tokens"] + 16_384
+    monkeypatch.setattr(sources.ModelSource, "_rows", real_rows)
     run_killed_at(6, cfg("unused", tmp_path / "sae", **options), monkeypatch)
     resumed = run(cfg("unused", tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
