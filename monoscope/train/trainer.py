@@ -93,7 +93,7 @@ def _new_sae(cfg: TrainConfig, source, max_norm: float | None) -> SparseAutoenco
         if cfg.decoder_init_power_value() > 0:
             sae.shape_decoder_directions(sample, cfg.decoder_init_power_value())
         sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
-    if cfg.arch == "relu" and cfg.target_l0:
+    if cfg.arch in ("relu", "jumprelu") and cfg.target_l0:
         sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
     return sae
 

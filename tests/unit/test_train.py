@@ -204,19 +204,28 @@ def test_target_l0_steers_relu_sparsity(low_rank_npy, tmp_path):
     assert read_log(tmp_path / "sae")[-1]["coefficient"] > 0.15
 
 
-def test_relu_with_a_target_l0_starts_at_that_l0(low_rank_npy, tmp_path):
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_a_target_l0_run_starts_at_that_l0(low_rank_npy, tmp_path, arch):
+    from monoscope.evaluate import fvu
     from monoscope.train.sources import open_source
 
     source = open_source(low_rank_npy)
     sample = source.sample(2048)
     for target in (0.0, 6.0, 20.0):
-        config = cfg(low_rank_npy, tmp_path / "x", arch="relu", target_l0=target)
+        config = cfg(low_rank_npy, tmp_path / "x", arch=arch, target_l0=target)
         sae = train_run._new_sae(config, source, None)
-        l0 = float((sae.encode(sample) > 0).sum(-1).float().mean())
-        if not target:  # the recipe's zero b_enc: about half the latents fire
+        with torch.no_grad():
+            f = sae.encode(sample)
+            error = fvu(sample, sae.decode(f))
+        l0 = float((f != 0).sum(-1).float().mean())
+        if not target:  # the tied start: about half the latents fire
             assert l0 > 0.3 * sae.cfg.n_features
         else:
             assert l0 == pytest.approx(target, rel=0.15)
+        if arch == "jumprelu":
+            # From the tied start the reconstruction overshoots; at the target L0 the
+            # encoder is scaled to the least-squares fit, which beats outputting b_dec.
+            assert error > 2.0 if not target else error < 1.0
 
 
 def test_bad_input_is_refused(low_rank_npy, tmp_path):
