@@ -105,6 +105,34 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         self.b_dec.copy_(median.to(self.b_dec.dtype))
 
     # -- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def firing_cuts(self, sample: Tensor, l0: float, columns_per_pass: int = 1024) -> Tensor:
+        """Per latent [n_features], the pre-activation above which it fires on about
+        l0 / n_features of the raw `sample` [n, d_in]: its (fires + 1)-th largest, with fires at
+        least one and below n (a small sample sets it only roughly)."""
+        n_rows, n = sample.shape[0], self.cfg.n_features
+        fires = min(max(1, round(n_rows * l0 / n)), n_rows - 1)
+        x = self.encoder_input(self.normalise(sample))
+        cuts = []
+        for start in range(0, n, columns_per_pass):
+            cols = slice(start, start + columns_per_pass)
+            pre = torch.addmm(self.b_enc[cols], x, self.W_enc[:, cols])
+            cuts.append(pre.topk(fires + 1, dim=0).values[-1])
+        return torch.cat(cuts)
+
+    @torch.no_grad()
+    def least_squares_scale(self, sample: Tensor, rows_per_pass: int = 1024) -> float:
+        """<x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² over the raw `sample` [n, d_in] (normalised
+        space): the factor on the reconstruction that fits the sample best; 1 when x̂ = b_dec."""
+        target_dot = sample.new_zeros((), dtype=torch.float64)
+        fit_dot = sample.new_zeros((), dtype=torch.float64)
+        for rows in sample.split(rows_per_pass):
+            x = self.normalise(rows) - self.b_dec
+            x_hat = self.forward(rows) * self.cfg.input_scale - self.b_dec
+            target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
+            fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
+        return float(target_dot / fit_dot) if fit_dot > 0 else 1.0
+
     def normalise(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] -> the normalised space the parameters live in."""
         return x.to(self.W_enc.dtype) * self.cfg.input_scale

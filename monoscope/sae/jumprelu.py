@@ -95,26 +95,12 @@ class JumpReLUSAE(SparseAutoencoder):
         the least-squares factor of the sample's reconstruction. From the tied start, about
         half the latents fire and the reconstruction is far too large (FVU ~50 on Gaussian
         data with 16x latents), which the L0 controller takes many steps to undo."""
-        n_rows, n = sample.shape[0], self.cfg.n_features
-        if n_rows < 2:
+        if sample.shape[0] < 2:
             return
-        fires = min(max(1, round(n_rows * l0 / n)), n_rows - 1)
-        x = self.encoder_input(self.normalise(sample))
-        floor = self.cfg.jumprelu_init_threshold  # thresholds stay positive (learned as logs)
-        for start in range(0, n, columns_per_pass):
-            cols = slice(start, start + columns_per_pass)
-            pre = torch.addmm(self.b_enc[cols], x, self.W_enc[:, cols])
-            # Between the fires-th and (fires + 1)-th largest pre-activations of each latent.
-            top = pre.topk(fires + 1, dim=0).values
-            cut = (top[-1] + top[-2]) / 2
-            self.log_threshold[cols] = cut.clamp_min(floor).log()
-        target_dot = fit_dot = 0.0
-        for rows in sample.split(1024):
-            target = self.normalise(rows) - self.b_dec
-            fit = self.forward(rows) * self.cfg.input_scale - self.b_dec
-            target_dot += float(torch.linalg.vecdot(target, fit).sum(dtype=torch.float64))
-            fit_dot += float(torch.linalg.vecdot(fit, fit).sum(dtype=torch.float64))
-        factor = target_dot / fit_dot if fit_dot > 0 else 0.0
+        cuts = self.firing_cuts(sample, l0, columns_per_pass)
+        # Thresholds stay positive (they are learned as logs).
+        self.log_threshold.copy_(cuts.clamp_min(self.cfg.jumprelu_init_threshold).log())
+        factor = self.least_squares_scale(sample)
         if factor > 0:  # no positive fit (no signal): left as it is
             self.W_enc.mul_(factor)
             self.b_enc.mul_(factor)

@@ -51,18 +51,9 @@ class ReluSAE(SparseAutoencoder):
         [n, d_in]: the run starts at the mean L0 it targets rather than at about half the
         latents, which the L1 penalty would otherwise silence in the first steps, leaving most
         of them dead for good in a short run (docs/LOG.md, 2026-11-26)."""
-        n_rows, n = sample.shape[0], self.cfg.n_features
-        if n_rows < 2:
+        if sample.shape[0] < 2:
             return
-        # How many rows of the sample each latent fires on (at least one, and not all: a
-        # small sample sets the start only roughly).
-        fires = min(max(1, round(n_rows * l0 / n)), n_rows - 1)
-        x = self.encoder_input(self.normalise(sample))
-        for start in range(0, n, columns_per_pass):
-            cols = slice(start, start + columns_per_pass)
-            pre = torch.addmm(self.b_enc[cols], x, self.W_enc[:, cols])
-            # The (fires + 1)-th largest pre-activation of each latent becomes its zero.
-            self.b_enc[cols] -= pre.topk(fires + 1, dim=0).values[-1]
+        self.b_enc -= self.firing_cuts(sample, l0, columns_per_pass)  # each cut becomes 0
 
     def decoder_norms(self) -> Tensor:
         """||W_dec_i|| per latent [n_features]."""

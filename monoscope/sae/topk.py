@@ -119,14 +119,7 @@ class TopKFamilySAE(SparseAutoencoder):
         least-squares scale lowers the FVU one epoch of 200k tokens ends at (docs/LOG.md,
         2026-11-25).
         """
-        target_dot = sample.new_zeros((), dtype=torch.float64)
-        fit_dot = sample.new_zeros((), dtype=torch.float64)
-        for rows in sample.split(rows_per_pass):
-            x = self.normalise(rows) - self.b_dec
-            x_hat = self.forward(rows) * self.cfg.input_scale - self.b_dec
-            target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
-            fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
-        factor = float(target_dot / fit_dot) if fit_dot > 0 else 1.0
+        factor = self.least_squares_scale(sample, rows_per_pass)
         if factor > 0:  # a non-positive fit (no signal at all) leaves the encoder as it is
             self.W_enc.mul_(factor)
         return factor
