@@ -124,7 +124,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     state = load_checkpoint(out)
     if state is not None:
         sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
-        if state.scalars["train_config"] != asdict(cfg) | {"overwrite": False, "progress": False}:
+        if not _same_settings(state.scalars["train_config"], cfg):
             raise ValueError(
                 f"{out} holds a checkpoint of a run with other settings; "
                 "pass --overwrite to start over, or rerun with the same options"
@@ -251,6 +251,17 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     for leftover in out.glob("checkpoint-*.safetensors"):
         leftover.unlink()
     return sae.eval()
+
+
+def _same_settings(saved: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's run settings are `cfg`'s. A setting the checkpoint lacks (one
+    added since it was written) matches only at its default: then the run it belongs to
+    behaves the same under this version."""
+    current = asdict(cfg) | {"overwrite": False, "progress": False}
+    defaults = asdict(TrainConfig())
+    return saved.keys() <= current.keys() and all(
+        saved.get(name, defaults[name]) == value for name, value in current.items()
+    )
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -158,6 +158,20 @@ def test_a_killed_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatc
     run(cfg(low_rank_npy, tmp_path / "sae", overwrite=True))
 
 
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_path, monkeypatch):
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
+    pointer = tmp_path / "sae" / "checkpoint.json"
+    saved = json.loads(pointer.read_text())
+    del saved["train_config"]["divergence_fvu"]  # as written before the setting existed
+    pointer.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="other settings"):  # not at its default: refused
+        run(cfg(low_rank_npy, tmp_path / "sae", divergence_fvu=5.0))
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
 def test_divergence_stops_and_keeps_the_last_checkpoint(low_rank_npy, tmp_path, monkeypatch):
     from monoscope.sae import TopKSAE
 
