@@ -146,7 +146,9 @@ def evaluate(
                 f"{store} is an array file: it has no tokens to run the model on, so no loss "
                 "recovered; evaluate on an activation store for splice metrics"
             )
-        return _evaluate_array(sae, Path(store), split, batch_size, max_tokens, outlier_multiple)
+        return _evaluate_array(
+            sae, Path(store), split, batch_size, max_tokens, outlier_multiple, start
+        )
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     lm = load_model(model) if isinstance(model, str) else model
     site = check_compatible(sae, store, lm)
@@ -183,9 +185,10 @@ def _evaluate_array(
     batch_size: int,
     max_tokens: int,
     outlier_multiple: float,
+    start: float,
 ) -> dict:
-    """`evaluate` on an array file's rows of `split`, as the trainer split them."""
-    start = time.perf_counter()
+    """`evaluate` on an array file's rows of `split`, as the trainer split them (`start`: the
+    evaluation's start time)."""
     source = ArraySource(path)  # stops on a bad shape or a NaN/Inf, with the row named
     if source.d != sae.cfg.d_in:
         raise StoreError(f"the SAE has d_in {sae.cfg.d_in}, but {path} has width {source.d}")
