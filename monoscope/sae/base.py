@@ -173,6 +173,10 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     def after_optimizer_step(self) -> None:
         """Called after the optimizer step (parameter constraints)."""
 
+    def after_training(self, sample: Tensor) -> None:
+        """Called once the weights are final, with raw training rows [n, d_in]: sets what
+        inference needs from them (batchtopk's threshold)."""
+
     @staticmethod
     def _reconstruction_stats(x_norm: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
         """(per-token squared error [batch], total variance of the batch about its mean)."""

@@ -172,7 +172,6 @@ class TopKFamilySAE(SparseAutoencoder):
             aux = aux_sse / total_variance(residual)
         del residual
         active = values.detach() > 0
-        self.observe(values.detach(), sel.pattern)
         # Counted with index_add_ rather than boolean indexing: no host sync on a GPU.
         counts = values.new_zeros(self.cfg.n_features)
         counts.index_add_(0, sel.pattern.col, active.to(values.dtype))
@@ -184,10 +183,6 @@ class TopKFamilySAE(SparseAutoencoder):
             fired=counts > 0,
             fvu=fvu.detach(),
         )
-
-    def observe(self, values: Tensor, pattern: Pattern) -> None:
-        """Hook for statistics of the kept activations [nnz] of a training step (batchtopk
-        learns its threshold here)."""
 
     @torch.no_grad()
     def select_latents(

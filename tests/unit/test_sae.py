@@ -220,7 +220,7 @@ def test_topk_keeps_exactly_k_latents():
     assert ((sae.encode(x) != 0).sum(-1) == K).all()
 
 
-def test_batchtopk_keeps_k_per_token_on_average_and_learns_its_threshold():
+def test_batchtopk_keeps_k_per_token_on_average_and_calibrates_its_threshold():
     sae = trained_like("batchtopk")
     sae.cfg.batchtopk_threshold = None
     with pytest.raises(RuntimeError, match="no inference threshold yet"):
@@ -231,17 +231,20 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_its_threshold():
     x = low_rank_data(64)
     out = sae.training_step(x, AUXK_COEFFICIENT)
     assert out.l0.item() == K
-    counts = (sae.encode(x) != 0).sum(-1)
-    assert counts.sum() == 64 * K and counts.max() > counts.min()  # a shared budget
-    # The threshold is the smallest kept activation of the first batch, then a running mean.
     kept = sae.encode(x)
-    first = kept[kept > 0].min().item()
-    assert sae.cfg.batchtopk_threshold == first
-    sae.training_step(x * 0.5, AUXK_COEFFICIENT)
-    assert sae.cfg.batchtopk_threshold < first
+    counts = (kept != 0).sum(-1)
+    assert counts.sum() == 64 * K and counts.max() > counts.min()  # a shared budget
+    assert sae.cfg.batchtopk_threshold is None  # training does not set it
+    # The threshold is the smallest activation the batch rule keeps over the sample, so
+    # inference keeps the same latents of that sample (k per row on average).
+    threshold = sae.calibrate_threshold(x)
+    assert threshold == kept[kept > 0].min().item() == sae.cfg.batchtopk_threshold
     sae.eval()
     pre = sae.pre_activations(x)
-    assert torch.equal(sae.encode(x), pre * (pre > sae.cfg.batchtopk_threshold))
+    assert torch.equal(sae.encode(x), pre * (pre > threshold))
+    assert int((sae.encode(x) != 0).sum()) == 64 * K - 1  # all but θ's own entry (pre > θ)
+    with pytest.raises(ValueError, match="needs a sample"):
+        sae.calibrate_threshold(x[:0])
 
 
 def test_unit_norm_decoder_is_maintained():

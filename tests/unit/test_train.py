@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import monoscope.train.trainer as train_run
+from monoscope.evaluate import fvu
 from monoscope.sae import load_sae
 from monoscope.train import TrainConfig, TrainingDivergedError, read_log, run
 from monoscope.train.dead import DeadLatentTracker
@@ -26,9 +27,14 @@ def test_schedules_follow_the_recipe():
 
 def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
-    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (2.5e-3, 0.8, 0.1)
+    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (3e-3, 0.8, 0.1)
     assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
-    assert (topk.decoder_lr_multiple_value(), relu.decoder_lr_multiple_value()) == (5.0, 1.0)
+    assert (topk.decoder_lr_multiple_value(), relu.decoder_lr_multiple_value()) == (4.0, 1.0)
+    assert (topk.adam_basis_value(), relu.adam_basis_value()) == ("eigen", "standard")
+    assert TrainConfig(arch="batchtopk").adam_basis_value() == "standard"
+    assert TrainConfig(arch="topk", adam_basis="standard").adam_basis_value() == "standard"
+    with pytest.raises(ValueError, match="adam_basis must be eigen or standard"):
+        TrainConfig(adam_basis="pca")
     mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
     assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
     assert TrainConfig(arch="relu", decoder_lr_multiple=2).decoder_lr_multiple_value() == 2
@@ -105,8 +111,18 @@ def test_training_lowers_the_loss_and_writes_the_sae(low_rank_npy, tmp_path, arc
     loaded = load_sae(tmp_path / "sae")
     x = torch.from_numpy(np.load(low_rank_npy)[:64])
     torch.testing.assert_close(loaded(x), sae(x))
+    # Saved in the activations' own coordinates (topk trains in a rotated basis).
+    rows = torch.from_numpy(np.load(low_rank_npy)[:2048])
+    with torch.no_grad():
+        saved_fvu = float(fvu(rows, loaded.decode(loaded.encode(rows))))
+    assert saved_fvu < 2 * log[-1]["fvu"]
     assert loaded.cfg.training["steps"] == 40 and loaded.cfg.input_scale > 0
     assert not list((tmp_path / "sae").glob("checkpoint*"))
+    if arch == "batchtopk":
+        # The inference threshold is set from the final weights: k per row on training rows.
+        train_rows = torch.from_numpy(np.load(low_rank_npy)[:5700])
+        l0 = (loaded.encode(train_rows) != 0).sum(-1).float().mean()
+        assert float(l0) == pytest.approx(4, rel=0.05)
 
 
 def test_the_decoder_learns_at_its_multiple_of_the_rate(low_rank_npy, tmp_path, monkeypatch):
@@ -227,7 +243,7 @@ def test_a_target_l0_run_starts_at_that_l0(low_rank_npy, tmp_path, arch):
     sample = source.sample(2048)
     for target in (0.0, 6.0, 20.0):
         config = cfg(low_rank_npy, tmp_path / "x", arch=arch, target_l0=target)
-        sae = train_run._new_sae(config, source, None)
+        sae, _ = train_run._new_sae(config, source, None)
         with torch.no_grad():
             f = sae.encode(sample)
             error = fvu(sample, sae.decode(f))
@@ -382,7 +398,7 @@ def test_b_dec_starts_where_the_config_says(low_rank_npy, tmp_path):
         ("topk", "", True),
     ]:
         config = cfg(low_rank_npy, tmp_path / "x", arch=arch, b_dec_init=b_dec_init)
-        sae = train_run._new_sae(config, source, None)
+        sae, _ = train_run._new_sae(config, source, None)
         assert bool(sae.b_dec.abs().sum() > 0) is moved, (arch, b_dec_init)
     with pytest.raises(ValueError, match="b_dec_init must be median or zero"):
         TrainConfig(b_dec_init="mean")
