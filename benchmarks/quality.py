@@ -166,7 +166,7 @@ def sparsify_reference(
     max_norm = cfg.outlier_multiple * source.median_norm()
     n_features = cfg.n_features(source.d)
     torch.manual_seed(cfg.seed)
-    coder = SparseCoder(source.d, SparseCoderConfig(num_latents=n_features, k=cfg.k))
+    coder = SparseCoder(source.d, SparseCoderConfig(num_latents=n_features, k=cfg.k_value()))
     lr = 5e-3 / (n_features / 2**14) ** 0.5  # sparsify's default for "signum"
     opt = ScheduleFreeWrapper(SignSGD([dict(params=coder.parameters(), lr=lr)]), momentum=0.95)
     opt.train()

@@ -37,8 +37,8 @@ class DemoConfig:
     """SAE architecture: relu, topk, batchtopk or jumprelu."""
     features: str = "16x"
     """Dictionary size: a count or a multiple of d_model."""
-    k: int = 32
-    """Active latents per token (topk, batchtopk)."""
+    k: int = 0
+    """Active latents per token (topk, batchtopk); 0 means 32."""
     model_dtype: str = "float32"
     """Model compute dtype (bfloat16 is about twice as fast on recent CPUs)."""
     overwrite: bool = False
@@ -47,6 +47,17 @@ class DemoConfig:
 
 def run(cfg: DemoConfig) -> dict:
     root = Path(cfg.out)
+    sae_dir = root / "sae"
+    # Built first: a bad option (say --k with relu) fails before the harvest.
+    train_cfg = TrainConfig(
+        acts=str(root / "acts"),
+        out=str(sae_dir),
+        arch=cfg.arch,
+        features=cfg.features,
+        k=cfg.k,
+        overwrite=cfg.overwrite,
+        dead_window=65_536,
+    )
     lm = load_model(MODEL, dtype=cfg.model_dtype)
     print(f"[1/4] harvest {cfg.tokens:,} tokens of {cfg.site} from {MODEL} -> {root / 'acts'}")
     store = run_harvest(
@@ -66,8 +77,8 @@ def run(cfg: DemoConfig) -> dict:
         f"      {store.n_tokens:,} tokens in {len(store.shards)} shard(s), "
         f"mean |x| {store.mean_norm():.1f}"
     )
-    sae_dir = root / "sae"
-    print(f"[2/4] train a {cfg.arch} SAE ({cfg.features} features, k={cfg.k}) -> {sae_dir}")
+    sparsity = f", k={train_cfg.k_value()}" if cfg.arch in ("topk", "batchtopk") else ""
+    print(f"[2/4] train a {cfg.arch} SAE ({cfg.features} features{sparsity}) -> {sae_dir}")
     if (
         (sae_dir / "config.json").exists()
         and not (sae_dir / "checkpoint.json").exists()
@@ -75,17 +86,7 @@ def run(cfg: DemoConfig) -> dict:
     ):
         print("      already trained (pass --overwrite to retrain)")
     else:
-        run_train(
-            TrainConfig(
-                acts=str(store.path),
-                out=str(sae_dir),
-                arch=cfg.arch,
-                features=cfg.features,
-                k=cfg.k,
-                overwrite=cfg.overwrite,
-                dead_window=65_536,
-            )
-        )
+        run_train(train_cfg)
     print("[3/4] evaluate on held-out tokens, with the SAE spliced into the model")
     report = run_eval(
         EvalConfig(sae=str(sae_dir), acts=str(store.path), model=MODEL, n_contexts=32),

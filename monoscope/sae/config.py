@@ -54,7 +54,8 @@ class SAEConfig:
     jumprelu_init_threshold: float = 0.001
     """Initial JumpReLU threshold of every latent."""
     batchtopk_threshold: float | None = None
-    """BatchTopK inference threshold: running mean of the smallest kept activation in training."""
+    """BatchTopK inference threshold θ (f = pre · (pre > θ)): the smallest activation the batch
+    rule keeps over a sample of training rows, set when training ends."""
     activation_convention: str | None = None
     """How feature activations are reported: 'f*||W_dec_i||' (relu) or 'f' (the others);
     unset means the architecture's convention."""

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, ArchDefaults] = {
     ),
 }
 B_DEC_INITS = ("median", "zero")
+DEFAULT_K = 32
 ADAM_BASES = ("eigen", "standard")
 
 
@@ -73,8 +74,8 @@ class TrainConfig:
     """Architecture: relu (the paper's recipe), topk, batchtopk or jumprelu."""
     features: str = "16x"
     """Dictionary size: a count (9216) or a multiple of the input width (16x)."""
-    k: int = 32
-    """Active latents per token (topk; the batch mean for batchtopk)."""
+    k: int = 0
+    """Active latents per token (topk; the batch mean for batchtopk); 0 means 32."""
     tokens: int = 0
     """Training tokens; 0 means one epoch of the store's train split."""
     batch_size: int = 4096
@@ -150,8 +151,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.batch_size <= 0 or self.k <= 0 or self.tokens < 0:
-            raise ValueError("batch_size and k must be positive, tokens non-negative")
+        if self.batch_size <= 0 or self.k < 0 or self.tokens < 0:
+            raise ValueError("batch_size must be positive, k and tokens non-negative")
+        if self.k and self.arch not in ("topk", "batchtopk"):
+            raise ValueError(
+                f"k applies to topk and batchtopk; {self.arch} sets its sparsity with the "
+                "coefficient or target_l0"
+            )
         if self.target_l0 and self.arch not in ("relu", "jumprelu"):
             raise ValueError("target_l0 applies to relu and jumprelu; topk sets L0 with --k")
         if self.decoder_lr_multiple < 0:
@@ -183,6 +189,9 @@ class TrainConfig:
             raise ValueError(
                 f"features must be a count (9216) or a multiple like 16x, got {self.features!r}"
             ) from None
+
+    def k_value(self) -> int:
+        return self.k or DEFAULT_K
 
     def lr_value(self) -> float:
         return self.lr or DEFAULTS[self.arch].lr

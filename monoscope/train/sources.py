@@ -141,12 +141,16 @@ class ModelSource:
         self.buffer_tokens, self.heldout_fraction = buffer_tokens, heldout_fraction
         self.description = {"model": model, "site": site, "corpus": corpus, "context": context}
         self._sample: Tensor | None = None
+        # The forward batches the sample came from: an epoch starts with them (the same rows,
+        # bit for bit) instead of running the model over them a second time.
+        self._sample_batches: list[Tensor] = []
 
     def n_train_tokens(self) -> int:
         raise ValueError("streaming from a model has no fixed size: pass --tokens")
 
-    def _rows(self, split: str) -> Iterator[Tensor]:
-        """Activations [n, d] of the split's contexts, a forward batch at a time."""
+    def _rows(self, split: str, skip: int = 0) -> Iterator[Tensor]:
+        """Activations [n, d] of the split's contexts, a forward batch at a time; the first
+        `skip` of those batches are passed over without running the model."""
         from monoscope.data import iter_contexts
         from monoscope.harvest import heldout_mask
 
@@ -160,19 +164,26 @@ class ModelSource:
                 for (_, c), h in zip(chunk, held.tolist(), strict=True)
                 if h == (split == "heldout")
             ]
-            if keep:
+            if keep and skip:
+                skip -= 1
+            elif keep:
                 acts = self.lm.capture(torch.tensor(keep), [self.site])[self.site]
                 yield acts[:, 1:].reshape(-1, self.d).float().cpu()
 
+    def _train_rows(self) -> Iterator[Tensor]:
+        """`_rows("train")`, its first batches taken from the sample's."""
+        yield from self._sample_batches
+        yield from self._rows("train", skip=len(self._sample_batches))
+
     def sample(self, n: int) -> Tensor:
         if self._sample is None or self._sample.shape[0] < n:
-            rows, held = [], 0
+            self._sample_batches, held = [], 0
             for acts in self._rows("train"):
-                rows.append(acts)
+                self._sample_batches.append(acts)
                 held += acts.shape[0]
                 if held >= n:
                     break
-            self._sample = torch.cat(rows)
+            self._sample = torch.cat(self._sample_batches)
         return self._sample[:n]
 
     def median_norm(self) -> float:
@@ -190,7 +201,7 @@ class ModelSource:
             yield from mixed[:full].split(batch_size)
             pool[:] = [mixed[full:]]
 
-        for acts in self._rows("train"):
+        for acts in self._train_rows():
             if max_norm is not None:
                 acts = acts[acts.norm(dim=-1) <= max_norm]
             pool.append(acts)

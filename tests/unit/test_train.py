@@ -35,6 +35,10 @@ def test_architecture_defaults_and_overrides():
     assert TrainConfig(arch="topk", adam_basis="standard").adam_basis_value() == "standard"
     with pytest.raises(ValueError, match="adam_basis must be eigen or standard"):
         TrainConfig(adam_basis="pca")
+    assert (TrainConfig().k_value(), TrainConfig(k=8).k_value()) == (32, 8)
+    for arch in ("relu", "jumprelu"):  # a k they would ignore is refused, not dropped
+        with pytest.raises(ValueError, match=f"k applies to topk and batchtopk; {arch}"):
+            TrainConfig(arch=arch, k=8)
     mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
     assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
     assert TrainConfig(arch="relu", decoder_lr_multiple=2).decoder_lr_multiple_value() == 2
@@ -90,7 +94,10 @@ def cfg(acts, out, **overrides) -> TrainConfig:
         progress=False,
         dead_window=2048,
     )
-    return TrainConfig(**{**options, **overrides})
+    options |= overrides
+    if options["arch"] not in ("topk", "batchtopk"):
+        del options["k"]  # relu and jumprelu refuse a k
+    return TrainConfig(**options)
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
@@ -309,23 +316,24 @@ def test_streaming_from_the_model_trains_and_resumes_exactly(
     )
     with pytest.raises(ValueError, match="pass --tokens"):
         run(cfg("unused", tmp_path / "x", **{**options, "tokens": 0}))
-    from monoscope.train import sources
+    from monoscope.models.language_model import LanguageModel
 
-    captured = []
-    real_rows = sources.ModelSource._rows
+    forwards = []  # the contexts of each forward batch
+    real_capture = LanguageModel.capture
 
-    def counted_rows(self, split):
-        for acts in real_rows(self, split):
-            captured.append(acts.shape[0])
-            yield acts
+    def counted_capture(self, tokens, *args, **kwargs):
+        forwards.append(tuple(tuple(row) for row in tokens.tolist()))
+        return real_capture(self, tokens, *args, **kwargs)
 
-    monkeypatch.setattr(sources.ModelSource, "_rows", counted_rows)
+    monkeypatch.setattr(LanguageModel, "capture", counted_capture)
     reference = run(cfg("unused", tmp_path / "ref", **options))
     assert reference.cfg.d_in == 32 and reference.cfg.site == "blocks.1.hook_resid_post"
     # A short run harvests about what it trains on (plus the normalisation sample), not a
-    # whole default shuffle buffer of 131k tokens.
-    assert sum(captured) < 4 * options["tokens"] + 16_384
-    monkeypatch.setattr(sources.ModelSource, "_rows", real_rows)
+    # whole default shuffle buffer of 131k tokens; and the sample's contexts, which the
+    # epoch starts with, are not run through the model a second time.
+    assert sum(len(batch) for batch in forwards) * 32 < 4 * options["tokens"] + 16_384
+    assert len(set(forwards)) == len(forwards)
+    monkeypatch.setattr(LanguageModel, "capture", real_capture)
     run_killed_at(6, cfg("unused", tmp_path / "sae", **options), monkeypatch)
     resumed = run(cfg("unused", tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
