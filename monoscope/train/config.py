@@ -190,6 +190,26 @@ class TrainConfig:
                 f"features must be a count (9216) or a multiple like 16x, got {self.features!r}"
             ) from None
 
+    def with_defaults_resolved(self) -> TrainConfig:
+        """This config with each architecture default written out as its value: what a
+        checkpoint records, so that a resumed run keeps the defaults it started with even
+        if a later version changes them."""
+        return replace(self, **self.resolved_defaults())
+
+    def resolved_defaults(self) -> dict:
+        """{field: value} of the fields whose 0/negative/empty value means a default."""
+        return {
+            "k": self.k_value() if self.arch in ("topk", "batchtopk") else 0,
+            "lr": self.lr_value(),
+            "decoder_lr_multiple": self.decoder_lr_multiple_value(),
+            "decoder_init_power": self.decoder_init_power_value(),
+            "adam_basis": self.adam_basis_value(),
+            "adam_beta1": self.adam_beta1_value(),
+            "lr_warmup_fraction": self.lr_warmup_value(),
+            "b_dec_init": self.b_dec_init_value(),
+            "coefficient": self.coefficient_value(),
+        }
+
     def k_value(self) -> int:
         return self.k or DEFAULT_K
 

@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -134,15 +134,19 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
 
     state = load_checkpoint(out)
+    requested, cfg = cfg, cfg.with_defaults_resolved()
     basis = None
     if state is not None:
         basis = state.tensors.get("basis")
         sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
-        if not _same_settings(state.scalars["train_config"], cfg):
+        if not _same_settings(state.scalars["train_config"], requested):
             raise ValueError(
                 f"{out} holds a checkpoint of a run with other settings; "
                 "pass --overwrite to start over, or rerun with the same options"
             )
+        # The defaults the run started with, should this version's differ (checkpoints
+        # written before they were recorded go on with this version's).
+        cfg = replace(cfg, **state.scalars.get("resolved_defaults", {}))
     else:
         sae, basis = _new_sae(cfg, source, max_norm)
     if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > sae.cfg.n_features:
@@ -187,7 +191,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             "sae": sae.cfg.to_json(),
             "adam_groups": groups,
             "controller": controller.state() if controller else None,
-            "train_config": asdict(cfg) | {"overwrite": False, "progress": False},
+            "train_config": asdict(requested) | {"overwrite": False, "progress": False},
+            "resolved_defaults": cfg.resolved_defaults(),
         }
         save_checkpoint(out, TrainingState(step, scalars, tensors))
 

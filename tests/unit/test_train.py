@@ -195,6 +195,22 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
+def test_a_resumed_run_keeps_the_defaults_it_started_with(low_rank_npy, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from monoscope.train import config as train_config
+
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
+    # A later version with other topk defaults: the run goes on with the ones it began with.
+    changed = replace(train_config.DEFAULTS["topk"], lr=0.5, adam_basis="standard")
+    monkeypatch.setitem(train_config.DEFAULTS, "topk", changed)
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert resumed.cfg.training["lr"] == 3e-3 and resumed.cfg.training["adam_basis"] == "eigen"
+
+
 def test_divergence_stops_and_keeps_the_last_checkpoint(low_rank_npy, tmp_path, monkeypatch):
     from monoscope.sae import TopKSAE
 
