@@ -261,7 +261,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "decoder_lr_multiple": decoder_multiple,
         "decoder_init_power": cfg.decoder_init_power_value(),
         "adam_betas": list(betas),
-        "adam_basis": cfg.adam_basis_value(),
+        "adam_basis": "standard" if basis is None else "eigen",
         "lr_warmup_fraction": cfg.lr_warmup_value(),
         "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
         "median_norm": median,
