@@ -7,7 +7,7 @@ it scales each coordinate by its own gradient magnitude. In the eigenbasis of th
 covariance (the input-side factor of K-FAC, whose eigenbasis EKFAC and SOAP run their diagonal
 preconditioners in) those per-coordinate scales match the residual stream's very unequal
 directions, and the same number of steps goes further (docs/LOG.md, 2026-11-26, fourth
-session). The trainer rotates each batch (one d x d matmul, ~2% of a 16x step) and rotates the
+session). The trainer rotates each batch (one d x d matmul, ~4% of a 16x step) and rotates the
 SAE back before it is saved.
 """
 
