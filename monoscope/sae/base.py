@@ -219,6 +219,16 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         return f"d_in={c.d_in}, n_features={c.n_features}{k}, input_scale={c.input_scale:.4g}"
 
 
+def covariance_eigh(sample: Tensor) -> tuple[Tensor, Tensor]:
+    """(eigenvalues [d] ascending, eigenvectors [d, d] as columns) of the covariance of the
+    rows of `sample` [n >= 2, d], in float64."""
+    if sample.shape[0] < 2:
+        raise ValueError("a covariance needs a sample of 2 rows or more")
+    x = sample.double()
+    x = x - x.mean(0)
+    return torch.linalg.eigh(x.T @ x / (x.shape[0] - 1))
+
+
 def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
     """Σ ||x_n * scale - mean||^2 over the rows of x [batch, d] (at least 1e-12).
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import torch
 
 from monoscope.sae import SparseAutoencoder
+from monoscope.sae.base import covariance_eigh
 
 
 def covariance_eigenbasis(sample: torch.Tensor) -> torch.Tensor:
     """U [d, d], orthogonal, whose columns are the eigenvectors of the covariance of
-    `sample` [n, d] (ascending eigenvalues; computed in float64, returned float32)."""
-    centred = sample.double() - sample.double().mean(0)
-    _, vectors = torch.linalg.eigh(centred.T @ centred / max(1, centred.shape[0] - 1))
-    return vectors.float().contiguous()
+    `sample` [n >= 2, d] (ascending eigenvalues; computed in float64, returned float32)."""
+    return covariance_eigh(sample)[1].float().contiguous()
 
 
 @torch.no_grad()
