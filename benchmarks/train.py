@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from monoscope.runtime import configure_threads  # noqa: E402
 from monoscope.sae import SAEConfig, build_sae  # noqa: E402
-from monoscope.train.basis import covariance_eigenbasis, rotate_sae  # noqa: E402
+from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
 
@@ -90,10 +90,10 @@ class Trainer:
         cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
         self.sae.cfg.input_scale = D**0.5 / float(data[0].norm(dim=-1).mean())
-        self.basis = None  # as the trainer: topk's default basis for Adam is the eigenbasis
+        self.rotation = None  # as the trainer: topk's default basis for Adam is the eigenbasis
         if TrainConfig(arch=arch, adam_basis=adam_basis).adam_basis_value() == "eigen":
-            self.basis = covariance_eigenbasis(data[0])
-            rotate_sae(self.sae, self.basis)
+            self.rotation = Rotation.eigen(data[0])
+            rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
         self.coefficient = 5.0 if arch == "relu" else 1 / 32
         self.dead = torch.zeros(n_features, dtype=torch.bool)
@@ -102,8 +102,8 @@ class Trainer:
     def steps(self) -> float:
         start = time.perf_counter()
         for x in self.data:
-            if self.basis is not None:
-                x = x @ self.basis
+            if self.rotation is not None:
+                x = self.rotation.apply(x)
             out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
             out.loss.backward()
             self.sae.before_optimizer_step()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
-from monoscope.train.basis import covariance_eigenbasis, rotate_sae
+from monoscope.train.basis import Rotation, rotate_sae
 from monoscope.train.checkpoint import (
     POINTER,
     TrainingState,
@@ -79,8 +79,8 @@ def _init_sample(source, max_norm: float | None) -> torch.Tensor:
 
 def _new_sae(
     cfg: TrainConfig, source, max_norm: float | None
-) -> tuple[SparseAutoencoder, torch.Tensor | None]:
-    """A freshly initialised SAE and, for --adam-basis eigen, the basis it is rotated into."""
+) -> tuple[SparseAutoencoder, Rotation | None]:
+    """A freshly initialised SAE and, for --adam-basis eigen, the rotation it is put in."""
     n_features = cfg.n_features(source.d)
     sae_cfg = SAEConfig(
         arch=cfg.arch,
@@ -105,9 +105,9 @@ def _new_sae(
         sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
     if cfg.adam_basis_value() != "eigen":
         return sae, None
-    basis = covariance_eigenbasis(sample)
-    rotate_sae(sae, basis)
-    return sae, basis
+    rotation = Rotation.eigen(sample)
+    rotate_sae(sae, rotation.matrix())
+    return sae, rotation
 
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:
@@ -135,9 +135,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
 
     state = load_checkpoint(out)
     requested, cfg = cfg, cfg.with_defaults_resolved()
-    basis = None
+    rotation = None
     if state is not None:
-        basis = state.tensors.get("basis")
+        rotation = Rotation.from_tensors(state.tensors)
         sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
         if not _same_settings(state.scalars["train_config"], requested):
             raise ValueError(
@@ -148,7 +148,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         # written before they were recorded go on with this version's).
         cfg = replace(cfg, **state.scalars.get("resolved_defaults", {}))
     else:
-        sae, basis = _new_sae(cfg, source, max_norm)
+        sae, rotation = _new_sae(cfg, source, max_norm)
     if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > sae.cfg.n_features:
         raise ValueError(
             f"--k {cfg.k_value()} is larger than the number of features {sae.cfg.n_features}"
@@ -185,8 +185,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         tensors, groups = optimizer_tensors(opt)
         tensors |= {f"sae.{k}": v for k, v in sae.state_dict().items()}
         tensors["dead.tokens_since_fired"] = tracker.tokens_since_fired
-        if basis is not None:
-            tensors["basis"] = basis
+        if rotation is not None:
+            tensors |= rotation.tensors()
         scalars = {
             "sae": sae.cfg.to_json(),
             "adam_groups": groups,
@@ -203,8 +203,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             )
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_multiple"]
-            if basis is not None:
-                x = x @ basis
+            if rotation is not None:
+                x = rotation.apply(x)
             coefficient = controller.coefficient if controller else cfg.coefficient_value()
             if cfg.arch in ("relu", "jumprelu"):
                 coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
@@ -261,7 +261,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "decoder_lr_multiple": decoder_multiple,
         "decoder_init_power": cfg.decoder_init_power_value(),
         "adam_betas": list(betas),
-        "adam_basis": "standard" if basis is None else "eigen",
+        "adam_basis": "standard" if rotation is None else "eigen",
         "lr_warmup_fraction": cfg.lr_warmup_value(),
         "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
         "median_norm": median,
@@ -271,8 +271,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "data": source.description,
         "seed": cfg.seed,
     }
-    if basis is not None:
-        rotate_sae(sae, basis.T)  # back to the activations' own coordinates
+    if rotation is not None:
+        rotate_sae(sae, rotation.matrix().T)  # back to the activations' own coordinates
     sae.after_training(_init_sample(source, max_norm))
     sae.save(out)
     # Finished: the folder now holds a trained SAE, not a run to resume.

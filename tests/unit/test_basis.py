@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from monoscope.sae import ARCHITECTURES, AUXK_COEFFICIENT, SAEConfig, build_sae
-from monoscope.train.basis import covariance_eigenbasis, rotate_sae
+from monoscope.sae.base import covariance_eigh
+from monoscope.train.basis import Rotation, rotate_sae
 
 
 def anisotropic(rows: int, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -22,14 +23,30 @@ def anisotropic(rows: int, d: int = 16, seed: int = 0) -> torch.Tensor:
     )
 
 
-def test_the_eigenbasis_is_orthogonal_and_diagonalises_the_covariance():
+@pytest.mark.parametrize("rank", [4, 8])
+def test_the_rotation_is_orthogonal_and_leads_with_the_top_eigenvectors(rank):
     x = anisotropic(4096)
-    basis = covariance_eigenbasis(x)
-    torch.testing.assert_close(basis.T @ basis, torch.eye(16), atol=1e-5, rtol=0)
-    rotated = (x - x.mean(0)) @ basis
+    rotation = Rotation.eigen(x, rank)
+    q = rotation.matrix()
+    torch.testing.assert_close(q.T @ q, torch.eye(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rotation.apply(x), x @ q, atol=1e-4, rtol=1e-5)
+    if 2 * rank < 16:  # rotating a batch costs two [d, rank] products
+        assert rotation.V.shape == (16, rank) and rotation.M.shape == (rank, 16)
+    else:  # ... unless one [d, d] product is cheaper: then Q is the whole eigenbasis
+        assert rotation.M is None and rotation.V.shape == (16, 16)
+    # Its first axes are the leading eigen-directions (up to sign): the rotated covariance
+    # is diagonal there, in descending order.
+    rotated = (x - x.mean(0)) @ q
     covariance = rotated.T @ rotated / (x.shape[0] - 1)
-    off_diagonal = covariance - torch.diag(covariance.diagonal())
-    assert float(off_diagonal.abs().max()) < 1e-3 * float(covariance.diagonal().max())
+    lead = covariance[:rank, :rank]
+    assert float((lead - torch.diag(lead.diagonal())).abs().max()) < 1e-3 * float(lead.max())
+    eigenvalues, _ = covariance_eigh(x)
+    torch.testing.assert_close(
+        lead.diagonal().double(), eigenvalues.flip(0)[:rank], rtol=1e-3, atol=0
+    )
+    saved = Rotation.from_tensors(rotation.tensors())
+    assert torch.equal(saved.matrix(), q)
+    assert Rotation.from_tensors({}) is None
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -42,7 +59,7 @@ def test_a_rotated_sae_on_rotated_inputs_is_the_same_sae(arch):
         for p in sae.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     x = anisotropic(256)
-    basis = covariance_eigenbasis(x)
+    basis = Rotation.eigen(x, 8).matrix()
     rotated = copy.deepcopy(sae)
     rotate_sae(rotated, basis)
     coefficient = AUXK_COEFFICIENT if k else 1e-3

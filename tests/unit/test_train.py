@@ -181,6 +181,24 @@ def test_a_killed_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatc
     run(cfg(low_rank_npy, tmp_path / "sae", overwrite=True))
 
 
+def test_a_run_in_a_partial_eigenbasis_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatch):
+    from monoscope.train import basis
+
+    monkeypatch.setattr(basis, "EIGEN_DIRECTIONS", 4)  # d 16: the two thin products
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
+    state = train_run.load_checkpoint(tmp_path / "sae")
+    assert state.tensors["rotation.V"].shape == (16, 4) and "rotation.M" in state.tensors
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    standard = run(cfg(low_rank_npy, tmp_path / "std", adam_basis="standard"))
+    assert not torch.equal(standard.W_enc, reference.W_enc)  # the basis changes the run
+    x = torch.from_numpy(np.load(low_rank_npy)[:2048])
+    with torch.no_grad():  # and the saved SAE works in the activations' own coordinates
+        assert float(fvu(x, reference.decode(reference.encode(x)))) < 0.5
+
+
 def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_path, monkeypatch):
     reference = run(cfg(low_rank_npy, tmp_path / "ref"))
     run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
