@@ -41,6 +41,7 @@ def test_pipeline_on_the_builtin_model(tmp_path):
             batch_size=1024,
             lr=4e-3,
             progress=False,
+            log_every=1,  # from the first step: 11 steps would log only steps 10 and 11
         )
     )
     log = read_log(tmp_path / "sae")
