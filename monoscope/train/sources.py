@@ -140,9 +140,8 @@ class ModelSource:
         self.model = self.lm.name
         self.buffer_tokens, self.heldout_fraction = buffer_tokens, heldout_fraction
         self.description = {"model": model, "site": site, "corpus": corpus, "context": context}
-        self._sample: Tensor | None = None
-        # The forward batches the sample came from: an epoch starts with them (the same rows,
-        # bit for bit) instead of running the model over them a second time.
+        # The forward batches of the sample: an epoch starts with them (the same rows, bit for
+        # bit) instead of running the model over them a second time.
         self._sample_batches: list[Tensor] = []
 
     def n_train_tokens(self) -> int:
@@ -176,15 +175,14 @@ class ModelSource:
         yield from self._rows("train", skip=len(self._sample_batches))
 
     def sample(self, n: int) -> Tensor:
-        if self._sample is None or self._sample.shape[0] < n:
+        if sum(acts.shape[0] for acts in self._sample_batches) < n:
             self._sample_batches, held = [], 0
             for acts in self._rows("train"):
                 self._sample_batches.append(acts)
                 held += acts.shape[0]
                 if held >= n:
                     break
-            self._sample = torch.cat(self._sample_batches)
-        return self._sample[:n]
+        return torch.cat(self._sample_batches)[:n]
 
     def median_norm(self) -> float:
         return float(self.sample(16_384).norm(dim=-1).median())
