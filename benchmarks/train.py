@@ -103,7 +103,9 @@ class Trainer:
         start = time.perf_counter()
         for x in self.data:
             if self.rotation is not None:
-                x = self.rotation.apply(x)
+                # In place, as the trainer does: the repeats then see the batches rotated
+                # again, which changes nothing in the step's cost.
+                x = self.rotation.apply_(x)
             out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
             out.loss.backward()
             self.sae.before_optimizer_step()

@@ -1,7 +1,9 @@
 """Where training activations come from: an activation store, or a plain [n, d] array file.
 
-Both give deterministic epochs for a seed (so a resumed run sees the same batches), a held-out
-split, and an outlier filter by per-token norm.
+All give deterministic epochs for a seed (so a resumed run sees the same batches), a held-out
+split, and an outlier filter by per-token norm. An epoch's batches are the trainer's own: fresh
+tensors, or views of a pool that is not read again, so the trainer may write over them (it
+rotates them in place into Adam's basis).
 """
 
 from __future__ import annotations

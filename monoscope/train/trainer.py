@@ -204,7 +204,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_multiple"]
             if rotation is not None:
-                x = rotation.apply(x)
+                x = rotation.apply_(x)  # the sources' batches are the trainer's own
             coefficient = controller.coefficient if controller else cfg.coefficient_value()
             if cfg.arch in ("relu", "jumprelu"):
                 coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)

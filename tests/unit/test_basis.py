@@ -29,7 +29,11 @@ def test_the_rotation_is_orthogonal_and_leads_with_the_top_eigenvectors(rank):
     rotation = Rotation.eigen(x, rank)
     q = rotation.matrix()
     torch.testing.assert_close(q.T @ q, torch.eye(16), atol=1e-5, rtol=0)
-    torch.testing.assert_close(rotation.apply(x), x @ q, atol=1e-4, rtol=1e-5)
+    batch = x.clone()
+    turned = rotation.apply_(batch)
+    torch.testing.assert_close(turned, x @ q, atol=1e-4, rtol=1e-5)
+    # The low-rank path rotates the batch in place: no second [n, d] tensor.
+    assert (turned.data_ptr() == batch.data_ptr()) == (rotation.M is not None)
     if 2 * rank < 16:  # rotating a batch costs two [d, rank] products
         assert rotation.V.shape == (16, rank) and rotation.M.shape == (rank, 16)
     else:  # ... unless one [d, d] product is cheaper: then Q is the whole eigenbasis

@@ -14,6 +14,7 @@ from monoscope.sae import load_sae
 from monoscope.train import TrainConfig, TrainingDivergedError, read_log, run
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.schedules import coefficient_warmup, learning_rate
+from monoscope.train.sources import ModelSource, open_source
 from monoscope.train.target_l0 import L0Controller
 
 
@@ -314,6 +315,22 @@ def test_bad_input_is_refused(low_rank_npy, tmp_path):
         run(cfg(tmp_path / "missing.npy", tmp_path / "c"))
 
 
+def assert_batches_are_the_consumers_own(source) -> None:
+    """The trainer writes over an epoch's batches (it rotates them in place): that must change
+    neither the batches still to come nor a later epoch."""
+    first = [batch.clone() for batch in source.epoch(256, seed=0, max_norm=None)]
+    assert first
+    for expected, batch in zip(first, source.epoch(256, seed=0, max_norm=None), strict=True):
+        assert torch.equal(batch, expected)
+        batch.fill_(float("nan"))
+    again = source.epoch(256, seed=0, max_norm=None)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_an_array_sources_batches_are_the_consumers_own(low_rank_npy):
+    assert_batches_are_the_consumers_own(open_source(low_rank_npy))
+
+
 def test_trains_from_an_activation_store(tiny_llama, corpus_file, tmp_path):
     from monoscope.harvest import HarvestConfig
     from monoscope.harvest import run as harvest
@@ -336,6 +353,7 @@ def test_trains_from_an_activation_store(tiny_llama, corpus_file, tmp_path):
     )
     assert sae.cfg.site == "blocks.1.hook_resid_post" and sae.cfg.d_in == 32
     assert sae.cfg.model == tiny_llama.name
+    assert_batches_are_the_consumers_own(open_source(tmp_path / "acts", sae.cfg.site))
 
 
 def test_streaming_from_the_model_trains_and_resumes_exactly(
@@ -372,6 +390,15 @@ def test_streaming_from_the_model_trains_and_resumes_exactly(
     resumed = run(cfg("unused", tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
+    source = ModelSource(
+        options["stream_model"],
+        options["site"],
+        options["corpus"],
+        context=32,
+        buffer_tokens=1024,
+    )
+    source.sample(300)  # as the trainer does: the epoch then starts with the sample's batches
+    assert_batches_are_the_consumers_own(source)
 
 
 def test_tensorboard_logging_writes_the_metrics(low_rank_npy, tmp_path):
