@@ -19,7 +19,9 @@ FVU is pooled and centred (monoscope.evaluate), on the held-out split, where tok
 the median norm are reported apart. It is also given on the train split including those
 outlier tokens (in-sample, as a tool that filters nothing and holds nothing out reports it):
 a few tokens after BOS carry about half of the train split's variance, so that figure is not
-comparable with the held-out one. Dead: latents that never fire on the held-out tokens.
+comparable with the held-out one. Dead: latents that never fire on the held-out tokens
+(~10k), and ("dead@train") on the ~200k train tokens. The held-out figure counts every latent
+rarer than about 1 in 10k tokens as dead; the paper's window is 10^7 tokens.
 With --model, loss recovered (zero and mean ablation) on held-out contexts.
 
 --sparsify adds a reference at each epoch count: EleutherAI sparsify's own SparseCoder and
@@ -125,6 +127,7 @@ def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm) -> dict:
         "train_fvu_with_outliers": seen["reconstruction"]["fvu"],
         "l0": rec["l0"],
         "dead": rec["features"]["dead_fraction"],
+        "dead_train": seen["reconstruction"]["features"]["dead_fraction"],
         "coefficient": sae.cfg.training["coefficient"],
         "seconds": seconds,
     }
@@ -186,15 +189,17 @@ def sparsify_reference(
     coder.save_to_disk(out)
     sae = load_sae(out)
     held = evaluate(sae, store, lm, max_tokens=0)
+    seen = evaluate(sae, store, split="train", max_tokens=0)
     rec = held["reconstruction"]
     row = {
         "run": name,
         "steps": steps,
         "fvu": rec["fvu"],
         "fvu_without_outliers": rec.get("without_outliers", {}).get("fvu"),
-        "train_fvu_with_outliers": None,
+        "train_fvu_with_outliers": seen["reconstruction"]["fvu"],
         "l0": rec["l0"],
         "dead": rec["features"]["dead_fraction"],
+        "dead_train": seen["reconstruction"]["features"]["dead_fraction"],
         "seconds": seconds,
     }
     if held["splice"] is not None:
@@ -211,7 +216,7 @@ def _num(value: float | None, spec: str) -> str:
 
 HEADER = (
     f"{'run':22} {'steps':>5} {'FVU':>7} {'w/o out':>7} {'train+out':>9} {'L0':>6} "
-    f"{'dead':>6} {'LR zero':>8} {'LR mean':>8} {'train s':>8}"
+    f"{'dead':>6} {'dead@train':>10} {'LR zero':>8} {'LR mean':>8} {'train s':>8}"
 )
 
 
@@ -220,7 +225,8 @@ def format_row(row: dict) -> str:
         f"{row['run']:22} {row['steps']:5d} {_num(row['fvu'], '.4f'):>7} "
         f"{_num(row['fvu_without_outliers'], '.4f'):>7} "
         f"{_num(row['train_fvu_with_outliers'], '.4f'):>9} {row['l0']:6.1f} "
-        f"{row['dead']:6.1%} {_num(row.get('loss_recovered_zero'), '.2%'):>8} "
+        f"{row['dead']:6.1%} {row['dead_train']:10.1%} "
+        f"{_num(row.get('loss_recovered_zero'), '.2%'):>8} "
         f"{_num(row.get('loss_recovered_mean'), '.2%'):>8} {row['seconds']:8.0f}"
     )
 

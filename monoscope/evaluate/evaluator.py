@@ -330,7 +330,11 @@ def format_table(report: dict) -> str:
             f"{'':24}outliers: |x| > {clean['outlier_multiple']:g} x median "
             f"{clean['median_norm']:.4g} = {clean['threshold_norm']:.4g}"
         )
-    lines.append(f"{'dead features':24}{feats['dead_fraction']:>26.2%}")
+    # A latent rarer than about one in this many tokens also counts as dead here.
+    lines.append(
+        f"{'dead features':24}{feats['dead_fraction']:>26.2%}"
+        f"   (fired on none of these {rec['tokens']:,} tokens)"
+    )
     lines.append(f"{'dense features':24}{feats['dense_fraction']:>26.2%}")
     splice = report.get("splice")
     if splice:
