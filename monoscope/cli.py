@@ -39,7 +39,9 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from monoscope.evaluate import EvalConfig, format_table, run
 
-    print(format_table(run(config_from_args(EvalConfig, args))))
+    cfg = config_from_args(EvalConfig, args)
+    print(format_table(run(cfg)))
+    print(f"wrote {cfg.out_path}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -200,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"monoscope {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"monoscope {args.command}: interrupted; rerun the same command to resume",
-            file=sys.stderr,
-        )
+        # --overwrite would start over: the same command without it resumes.
+        rerun = "without --overwrite" if getattr(args, "overwrite", False) else "the same command"
+        print(f"monoscope {args.command}: interrupted; rerun {rerun} to resume", file=sys.stderr)
         return 130
     return 0
 

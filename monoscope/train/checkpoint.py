@@ -65,10 +65,19 @@ def load_checkpoint(folder: Path) -> TrainingState | None:
     pointer = folder / POINTER
     if not pointer.exists():
         return None
-    meta = read_json(pointer)
-    data = (folder / meta["file"]).read_bytes()
+    try:
+        meta = read_json(pointer)
+        data = (folder / meta["file"]).read_bytes()
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise RuntimeError(
+            f"checkpoint {pointer} cannot be read ({type(err).__name__}: {err}); "
+            "pass --overwrite to start over"
+        ) from err
     if sha256_bytes(data) != meta["sha256"]:
-        raise RuntimeError(f"checkpoint {folder / meta['file']} does not match its sha256")
+        raise RuntimeError(
+            f"checkpoint {folder / meta['file']} does not match its sha256; "
+            "pass --overwrite to start over"
+        )
     step = meta.pop("step")
     for key in ("file", "sha256"):
         meta.pop(key)

@@ -64,6 +64,15 @@ DEFAULT_K = 32
 ADAM_BASES = ("eigen", "standard")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(name: str, value: float, low: float, meaning: str) -> None:
+    if value < low:
+        raise ValueError(f"{_flag(name)} must be at least {low} ({meaning}), got {value}")
+
+
 @dataclass
 class TrainConfig:
     acts: str = "runs/demo/acts"
@@ -151,15 +160,37 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.batch_size <= 0 or self.k < 0 or self.tokens < 0:
-            raise ValueError("batch_size must be positive, k and tokens non-negative")
+        # A batch's FVU (topk's loss, the divergence check) needs its centred variance.
+        _at_least("batch_size", self.batch_size, 2, "a batch's FVU needs two rows or more")
+        _at_least("k", self.k, 0, "0 means 32")
+        _at_least("tokens", self.tokens, 0, "0 means one epoch")
+        _at_least("target_l0", self.target_l0, 0, "0: off")
+        _at_least("grad_clip", self.grad_clip, 0, "0: off")
+        _at_least("dead_window", self.dead_window, 1, "tokens")
+        _at_least("checkpoint_every", self.checkpoint_every, 1, "steps")
+        _at_least("log_every", self.log_every, 1, "steps")
+        _at_least("context", self.context, 2, "tokens")
+        for name in ("warmup_fraction", "decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.outlier_multiple != 0 and self.outlier_multiple < 1:
+            raise ValueError(
+                f"--outlier-multiple must be 0 (keep all) or at least 1, got "
+                f"{self.outlier_multiple}"
+            )
+        if self.decoder_init_power > 1:
+            raise ValueError(
+                f"--decoder-init-power is at most 1 (Σ itself), got {self.decoder_init_power}"
+            )
         if self.k and self.arch not in ("topk", "batchtopk"):
             raise ValueError(
                 f"k applies to topk and batchtopk; {self.arch} sets its sparsity with the "
                 "coefficient or target_l0"
             )
         if self.target_l0 and self.arch not in ("relu", "jumprelu"):
-            raise ValueError("target_l0 applies to relu and jumprelu; topk sets L0 with --k")
+            raise ValueError(
+                f"--target-l0 applies to relu and jumprelu; {self.arch} sets L0 with --k"
+            )
         if self.decoder_lr_multiple < 0:
             raise ValueError(
                 "decoder_lr_multiple must not be negative (0: default), "

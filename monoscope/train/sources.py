@@ -8,7 +8,9 @@ rotates them in place into Adam's basis).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,11 @@ class StoreSource:
     def n_train_tokens(self) -> int:
         return int(self.store.n_tokens * (1 - self.store.heldout_fraction))
 
+    def fingerprint(self) -> str:
+        """Changes with the data: the shards' checksums, the site and the split."""
+        shards = [(shard["file"], shard["sha256"]) for shard in self.store.shards]
+        return _sha256_json([shards, self.site, self.store.heldout_fraction])
+
     def median_norm(self) -> float:
         return self.store.median_norm(self.site)
 
@@ -58,11 +65,20 @@ class ArraySource:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         if path.suffix == ".npy":
-            data = torch.from_numpy(np.load(path, mmap_mode="r", allow_pickle=False).copy())
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False).copy()
+            except (ValueError, OSError, EOFError) as err:
+                raise StoreError(f"{path} cannot be read as a .npy array: {err}") from err
+            if array.dtype.kind not in "fiub":
+                raise StoreError(f"{path} holds {array.dtype} values, not real numbers")
+            data = torch.from_numpy(array)
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            tensors = load_file(path)
+            try:
+                tensors = load_file(path)
+            except Exception as err:  # safetensors raises its own types for malformed files
+                raise StoreError(f"{path} cannot be read as safetensors: {err}") from err
             if len(tensors) != 1:
                 raise StoreError(
                     f"{path} holds {sorted(tensors)}: expected exactly one [n, d] array"
@@ -77,6 +93,7 @@ class ArraySource:
             raise StoreError(
                 f"non-finite activation (NaN or Inf) in {path}, row {int(bad.nonzero()[0])}"
             )
+        self.data = data
         n_train = int(data.shape[0] * (1 - _ARRAY_HELDOUT))
         self.train, self.test = data[:n_train], data[n_train:]
         self.norms = self.train.float().norm(dim=-1)
@@ -87,6 +104,11 @@ class ArraySource:
 
     def n_train_tokens(self) -> int:
         return self.train.shape[0]
+
+    def fingerprint(self) -> str:
+        """Changes with the data: a sha256 of the array's bytes."""
+        digest = hashlib.sha256(self.data.flatten().view(torch.uint8).numpy())
+        return f"{tuple(self.data.shape)} {self.data.dtype} {digest.hexdigest()}"
 
     def median_norm(self) -> float:
         return float(self.norms.median())
@@ -148,6 +170,11 @@ class ModelSource:
 
     def n_train_tokens(self) -> int:
         raise ValueError("streaming from a model has no fixed size: pass --tokens")
+
+    def fingerprint(self) -> str:
+        """The stream's settings (model, site, corpus, context); the trainer checks these
+        anyway, and the activations themselves need not be bit-identical on another machine."""
+        return _sha256_json(self.description)
 
     def _rows(self, split: str, skip: int = 0) -> Iterator[Tensor]:
         """Activations [n, d] of the split's contexts, a forward batch at a time; the first
@@ -225,4 +252,10 @@ def open_source(path: str | Path, site: str | None = None) -> StoreSource | Arra
         return StoreSource(path, site)
     if not path.exists():
         raise StoreError(f"activations not found: {path}")
+    if site:
+        raise StoreError(f"--site {site} picks a site of a store; {path} is one array")
     return ArraySource(path)
+
+
+def _sha256_json(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

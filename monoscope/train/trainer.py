@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
+from monoscope.sae.files import formats_in
 from monoscope.train.basis import Rotation, rotate_sae
 from monoscope.train.checkpoint import (
     POINTER,
@@ -54,16 +56,27 @@ def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch
             yielded = True
             yield batch
         if not yielded:
+            skipped = (
+                f" once tokens over {cfg.outlier_multiple:g}x the median norm are skipped"
+                " (--outlier-multiple)"
+                if max_norm is not None
+                else ""
+            )
             raise ValueError(
-                f"no full batch of {cfg.batch_size} tokens in the training data: lower --batch-size"
+                f"no full batch of {cfg.batch_size} tokens in the training data{skipped}: "
+                "lower --batch-size"
             )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / "config.json").exists() and not (out / "checkpoint.json").exists():
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    held = formats_in(out) if out.is_dir() else []
+    if held and not (out / POINTER).exists():
         if not overwrite:
             raise FileExistsError(
-                f"{out} already holds a trained SAE: pass --overwrite to replace it"
+                f"{out} already holds a trained SAE ({', '.join(held)} format): "
+                "pass --overwrite to replace it"
             )
         shutil.rmtree(out)
     elif overwrite and out.exists():
@@ -93,8 +106,11 @@ def _new_sae(
     )
     sae = build_sae(sae_cfg, seed=cfg.seed)
     sample = _init_sample(source, max_norm)
+    mean_norm = float(sample.norm(dim=-1).mean()) if sample.shape[0] else 0.0
+    if mean_norm == 0:
+        raise ValueError("the training activations are all zero: there is nothing to learn")
     # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
-    sae.cfg.input_scale = math.sqrt(source.d) / float(sample.norm(dim=-1).mean())
+    sae.cfg.input_scale = math.sqrt(source.d) / mean_norm
     if cfg.b_dec_init_value() == "median":
         sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
     if cfg.arch in ("topk", "batchtopk"):
@@ -124,35 +140,41 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         )
     else:
         source = open_source(cfg.acts, cfg.site or None)
+    tokens = cfg.tokens or source.n_train_tokens()
+    if tokens == 0:
+        raise ValueError(f"{cfg.acts} holds no training rows")
+    total_steps = tokens // cfg.batch_size
+    if total_steps < 1:
+        raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
+    _check_sparsity(cfg, cfg.n_features(source.d))
     out = Path(cfg.out)
     _prepare_out(out, cfg.overwrite)
     median = source.median_norm()
     max_norm = cfg.outlier_multiple * median if cfg.outlier_multiple > 0 else None
-    tokens = cfg.tokens or source.n_train_tokens()
-    total_steps = tokens // cfg.batch_size
-    if total_steps < 1:
-        raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
 
     state = load_checkpoint(out)
     requested, cfg = cfg, cfg.with_defaults_resolved()
     rotation = None
+    data_id = source.fingerprint()
     if state is not None:
         rotation = Rotation.from_tensors(state.tensors)
         sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
-        if not _same_settings(state.scalars["train_config"], requested):
+        changed = _changed_settings(state.scalars["train_config"], requested)
+        if changed:
             raise ValueError(
-                f"{out} holds a checkpoint of a run with other settings; "
+                f"{out} holds a checkpoint of a run with other settings ({'; '.join(changed)}): "
                 "pass --overwrite to start over, or rerun with the same options"
+            )
+        if state.scalars.get("data_fingerprint", data_id) != data_id:
+            raise ValueError(
+                f"{out} holds a checkpoint of a run on other data than {source.description}: "
+                "the activations changed since; pass --overwrite to start over"
             )
         # The defaults the run started with, should this version's differ (checkpoints
         # written before they were recorded go on with this version's).
         cfg = replace(cfg, **state.scalars.get("resolved_defaults", {}))
     else:
         sae, rotation = _new_sae(cfg, source, max_norm)
-    if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > sae.cfg.n_features:
-        raise ValueError(
-            f"--k {cfg.k_value()} is larger than the number of features {sae.cfg.n_features}"
-        )
     # fused: one kernel over all parameters; 6 ms against 45 ms per step for a 16x SAE here.
     betas = (cfg.adam_beta1_value(), 0.999)
     decoder_multiple = cfg.decoder_lr_multiple_value()
@@ -171,6 +193,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         if controller is not None:
             controller.load_state(state.scalars["controller"])
         start = state.step
+        if cfg.progress:
+            print(f"resuming {out} at step {start} of {total_steps}", file=sys.stderr)
 
     logger = MetricLogger(
         out / "train_log.jsonl", cfg.logger, resume_step=start, config=asdict(cfg)
@@ -193,6 +217,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             "controller": controller.state() if controller else None,
             "train_config": asdict(requested) | {"overwrite": False, "progress": False},
             "resolved_defaults": cfg.resolved_defaults(),
+            "data_fingerprint": data_id,
         }
         save_checkpoint(out, TrainingState(step, scalars, tensors))
 
@@ -282,15 +307,29 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     return sae.eval()
 
 
-def _same_settings(saved: dict, cfg: TrainConfig) -> bool:
-    """Whether a checkpoint's run settings are `cfg`'s. A setting the checkpoint lacks (one
-    added since it was written) matches only at its default: then the run it belongs to
-    behaves the same under this version."""
+def _check_sparsity(cfg: TrainConfig, n_features: int) -> None:
+    """--k or --target-l0 within the dictionary's size."""
+    if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > n_features:
+        which = f"--k {cfg.k}" if cfg.k else f"the default --k {cfg.k_value()}"
+        raise ValueError(f"{which} is larger than the number of features {n_features}")
+    if cfg.target_l0 > n_features:
+        raise ValueError(
+            f"--target-l0 {cfg.target_l0:g} is larger than the number of features {n_features}"
+        )
+
+
+def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The settings in which a checkpoint's run differs from `cfg`, as 'name: saved -> now'.
+    A setting the checkpoint lacks (one added since it was written) matches only at its
+    default: then the run it belongs to behaves the same under this version."""
     current = asdict(cfg) | {"overwrite": False, "progress": False}
     defaults = asdict(TrainConfig())
-    return saved.keys() <= current.keys() and all(
-        saved.get(name, defaults[name]) == value for name, value in current.items()
-    )
+    unknown = [f"{name}: unknown to this version" for name in saved.keys() - current.keys()]
+    return unknown + [
+        f"{name.replace('_', '-')}: {saved.get(name, defaults[name])!r} -> {value!r}"
+        for name, value in current.items()
+        if saved.get(name, defaults[name]) != value
+    ]
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -127,5 +127,19 @@ def test_train_eval_and_convert_commands(tiny_model_dirs, corpus_file, tmp_path,
     out = capsys.readouterr().out
     assert "FVU" in out and "loss recovered" in out.lower()
     assert (tmp_path / "run" / "eval.json").exists()
+    assert f"wrote {tmp_path / 'run' / 'eval.json'}" in out
     assert main(["convert", str(sae), "--to", "saelens", "--out", str(exported)]) == 0
     assert (exported / "cfg.json").exists() and (exported / "sae_weights.safetensors").exists()
+
+
+def test_an_interrupted_command_says_how_to_resume(monkeypatch, capsys):
+    import monoscope.train
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(monoscope.train, "run", interrupted)
+    assert main(["train", "--acts", "a.npy", "--out", "o"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert main(["train", "--acts", "a.npy", "--out", "o", "--overwrite"]) == 130
+    assert "rerun without --overwrite to resume" in capsys.readouterr().err

@@ -200,6 +200,19 @@ def test_a_run_in_a_partial_eigenbasis_resumes_bit_identically(low_rank_npy, tmp
         assert float(fvu(x, reference.decode(reference.encode(x)))) < 0.5
 
 
+def test_a_run_is_not_resumed_on_changed_data(low_rank_npy, tmp_path, monkeypatch):
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
+    data = np.load(low_rank_npy)
+    data[5000, 3] += 1.0  # one value of one row
+    np.save(low_rank_npy, data)
+    with pytest.raises(ValueError, match="other data"):
+        run(cfg(low_rank_npy, tmp_path / "sae"))
+    pointer = tmp_path / "sae" / "checkpoint.json"
+    pointer.write_text("{bad")
+    with pytest.raises(RuntimeError, match=r"checkpoint\.json cannot be read.*--overwrite"):
+        run(cfg(low_rank_npy, tmp_path / "sae"))
+
+
 def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_path, monkeypatch):
     reference = run(cfg(low_rank_npy, tmp_path / "ref"))
     run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
@@ -207,7 +220,8 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_
     saved = json.loads(pointer.read_text())
     del saved["train_config"]["divergence_fvu"]  # as written before the setting existed
     pointer.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="other settings"):  # not at its default: refused
+    # Not at its default: refused, naming the setting.
+    with pytest.raises(ValueError, match=r"other settings \(divergence-fvu: 1000.0 -> 5.0\)"):
         run(cfg(low_rank_npy, tmp_path / "sae", divergence_fvu=5.0))
     resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
     for name, value in reference.state_dict().items():
@@ -313,6 +327,60 @@ def test_bad_input_is_refused(low_rank_npy, tmp_path):
         TrainConfig(features="lots")
     with pytest.raises(ValueError, match="activations not found"):
         run(cfg(tmp_path / "missing.npy", tmp_path / "c"))
+    with pytest.raises(ValueError, match="the default --k 32 is larger"):
+        run(cfg(low_rank_npy, tmp_path / "a", features="16", k=0))
+    with pytest.raises(ValueError, match="--target-l0 20 is larger"):
+        run(cfg(low_rank_npy, tmp_path / "a", arch="relu", features="16", target_l0=20))
+    assert not (tmp_path / "a").exists()  # refused before the output folder is made
+    with pytest.raises(ValueError, match="picks a site of a store"):
+        run(cfg(low_rank_npy, tmp_path / "a", site="blocks.0.hook_resid_post"))
+    for name, content in [("garbage.npy", b"garbage"), ("empty.npy", b""), ("x.safetensors", b"x")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name} cannot be read"):
+            run(cfg(tmp_path / name, tmp_path / "d"))
+    np.save(tmp_path / "complex.npy", np.ones((600, 4), dtype=np.complex64))
+    with pytest.raises(ValueError, match="complex64 values, not real numbers"):
+        run(cfg(tmp_path / "complex.npy", tmp_path / "d"))
+    np.save(tmp_path / "zeros.npy", np.zeros((600, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="all zero"):
+        run(cfg(tmp_path / "zeros.npy", tmp_path / "d"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        run(cfg(low_rank_npy, tmp_path / "afile"))
+
+
+def test_an_output_folder_holding_an_sae_of_another_format_is_refused(low_rank_npy, tmp_path):
+    from monoscope.sae import convert
+
+    trained = run(cfg(low_rank_npy, tmp_path / "sae"))
+    convert(tmp_path / "sae", to="saelens", out=tmp_path / "sl")
+    with pytest.raises(FileExistsError, match=r"already holds a trained SAE \(saelens format\)"):
+        run(cfg(low_rank_npy, tmp_path / "sl"))
+    again = run(cfg(low_rank_npy, tmp_path / "sl", overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "sl").iterdir()) == sorted(
+        p.name for p in (tmp_path / "sae").iterdir()
+    )
+    assert torch.equal(again.W_dec, trained.W_dec)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"batch_size": 1}, "--batch-size must be at least 2"),
+        ({"log_every": 0}, "--log-every must be at least 1"),
+        ({"checkpoint_every": 0}, "--checkpoint-every must be at least 1"),
+        ({"dead_window": 0}, "--dead-window must be at least 1"),
+        ({"grad_clip": -1.0}, "--grad-clip must be at least 0"),
+        ({"decay_fraction": 2.0}, r"--decay-fraction must be in \[0, 1\]"),
+        ({"warmup_fraction": -1.0}, r"--warmup-fraction must be in \[0, 1\]"),
+        ({"outlier_multiple": 0.5}, "--outlier-multiple must be 0"),
+        ({"decoder_init_power": 100.0}, "--decoder-init-power is at most 1"),
+        ({"arch": "batchtopk", "target_l0": 8.0}, "batchtopk sets L0 with --k"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_flag(option, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**option)
 
 
 def assert_batches_are_the_consumers_own(source) -> None:
