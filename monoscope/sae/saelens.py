@@ -12,7 +12,8 @@ weights, so raw-unit reconstructions and encode() are unchanged:
   its inference rule.
 
 The config is SAELens' flat pre-6.0 layout, which SAELens 6 still reads (it converts it), plus a
-"monoscope" entry that SAELens ignores and our importer uses to restore input_scale.
+"monoscope" entry that SAELens ignores and our importer uses to restore input_scale, and the
+whole monoscope config: a batchtopk SAE then comes back as batchtopk, with its training record.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def export_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
             "version": SAE_FORMAT_VERSION,
             "arch": cfg.arch,
             "input_scale": s,
+            "config": cfg.to_json(),  # what the import restores (batchtopk, training record)
         },
     }
     if architecture == "topk":
@@ -160,9 +162,42 @@ def load_saelens(folder: str | Path) -> SparseAutoencoder:
     weights = _unfold_scale(tensors, s, str(path))
     if arch == "jumprelu":
         weights["log_threshold"] = _log_threshold(tensors, str(path))
+    cfg = _exported_config(ours.get("config"), cfg, tensors) or cfg
+    if cfg.arch == "batchtopk":
+        del weights["log_threshold"]
     sae = empty_sae(cfg)
     sae.load_weights(weights, str(path))
     return sae
+
+
+def _exported_config(
+    exported: dict | None, imported: SAEConfig, tensors: dict[str, Tensor]
+) -> SAEConfig | None:
+    """The monoscope config an export carried, when the file still matches it: a batchtopk
+    SAE (exported as jumprelu with one threshold everywhere) comes back as batchtopk, and the
+    training record is kept. None when there is none or the weights no longer fit it."""
+    if not exported:
+        return None
+    try:
+        cfg = SAEConfig.from_json(exported)
+    except (TypeError, ValueError):
+        return None
+    same_shape = (cfg.d_in, cfg.n_features) == (imported.d_in, imported.n_features)
+    if not same_shape or _EXPORT_ARCH[cfg.arch] != _EXPORT_ARCH[imported.arch]:
+        return None
+    if cfg.arch == "topk" and cfg.k != imported.k:
+        return None
+    if cfg.arch == "batchtopk":
+        threshold = tensors["threshold"]
+        if not bool((threshold == threshold[0]).all()):
+            return None
+        exact = cfg.batchtopk_threshold  # the file holds it rounded to its dtype
+        if exact is None or float(torch.tensor(exact, dtype=threshold.dtype)) != threshold[0]:
+            cfg.batchtopk_threshold = float(threshold[0])
+    cfg.input_scale = imported.input_scale
+    cfg.site, cfg.model = imported.site, imported.model
+    cfg.training = {**cfg.training, "imported_from": "saelens"}
+    return cfg
 
 
 def _unfold_scale(tensors: dict[str, Tensor], s: float, source: str) -> dict[str, Tensor]:

@@ -93,11 +93,24 @@ def test_saelens_export_matches_saelens_semantics_and_loads_back(arch, tmp_path)
     assert torch.allclose(x_hat_ref, sae(x), rtol=1e-5, atol=1e-4)
     assert torch.allclose(f_ref, sae.encode(x), rtol=1e-5, atol=1e-5)
     loaded = load_sae(tmp_path / "sl")
-    assert loaded.cfg.arch == ("jumprelu" if arch == "batchtopk" else arch)
+    assert loaded.cfg.arch == arch and loaded.cfg.k == sae.cfg.k
+    assert loaded.cfg.batchtopk_threshold == sae.cfg.batchtopk_threshold
+    assert loaded.cfg.training == {**sae.cfg.training, "imported_from": "saelens"}
     assert loaded.cfg.input_scale == sae.cfg.input_scale
     assert loaded.cfg.site == sae.cfg.site and loaded.cfg.model == "tiny"
     assert torch.allclose(loaded(x), sae(x), rtol=1e-5, atol=1e-4)
     assert torch.allclose(loaded.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_edited_saelens_export_loads_as_what_its_weights_say(tmp_path):
+    from safetensors.torch import save_file
+
+    export_saelens(trained_like("batchtopk"), tmp_path / "sl")
+    weights = load_file(tmp_path / "sl" / "sae_weights.safetensors")
+    weights["threshold"][0] = 0.9  # no longer one threshold for all: a jumprelu now
+    save_file(weights, tmp_path / "sl" / "sae_weights.safetensors")
+    loaded = load_sae(tmp_path / "sl")
+    assert loaded.cfg.arch == "jumprelu" and loaded.cfg.training["imported_from"] == "saelens"
 
 
 def test_saelens_config_fields(tmp_path):
