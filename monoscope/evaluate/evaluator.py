@@ -84,6 +84,11 @@ class EvalConfig:
             raise ValueError(
                 f"outlier_multiple must be 0 (off) or at least 1, got {self.outlier_multiple}"
             )
+        if self.out and Path(self.out).is_dir():
+            raise ValueError(
+                f"--out {self.out} is a folder: give the report's file, e.g. "
+                f"{Path(self.out) / 'eval.json'}"
+            )
 
     @property
     def out_path(self) -> Path:

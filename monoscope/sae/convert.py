@@ -23,17 +23,23 @@ def convert(src: str | Path, to: str, out: str | Path, overwrite: bool = False) 
     src, out = Path(src), Path(out)
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise ValueError(f"{out} is the source folder: write the conversion to another folder")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         names = sorted(p.name for p in out.iterdir())
         raise FileExistsError(
             f"{out} already has files ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-            ": choose an empty folder, or overwrite to replace them"
+            ": choose an empty folder, or pass --overwrite to replace them"
         )
     sae = load_sae(src)
     if overwrite and out.is_dir():
-        for files in FORMAT_FILES.values():
-            for name in files:
-                (out / name).unlink(missing_ok=True)
+        # The SAE files of every format, and the training log of the SAE they held: nothing
+        # stale beside the new one. An unfinished run's checkpoint and log are left alone.
+        stale = [name for files in FORMAT_FILES.values() for name in files]
+        if not (out / "checkpoint.json").exists():
+            stale.append("train_log.jsonl")
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
     if to == "monoscope":
         sae.save(out)
     else:

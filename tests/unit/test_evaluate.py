@@ -321,3 +321,5 @@ def test_plots_need_matplotlib_and_config_is_validated(store, tmp_path, monkeypa
         EvalConfig(batch_size=0)
     with pytest.raises(ValueError, match="outlier_multiple"):
         EvalConfig(outlier_multiple=0.5)
+    with pytest.raises(ValueError, match="is a folder: give the report's file"):
+        EvalConfig(out=str(tmp_path))

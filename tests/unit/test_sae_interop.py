@@ -307,10 +307,16 @@ def test_convert_refuses_to_write_over_files(tmp_path):
     with pytest.raises(FileExistsError, match="already has files"):
         convert(tmp_path / "ours", "saelens", tmp_path / "busy")
     trained_like("topk").save(tmp_path / "busy")
+    (tmp_path / "busy" / "train_log.jsonl").write_text("{}\n")  # the topk SAE's
     convert(tmp_path / "ours", "saelens", tmp_path / "busy", overwrite=True)
-    # One SAE remains (the old monoscope files are replaced), other files are left alone.
+    # One SAE remains (the old monoscope files and their log are replaced), other files are
+    # left alone.
     assert detect_format(tmp_path / "busy") == "saelens"
+    assert not (tmp_path / "busy" / "train_log.jsonl").exists()
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep"
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        convert(tmp_path / "ours", "saelens", tmp_path / "afile")
     with pytest.raises(ValueError, match="is the source folder"):
         convert(tmp_path / "ours", "monoscope", tmp_path / "ours", overwrite=True)
     with pytest.raises(ValueError, match="cannot convert to 'sparsify'"):
