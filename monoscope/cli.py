@@ -201,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input, known failures and missing extras get one clear line, not a traceback.
         print(f"monoscope {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         # --overwrite would start over: the same command without it resumes.
         rerun = "without --overwrite" if getattr(args, "overwrite", False) else "the same command"
-        print(f"monoscope {args.command}: interrupted; rerun {rerun} to resume", file=sys.stderr)
+        detail = f" ({err})" if str(err) else ""
+        print(
+            f"monoscope {args.command}: interrupted{detail}; rerun {rerun} to resume",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

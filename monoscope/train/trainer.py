@@ -7,13 +7,16 @@ the seed and the step, and the checkpoint holds every piece of mutable state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -46,6 +49,34 @@ _L0_SAMPLE = 4096  # rows of it that set relu's starting b_enc for --target-l0
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run between two steps, after a checkpoint of the last."""
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[Callable[[], str | None]]:
+    """While open, SIGINT and SIGTERM (Ctrl-C; a scheduler's preemption) only record their
+    name, which the loop reads between steps to checkpoint the step it just finished and stop:
+    nothing since the last periodic checkpoint is lost. A second SIGINT stops at once. Signal
+    handlers can only be set from the main thread: elsewhere signals act as they would."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch.Tensor]:
@@ -221,7 +252,10 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         }
         save_checkpoint(out, TrainingState(step, scalars, tensors))
 
-    try:
+    with contextlib.ExitStack() as stack:
+        stop_requested = stack.enter_context(_stop_requests())
+        stack.callback(logger.close)
+        stack.callback(bar.close)
         for step, x in zip(range(start, total_steps), batches, strict=False):
             lr = learning_rate(
                 step, total_steps, cfg.lr_value(), cfg.decay_fraction, cfg.lr_warmup_value()
@@ -272,11 +306,15 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
                     dead=f"{metrics['dead_fraction']:.1%}",
                     tok_s=f"{rate:,.0f}",
                 )
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            if step + 1 == total_steps:
+                break
+            stop = stop_requested()
+            if stop or (step + 1) % cfg.checkpoint_every == 0:
                 checkpoint(step + 1)
-    finally:
-        bar.close()
-        logger.close()
+            if stop:
+                raise TrainingInterrupted(
+                    f"{stop} after step {step + 1} of {total_steps}: checkpoint written to {out}"
+                )
 
     sae.cfg.training = {
         "tokens": total_steps * cfg.batch_size,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 import monoscope.train.trainer as train_run
 from monoscope.evaluate import fvu
 from monoscope.sae import load_sae
-from monoscope.train import TrainConfig, TrainingDivergedError, read_log, run
+from monoscope.train import TrainConfig, TrainingDivergedError, TrainingInterrupted, read_log, run
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
@@ -180,6 +182,30 @@ def test_a_killed_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatc
     with pytest.raises(FileExistsError, match="already holds a trained SAE"):
         run(cfg(low_rank_npy, tmp_path / "sae"))
     run(cfg(low_rank_npy, tmp_path / "sae", overwrite=True))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_last_step_and_stops(low_rank_npy, tmp_path, monkeypatch, sig):
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    handler_before = signal.getsignal(sig)
+    real_lr = train_run.learning_rate
+
+    def signalling_lr(at, *args):
+        if at == 5:
+            os.kill(os.getpid(), sig)  # arrives during step 5 (counting from 0)
+        return real_lr(at, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_run, "learning_rate", signalling_lr)
+        with pytest.raises(TrainingInterrupted, match=f"{sig.name} after step 6 of 12"):
+            run(cfg(low_rank_npy, tmp_path / "sae"))
+    assert signal.getsignal(sig) is handler_before
+    # The step it finished is kept, not only the periodic checkpoint of step 4.
+    assert json.loads((tmp_path / "sae" / "checkpoint.json").read_text())["step"] == 6
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert [row["step"] for row in read_log(tmp_path / "sae")] == list(range(1, 13))
 
 
 def test_a_run_in_a_partial_eigenbasis_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatch):
