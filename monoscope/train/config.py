@@ -61,6 +61,7 @@ DEFAULTS: dict[str, ArchDefaults] = {
 }
 B_DEC_INITS = ("median", "zero")
 DEFAULT_K = 32
+DEFAULT_DECAY_FRACTION = 0.2
 ADAM_BASES = ("eigen", "standard")
 
 
@@ -119,8 +120,14 @@ class TrainConfig:
     """relu/jumprelu: adjust the coefficient by feedback to reach this mean L0 (0: off)."""
     warmup_fraction: float = 0.05
     """Fraction of steps over which the sparsity coefficient ramps up linearly from 0."""
-    decay_fraction: float = 0.2
-    """Fraction of steps at the end over which the learning rate decays linearly to 0."""
+    decay_fraction: float = -1.0
+    """Fraction of steps at the end over which the learning rate decays linearly to 0;
+    negative means 0.2 (the April 2024 recipe), or 0 with --weight-average."""
+    weight_average: float = 0.0
+    """topk/batchtopk: save an exponential moving average of the weights with a time constant
+    of this fraction of the steps (0.2 suits short runs), instead of the last weights; the
+    learning rate then does not decay unless --decay-fraction says so. Costs one more copy of
+    the parameters (0: off)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: off)."""
     divergence_fvu: float = 1000.0
@@ -170,9 +177,21 @@ class TrainConfig:
         _at_least("checkpoint_every", self.checkpoint_every, 1, "steps")
         _at_least("log_every", self.log_every, 1, "steps")
         _at_least("context", self.context, 2, "tokens")
-        for name in ("warmup_fraction", "decay_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"--warmup-fraction must be in [0, 1], got {self.warmup_fraction}")
+        if self.decay_fraction > 1:
+            raise ValueError(
+                f"--decay-fraction must be in [0, 1] (negative: default), got {self.decay_fraction}"
+            )
+        if not 0 <= self.weight_average <= 1:
+            raise ValueError(
+                f"--weight-average must be in [0, 1] (0: off), got {self.weight_average}"
+            )
+        if self.weight_average and self.arch not in ("topk", "batchtopk"):
+            raise ValueError(
+                f"--weight-average applies to topk and batchtopk, whose sparsity k fixes; "
+                f"{self.arch}'s is set on the last weights, which an average would not keep"
+            )
         if self.outlier_multiple != 0 and self.outlier_multiple < 1:
             raise ValueError(
                 f"--outlier-multiple must be 0 (keep all) or at least 1, got "
@@ -239,6 +258,7 @@ class TrainConfig:
             "lr_warmup_fraction": self.lr_warmup_value(),
             "b_dec_init": self.b_dec_init_value(),
             "coefficient": self.coefficient_value(),
+            "decay_fraction": self.decay_value(),
         }
 
     def k_value(self) -> int:
@@ -266,6 +286,11 @@ class TrainConfig:
 
     def b_dec_init_value(self) -> str:
         return self.b_dec_init or DEFAULTS[self.arch].b_dec_init
+
+    def decay_value(self) -> float:
+        if self.decay_fraction >= 0:
+            return self.decay_fraction
+        return 0.0 if self.weight_average else DEFAULT_DECAY_FRACTION
 
     def lr_warmup_value(self) -> float:
         if self.lr_warmup_fraction >= 0:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
 from monoscope.sae.files import formats_in
+from monoscope.train.average import WeightAverage
 from monoscope.train.basis import Rotation, rotate_sae
 from monoscope.train.checkpoint import (
     POINTER,
@@ -216,6 +217,11 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     opt = torch.optim.Adam(groups, lr=cfg.lr_value(), betas=betas, fused=True)
     tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window)
     controller = L0Controller(cfg.target_l0, cfg.coefficient_value()) if cfg.target_l0 else None
+    average = (
+        WeightAverage(sae, max(1.0, cfg.weight_average * total_steps))
+        if cfg.weight_average
+        else None
+    )
     start = 0
     if state is not None:
         sae.load_state_dict({k[4:]: v for k, v in state.tensors.items() if k.startswith("sae.")})
@@ -224,6 +230,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         if controller is not None:
             controller.load_state(state.scalars["controller"])
         start = state.step
+        if average is not None:
+            average.load(state.tensors, updates=start)
         if cfg.progress:
             print(f"resuming {out} at step {start} of {total_steps}", file=sys.stderr)
 
@@ -242,6 +250,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         tensors["dead.tokens_since_fired"] = tracker.tokens_since_fired
         if rotation is not None:
             tensors |= rotation.tensors()
+        if average is not None:
+            tensors |= average.tensors()
         scalars = {
             "sae": sae.cfg.to_json(),
             "adam_groups": groups,
@@ -278,6 +288,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             # the gradients itself) runs without this step's gradients alive.
             opt.zero_grad(set_to_none=True)
             sae.after_optimizer_step()
+            if average is not None:
+                average.update(sae)
             tracker.update(result.fired, x.shape[0])
             if controller is not None:
                 controller.update(float(result.l0))
@@ -326,6 +338,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "adam_betas": list(betas),
         "adam_basis": "standard" if rotation is None else "eigen",
         "lr_warmup_fraction": cfg.lr_warmup_value(),
+        "lr_decay_fraction": cfg.decay_fraction,
+        "weight_average": cfg.weight_average,
         "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
         "median_norm": median,
         "max_norm": max_norm,
@@ -334,6 +348,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "data": source.description,
         "seed": cfg.seed,
     }
+    if average is not None:
+        average.copy_to(sae)
+        sae.after_optimizer_step()  # the averaged decoder rows back to unit norm
     if rotation is not None:
         rotate_sae(sae, rotation.matrix().T)  # back to the activations' own coordinates
     sae.after_training(_init_sample(source, max_norm))
@@ -362,12 +379,22 @@ def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
     default: then the run it belongs to behaves the same under this version."""
     current = asdict(cfg) | {"overwrite": False, "progress": False}
     defaults = asdict(TrainConfig())
+    # The same schedule whether the decay is left to its default or given as that default.
+    current["decay_fraction"] = _decay(current)
+    saved = saved | {"decay_fraction": _decay(defaults | saved)}
     unknown = [f"{name}: unknown to this version" for name in saved.keys() - current.keys()]
     return unknown + [
         f"{name.replace('_', '-')}: {saved.get(name, defaults[name])!r} -> {value!r}"
         for name, value in current.items()
         if saved.get(name, defaults[name]) != value
     ]
+
+
+def _decay(settings: dict) -> float:
+    """The decay fraction a run's requested settings resolve to."""
+    return replace(
+        TrainConfig(), **{name: settings[name] for name in ("decay_fraction", "weight_average")}
+    ).decay_value()
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -14,6 +14,7 @@ import monoscope.train.trainer as train_run
 from monoscope.evaluate import fvu
 from monoscope.sae import load_sae
 from monoscope.train import TrainConfig, TrainingDivergedError, TrainingInterrupted, read_log, run
+from monoscope.train.average import WeightAverage
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
@@ -53,8 +54,65 @@ def test_architecture_defaults_and_overrides():
     assert TrainConfig(arch="topk", decoder_init_power=0).decoder_init_power_value() == 0
     with pytest.raises(ValueError, match="decoder_init_power"):
         TrainConfig(arch="relu", decoder_init_power=0.5)
+    # The recipe's lr decay, off with a weight average (which replaces it) unless given.
+    assert (topk.decay_value(), TrainConfig(weight_average=0.2).decay_value()) == (0.2, 0.0)
+    assert TrainConfig(weight_average=0.2, decay_fraction=0.1).decay_value() == 0.1
+    assert TrainConfig(decay_fraction=0).decay_value() == 0
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
+
+
+def test_the_weight_average_is_a_mean_then_an_exponential_average():
+    module = torch.nn.Linear(3, 2)
+    average = WeightAverage(module, time_constant=2.5)
+    iterates = [torch.full((2, 3), float(v)) for v in (4.0, 8.0, 1.0, 5.0)]
+    for weight in iterates:
+        with torch.no_grad():
+            module.weight.copy_(weight)
+        average.update(module)
+    # Updates 1 and 2 weigh 1/n (a plain mean: 6), then 1/τ = 0.4 each.
+    expected = (6.0 * 0.6 + 1.0 * 0.4) * 0.6 + 5.0 * 0.4
+    torch.testing.assert_close(average.averages[0], torch.full((2, 3), expected))
+    restored = WeightAverage(module, time_constant=2.5)
+    restored.load(average.tensors(), updates=4)
+    for kept, loaded in zip(average.averages, restored.averages, strict=True):
+        assert torch.equal(kept, loaded)
+    with pytest.raises(ValueError, match="no weight average of bias"):
+        restored.load({"average.weight": average.averages[0]}, updates=4)
+
+
+def test_a_weight_averaged_run_saves_the_average_of_its_iterates(
+    low_rank_npy, tmp_path, monkeypatch
+):
+    iterates = []
+
+    class Recording(WeightAverage):
+        def update(self, module):
+            iterates.append({n: p.detach().clone() for n, p in module.named_parameters()})
+            super().update(module)
+
+    monkeypatch.setattr(train_run, "WeightAverage", Recording)
+    options = dict(adam_basis="standard", weight_average=0.25)
+    sae = run(cfg(low_rank_npy, tmp_path / "sae", **options))
+    assert len(iterates) == 12 and sae.cfg.training["weight_average"] == 0.25
+    assert sae.cfg.training["lr_decay_fraction"] == 0.0
+    for name, value in sae.named_parameters():
+        expected = iterates[0][name]
+        for n, step in enumerate(iterates[1:], start=2):
+            expected = expected.lerp(step[name], max(1 / n, 1 / 3))  # τ = 0.25 x 12 steps
+        if name == "W_dec":  # rows back to unit norm, as TopK keeps them
+            expected = expected / expected.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(value.detach(), expected, msg=name)
+        assert not torch.equal(value, iterates[-1][name]), name  # not the last weights
+
+
+def test_a_weight_averaged_run_resumes_bit_identically(low_rank_npy, tmp_path, monkeypatch):
+    reference = run(cfg(low_rank_npy, tmp_path / "ref", weight_average=0.5))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae", weight_average=0.5), monkeypatch)
+    assert "average.W_dec" in train_run.load_checkpoint(tmp_path / "sae").tensors
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae", weight_average=0.5))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
 
 
 def test_dead_tracker_counts_tokens_since_firing():
@@ -245,6 +303,8 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_
     pointer = tmp_path / "sae" / "checkpoint.json"
     saved = json.loads(pointer.read_text())
     del saved["train_config"]["divergence_fvu"]  # as written before the setting existed
+    del saved["train_config"]["weight_average"]
+    saved["train_config"]["decay_fraction"] = 0.2  # before "negative means the default"
     pointer.write_text(json.dumps(saved))
     # Not at its default: refused, naming the setting.
     with pytest.raises(ValueError, match=r"other settings \(divergence-fvu: 1000.0 -> 5.0\)"):
@@ -398,6 +458,8 @@ def test_an_output_folder_holding_an_sae_of_another_format_is_refused(low_rank_n
         ({"dead_window": 0}, "--dead-window must be at least 1"),
         ({"grad_clip": -1.0}, "--grad-clip must be at least 0"),
         ({"decay_fraction": 2.0}, r"--decay-fraction must be in \[0, 1\]"),
+        ({"weight_average": 1.5}, r"--weight-average must be in \[0, 1\]"),
+        ({"arch": "relu", "weight_average": 0.2}, "--weight-average applies to topk and batchtopk"),
         ({"warmup_fraction": -1.0}, r"--warmup-fraction must be in \[0, 1\]"),
         ({"outlier_multiple": 0.5}, "--outlier-multiple must be 0"),
         ({"decoder_init_power": 100.0}, "--decoder-init-power is at most 1"),
