@@ -10,6 +10,8 @@ fp32, the threads torch uses here (2 on this machine):
 - `relu`: dense by nature; its bound is three matmuls of that shape. Target: >= 60%.
 - `topk bf16`: the topk step with `compute_dtype="bfloat16"` (the latents chosen by a bfloat16
   matmul; values, loss, gradients and Adam in fp32), against the fp32 step.
+- `topk avg`: the topk step with `--weight-average` (an exponential average of the parameters
+  updated after each step, one more copy of them): its cost in time and memory;
 - peak memory of a training process against weights + Adam state + one batch (target <= 1.5x),
   measured in a child process after a warm-up (see `_PEAK_CHILD`); the cold figure includes
   the process's one-off costs too.
@@ -43,6 +45,7 @@ import torch  # noqa: E402
 
 from monoscope.runtime import configure_threads  # noqa: E402
 from monoscope.sae import SAEConfig, build_sae  # noqa: E402
+from monoscope.train.average import WeightAverage  # noqa: E402
 from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
@@ -84,6 +87,7 @@ class Trainer:
         n_features: int = N_FEATURES,
         compute_dtype: str = "float32",
         adam_basis: str = "",
+        weight_average: bool = False,
     ) -> None:
         return_large_blocks_when_freed()  # as monoscope.train.run does
         k = K if arch in ("topk", "batchtopk") else None
@@ -95,6 +99,8 @@ class Trainer:
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
+        # --weight-average: one more copy of the parameters, updated after every step.
+        self.average = WeightAverage(self.sae, 10.0) if weight_average else None
         self.coefficient = 5.0 if arch == "relu" else 1 / 32
         self.dead = torch.zeros(n_features, dtype=torch.bool)
         self.data = data
@@ -113,6 +119,8 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.sae.after_optimizer_step()
+            if self.average is not None:
+                self.average.update(self.sae)
         return (time.perf_counter() - start) / len(self.data)
 
 
@@ -131,11 +139,12 @@ import sys
 sys.path.insert(0, {repo!r})
 import benchmarks.train as b
 data = b.batches(None, 4)
+options = dict(compute_dtype={dtype!r}, weight_average={average})
 if not {cold}:
-    b.Trainer({arch!r}, data[:1], n_features=64, compute_dtype={dtype!r}).steps()
+    b.Trainer({arch!r}, data[:1], n_features=64, **options).steps()
     b.reset_peak_rss()
 base = b.rss_kb("VmRSS")
-t = b.Trainer({arch!r}, data, compute_dtype={dtype!r})
+t = b.Trainer({arch!r}, data, **options)
 t.steps()
 print(b.PEAK_TAG, b.rss_kb("VmHWM") - base)
 """
@@ -159,9 +168,11 @@ def rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def peak_memory(arch: str, cold: bool = False, dtype: str = "float32") -> tuple[float, float]:
+def peak_memory(
+    arch: str, cold: bool = False, dtype: str = "float32", average: bool = False
+) -> tuple[float, float]:
     """(peak RSS growth of a process training 4 steps, weights + Adam + batch), in MiB."""
-    code = _PEAK_CHILD.format(repo=str(REPO), arch=arch, cold=cold, dtype=dtype)
+    code = _PEAK_CHILD.format(repo=str(REPO), arch=arch, cold=cold, dtype=dtype, average=average)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     tagged = [line.split() for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
     if done.returncode != 0 or len(tagged) != 1 or len(tagged[0]) != 2:
@@ -175,11 +186,13 @@ def peak_memory(arch: str, cold: bool = False, dtype: str = "float32") -> tuple[
     return grown_kb / 1024, expected
 
 
-VARIANTS = {  # name: (architecture, compute dtype, Adam's basis; "" the trainer's default)
-    "topk": ("topk", "float32", ""),
-    "topk std": ("topk", "float32", "standard"),
-    "relu": ("relu", "float32", ""),
-    "topk bf16": ("topk", "bfloat16", ""),
+VARIANTS = {  # name: (architecture, compute dtype, Adam's basis ("" the trainer's default),
+    # --weight-average)
+    "topk": ("topk", "float32", "", False),
+    "topk std": ("topk", "float32", "standard", False),
+    "relu": ("relu", "float32", "", False),
+    "topk bf16": ("topk", "bfloat16", "", False),
+    "topk avg": ("topk", "float32", "", True),
 }
 
 
@@ -192,8 +205,8 @@ def main() -> None:
     threads = configure_threads()
     data = batches(args.acts, args.steps)
     trainers = {
-        name: Trainer(arch, data, compute_dtype=dtype, adam_basis=basis)
-        for name, (arch, dtype, basis) in VARIANTS.items()
+        name: Trainer(arch, data, compute_dtype=dtype, adam_basis=basis, weight_average=average)
+        for name, (arch, dtype, basis, average) in VARIANTS.items()
     }
     for t in trainers.values():  # warm-up: allocator, threads
         t.data, full = t.data[:1], t.data
@@ -229,17 +242,27 @@ def main() -> None:
         f"{best['topk'] / best['topk bf16']:.2f}x the fp32 topk step, "
         f"{rate / bound_topk:.2f}x the fp32 bound"
     )
-    for name in ("topk", "relu"):
-        grown, expected = peak_memory(name)
-        cold, _ = peak_memory(name, cold=True)
+    rate = BATCH / best["topk avg"]
+    print(
+        f"topk avg  {best['topk avg'] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  "
+        f"ratio {rate / bound_topk:.2f}, {best['topk'] / best['topk avg']:.2f}x the topk step"
+    )
+    for name, arch, average in (
+        ("topk", "topk", False),
+        ("relu", "relu", False),
+        ("topk avg", "topk", True),
+    ):
+        grown, expected = peak_memory(arch, average=average)
+        cold, _ = peak_memory(arch, cold=True, average=average)
         print(
             f"{name:9s} peak RSS growth {grown:6.0f} MiB vs weights + Adam + batch "
-            f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5); "
+            f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5 at the defaults); "
             f"cold process {cold:.0f} MiB"
         )
     print(
         "(topk: the trainer's default step, its batch rotated into Adam's eigenbasis; "
-        "topk std: the same step in the standard basis, no rotation)"
+        "topk std: the same step in the standard basis, no rotation; topk avg: the default "
+        "step with --weight-average, which keeps one more copy of the parameters)"
     )
     print(f"(process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
 
