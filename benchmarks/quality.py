@@ -15,8 +15,10 @@ defaults otherwise:
   in 20-60) and FVU next to topk's. The recipe's learning rate (5e-5) and zero b_dec are made
   for runs of ~10^5 steps; this one has 48, so it runs at --relu-lr (default 2e-3) with the
   decoder at --relu-decoder-lr-multiple (default 5) times that, b_dec starting at the geometric
-  median and the L0 controller starting from λ = --relu-coefficient (default 1.5): `--lr 2e-3
-  --decoder-lr-multiple 5 --coefficient 1.5 --b-dec-init median` (docs/LOG.md, 2026-11-26).
+  median, the L0 controller starting from λ = --relu-coefficient (default 1.5) and the Adam
+  momentum of latents without a gradient zeroed (as topk's default): `--lr 2e-3
+  --decoder-lr-multiple 5 --coefficient 1.5 --b-dec-init median --idle-momentum reset`
+  (docs/LOG.md, 2026-11-26).
 FVU is pooled and centred (monoscope.evaluate), on the held-out split, where tokens over 10x
 the median norm are reported apart. It is also given on the train split including those
 outlier tokens (in-sample, as a tool that filters nothing and holds nothing out reports it):
@@ -291,6 +293,7 @@ def main() -> None:
             decoder_lr_multiple=args.relu_decoder_lr_multiple,
             coefficient=args.relu_coefficient,
             b_dec_init="median",
+            idle_momentum="reset",
             target_l0=args.relu_target_l0,
             tokens=steps_per_epoch * BATCH,
         )

@@ -6,7 +6,8 @@ fp32, the threads torch uses here (2 on this machine):
   shape ([4096, 576] @ [576, 9216]) per step: every other cost (sparse decoder, sparse
   backward, Adam, the batch's rotation into Adam's eigenbasis) should be small next to it.
   Target: >= 75% of the bound. `topk std` is the same step without the rotation
-  (`--adam-basis standard`).
+  (`--adam-basis standard`). Both zero the Adam momentum of latents without a gradient, as the
+  trainer's topk default does (`--idle-momentum reset`).
 - `relu`: dense by nature; its bound is three matmuls of that shape. Target: >= 60%.
 - `topk bf16`: the topk step with `compute_dtype="bfloat16"` (the latents chosen by a bfloat16
   matmul; values, loss, gradients and Adam in fp32), against the fp32 step.
@@ -48,6 +49,7 @@ from monoscope.sae import SAEConfig, build_sae  # noqa: E402
 from monoscope.train.average import WeightAverage  # noqa: E402
 from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
+from monoscope.train.idle import IdleMomentumReset  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
 
 D, BATCH, K = 576, 4096, 32
@@ -99,6 +101,8 @@ class Trainer:
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
+        reset = TrainConfig(arch=arch).idle_momentum_value() == "reset"
+        self.reset_idle = IdleMomentumReset(self.sae, self.opt) if reset else None
         # --weight-average: one more copy of the parameters, updated after every step.
         self.average = WeightAverage(self.sae, 10.0) if weight_average else None
         self.coefficient = 5.0 if arch == "relu" else 1 / 32
@@ -116,6 +120,8 @@ class Trainer:
             out.loss.backward()
             self.sae.before_optimizer_step()
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
+            if self.reset_idle is not None:
+                self.reset_idle()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.sae.after_optimizer_step()

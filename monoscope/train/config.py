@@ -24,6 +24,7 @@ class ArchDefaults:
     decoder_lr_multiple: float = 1.0
     decoder_init_power: float = 0.0
     adam_basis: str = "standard"
+    idle_momentum: str = "keep"
 
 
 # relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up, zero biases (APR24 as reimplemented,
@@ -38,7 +39,12 @@ class ArchDefaults:
 # per-coordinate steps fit the residual stream's unequal directions: FVU 0.161 -> 0.158 / 0.133
 # -> 0.127 / 0.112 -> 0.109 after 1 / 2 / 4 epochs, as many dead latents, at lr 3e-3 with the
 # decoder at 4x (re-tuned there). batchtopk measured no gain there and keeps the standard basis;
-# relu loses badly there (FVU 0.24 -> 0.46, 94% dead).
+# relu loses badly there (FVU 0.24 -> 0.46, 94% dead). topk zeroes the Adam momentum of
+# latents without a gradient (monoscope.train.idle): at lr 3e-3 as low an FVU with a quarter
+# of the dead latents, and since the dead latents that held the lr at 3e-3 are gone, lr 4e-3:
+# FVU 0.1526 / 0.1242 / 0.1071 after 1 / 2 / 4 epochs with 3.7-6.1% dead on the held-out
+# tokens (docs/LOG.md, seventh session). batchtopk measured slightly worse with the reset, and
+# relu keeps the paper's plain Adam.
 _BATCHTOPK = ArchDefaults(
     lr=2.5e-3,
     coefficient=1 / 32,
@@ -48,7 +54,9 @@ _BATCHTOPK = ArchDefaults(
     decoder_lr_multiple=5.0,
     decoder_init_power=0.125,
 )
-_TOPK = replace(_BATCHTOPK, lr=3e-3, decoder_lr_multiple=4.0, adam_basis="eigen")
+_TOPK = replace(
+    _BATCHTOPK, lr=4e-3, decoder_lr_multiple=4.0, adam_basis="eigen", idle_momentum="reset"
+)
 DEFAULTS: dict[str, ArchDefaults] = {
     "relu": ArchDefaults(
         lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
@@ -63,6 +71,7 @@ B_DEC_INITS = ("median", "zero")
 DEFAULT_K = 32
 DEFAULT_DECAY_FRACTION = 0.2
 ADAM_BASES = ("eigen", "standard")
+IDLE_MOMENTA = ("reset", "keep")
 
 
 def _flag(name: str) -> str:
@@ -91,7 +100,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimizer step."""
     lr: float = 0.0
-    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 3e-3,
+    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 4e-3,
     batchtopk 2.5e-3)."""
     decoder_lr_multiple: float = 0.0
     """W_dec's learning rate as a multiple of --lr; 0 means the architecture's default (topk
@@ -104,6 +113,11 @@ class TrainConfig:
     """Coordinates Adam works in: 'eigen' (the eigenbasis of the input covariance; the SAE is
     rotated back before it is saved) or 'standard'; empty means the architecture's default
     (topk eigen, the others standard)."""
+    idle_momentum: str = ""
+    """'reset': a latent with no gradient in a batch (it fired nowhere, nor in AuxK) has its
+    Adam momentum zeroed, so the step leaves its weights where they are (a quarter of topk's
+    dead latents at the same FVU); 'keep': plain Adam, whose momentum goes on moving it; empty
+    means the architecture's default (topk reset, the others keep)."""
     adam_beta1: float = 0.0
     """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
     lr_warmup_fraction: float = -1.0
@@ -225,6 +239,8 @@ class TrainConfig:
             raise ValueError(f"lr_warmup_fraction is at most 1, got {self.lr_warmup_fraction}")
         if self.adam_basis not in ("", *ADAM_BASES):
             raise ValueError(f"adam_basis must be eigen or standard, got {self.adam_basis!r}")
+        if self.idle_momentum not in ("", *IDLE_MOMENTA):
+            raise ValueError(f"idle_momentum must be reset or keep, got {self.idle_momentum!r}")
         if self.b_dec_init not in ("", *B_DEC_INITS):
             raise ValueError(f"b_dec_init must be median or zero, got {self.b_dec_init!r}")
         if self.logger not in ("none", "wandb", "tensorboard"):
@@ -254,6 +270,7 @@ class TrainConfig:
             "decoder_lr_multiple": self.decoder_lr_multiple_value(),
             "decoder_init_power": self.decoder_init_power_value(),
             "adam_basis": self.adam_basis_value(),
+            "idle_momentum": self.idle_momentum_value(),
             "adam_beta1": self.adam_beta1_value(),
             "lr_warmup_fraction": self.lr_warmup_value(),
             "b_dec_init": self.b_dec_init_value(),
@@ -280,6 +297,9 @@ class TrainConfig:
 
     def adam_basis_value(self) -> str:
         return self.adam_basis or DEFAULTS[self.arch].adam_basis
+
+    def idle_momentum_value(self) -> str:
+        return self.idle_momentum or DEFAULTS[self.arch].idle_momentum
 
     def adam_beta1_value(self) -> float:
         return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1

@@ -12,10 +12,11 @@ import torch
 
 import monoscope.train.trainer as train_run
 from monoscope.evaluate import fvu
-from monoscope.sae import load_sae
+from monoscope.sae import SAEConfig, build_sae, load_sae
 from monoscope.train import TrainConfig, TrainingDivergedError, TrainingInterrupted, read_log, run
 from monoscope.train.average import WeightAverage
 from monoscope.train.dead import DeadLatentTracker
+from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
 from monoscope.train.target_l0 import L0Controller
@@ -31,7 +32,7 @@ def test_schedules_follow_the_recipe():
 
 def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
-    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (3e-3, 0.8, 0.1)
+    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (4e-3, 0.8, 0.1)
     assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
     assert (topk.decoder_lr_multiple_value(), relu.decoder_lr_multiple_value()) == (4.0, 1.0)
     assert (topk.adam_basis_value(), relu.adam_basis_value()) == ("eigen", "standard")
@@ -39,6 +40,11 @@ def test_architecture_defaults_and_overrides():
     assert TrainConfig(arch="topk", adam_basis="standard").adam_basis_value() == "standard"
     with pytest.raises(ValueError, match="adam_basis must be eigen or standard"):
         TrainConfig(adam_basis="pca")
+    assert (topk.idle_momentum_value(), relu.idle_momentum_value()) == ("reset", "keep")
+    assert TrainConfig(arch="batchtopk").idle_momentum_value() == "keep"
+    assert TrainConfig(arch="relu", idle_momentum="reset").idle_momentum_value() == "reset"
+    with pytest.raises(ValueError, match="idle_momentum must be reset or keep"):
+        TrainConfig(idle_momentum="lazy")
     assert (TrainConfig().k_value(), TrainConfig(k=8).k_value()) == (32, 8)
     for arch in ("relu", "jumprelu"):  # a k they would ignore is refused, not dropped
         with pytest.raises(ValueError, match=f"k applies to topk and batchtopk; {arch}"):
@@ -112,6 +118,65 @@ def test_a_weight_averaged_run_resumes_bit_identically(low_rank_npy, tmp_path, m
     assert "average.W_dec" in train_run.load_checkpoint(tmp_path / "sae").tensors
     resumed = run(cfg(low_rank_npy, tmp_path / "sae", weight_average=0.5))
     for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_a_latent_without_a_gradient_keeps_its_weights_and_loses_its_momentum():
+    gen = torch.Generator().manual_seed(0)
+    saes = [build_sae(SAEConfig(arch="topk", d_in=4, n_features=6, k=2), seed=0) for _ in "ab"]
+    opts = [torch.optim.Adam(sae.parameters(), lr=0.1) for sae in saes]
+    reset = IdleMomentumReset(saes[0], opts[0])  # the second SAE runs plain Adam
+
+    def step(idle: list[int]) -> None:
+        grads = [torch.randn(p.shape, generator=gen) for p in saes[0].parameters()]
+        for sae, opt in zip(saes, opts, strict=True):
+            for p, g in zip(sae.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            sae.W_enc.grad[:, idle], sae.b_enc.grad[idle], sae.W_dec.grad[idle] = 0, 0, 0
+            if sae is saes[0]:
+                reset()
+            opt.step()
+
+    step([])  # every latent has momentum now
+    before = {name: p.detach().clone() for name, p in saes[0].named_parameters()}
+    step([1, 4])
+    sae, state = saes[0], opts[0].state
+    assert torch.equal(sae.W_enc[:, [1, 4]], before["W_enc"][:, [1, 4]])
+    assert torch.equal(sae.W_dec[[1, 4]], before["W_dec"][[1, 4]])
+    assert torch.equal(sae.b_enc[[1, 4]], before["b_enc"][[1, 4]])
+    assert not state[sae.W_dec]["exp_avg"][[1, 4]].any()
+    assert not state[sae.W_enc]["exp_avg"][:, [1, 4]].any()
+    moved = {  # per latent: the latents with a gradient moved
+        "W_enc": (sae.W_enc != before["W_enc"]).all(0),
+        "W_dec": (sae.W_dec != before["W_dec"]).all(1),
+        "b_enc": sae.b_enc != before["b_enc"],
+    }
+    for name, latents in moved.items():
+        assert latents.tolist() == [True, False, True, True, False, True], name
+    assert (sae.b_dec != before["b_dec"]).all()  # shared by all latents: always a step
+    # Plain Adam's momentum moves the idle latents on.
+    assert not torch.equal(saes[1].W_dec[[1, 4]], before["W_dec"][[1, 4]])
+
+
+def test_an_idle_momentum_run_differs_and_an_older_checkpoint_keeps_momentum(
+    low_rank_npy, tmp_path, monkeypatch
+):
+    # 512 latents, k 2, batches of 256: most latents are idle in each batch.
+    sparse = dict(features="32x", k=2, adam_basis="standard")
+    keep = run(cfg(low_rank_npy, tmp_path / "keep", idle_momentum="keep", **sparse))
+    reset = run(cfg(low_rank_npy, tmp_path / "reset", **sparse))
+    assert reset.cfg.training["idle_momentum"] == "reset"
+    assert not torch.equal(keep.W_dec, reset.W_dec)
+    # A checkpoint written before the setting existed (its run kept the momentum) goes on
+    # keeping it under the default that now resets it.
+    killed = cfg(low_rank_npy, tmp_path / "sae", idle_momentum="keep", **sparse)
+    run_killed_at(7, killed, monkeypatch)
+    pointer = tmp_path / "sae" / "checkpoint.json"
+    saved = json.loads(pointer.read_text())
+    del saved["train_config"]["idle_momentum"], saved["resolved_defaults"]["idle_momentum"]
+    pointer.write_text(json.dumps(saved))
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae", **sparse))
+    for name, value in keep.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
@@ -327,7 +392,7 @@ def test_a_resumed_run_keeps_the_defaults_it_started_with(low_rank_npy, tmp_path
     resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
-    assert resumed.cfg.training["lr"] == 3e-3 and resumed.cfg.training["adam_basis"] == "eigen"
+    assert resumed.cfg.training["lr"] == 4e-3 and resumed.cfg.training["adam_basis"] == "eigen"
 
 
 def test_divergence_stops_and_keeps_the_last_checkpoint(low_rank_npy, tmp_path, monkeypatch):
