@@ -18,7 +18,11 @@ fp32, the threads torch uses here (2 on this machine):
   the process's one-off costs too.
 
 The matmul bound is measured in this run, interleaved with the training steps (best of
-repeats), because the machine is shared and noisy. Activations come from an activation store
+repeats), because the machine is shared and noisy. Each SAE starts as the trainer starts it
+(topk: b_dec at the median, the decoder shaped by the data, the encoder's scale fitted), and
+each step gets its own copy of its batch, untimed, as the trainer's sources give one: the step
+rotates it in place, and which latents fire (so how the sparse products walk memory) depends
+on the data and the weights. Activations come from an activation store
 when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise Gaussian data of
 the same shape (throughput does not depend on the values).
 
@@ -96,12 +100,19 @@ class Trainer:
         cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
         self.sae.cfg.input_scale = D**0.5 / float(data[0].norm(dim=-1).mean())
+        defaults = TrainConfig(arch=arch, adam_basis=adam_basis)
+        if arch in ("topk", "batchtopk"):
+            # Started as the trainer starts them: which latents fire, and so how the sparse
+            # products walk memory, depends on it.
+            self.sae.init_b_dec(data[0])
+            self.sae.shape_decoder_directions(data[0], defaults.decoder_init_power_value())
+            self.sae.init_encoder_scale(data[0])
         self.rotation = None  # as the trainer: topk's default basis for Adam is the eigenbasis
-        if TrainConfig(arch=arch, adam_basis=adam_basis).adam_basis_value() == "eigen":
+        if defaults.adam_basis_value() == "eigen":
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
-        reset = TrainConfig(arch=arch).idle_momentum_value() == "reset"
+        reset = defaults.idle_momentum_value() == "reset"
         self.reset_idle = IdleMomentumReset(self.sae, self.opt) if reset else None
         # --weight-average: one more copy of the parameters, updated after every step.
         self.average = WeightAverage(self.sae, 10.0) if weight_average else None
@@ -110,11 +121,13 @@ class Trainer:
         self.data = data
 
     def steps(self) -> float:
-        start = time.perf_counter()
-        for x in self.data:
+        seconds = 0.0
+        for batch in self.data:
+            # A fresh batch each step, as the trainer's sources give it (untimed): rotated in
+            # place below, and the data shared by every variant and repeat stays as read.
+            x = batch.clone()
+            start = time.perf_counter()
             if self.rotation is not None:
-                # In place, as the trainer does: the repeats then see the batches rotated
-                # again, which changes nothing in the step's cost.
                 x = self.rotation.apply_(x)
             out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
             out.loss.backward()
@@ -127,7 +140,8 @@ class Trainer:
             self.sae.after_optimizer_step()
             if self.average is not None:
                 self.average.update(self.sae)
-        return (time.perf_counter() - start) / len(self.data)
+            seconds += time.perf_counter() - start
+        return seconds / len(self.data)
 
 
 PEAK_TAG = "RSS_GROWTH_KB"
