@@ -24,7 +24,7 @@ each step gets its own copy of its batch, untimed, as the trainer's sources give
 rotates it in place, and which latents fire (so how the sparse products walk memory) depends
 on the data and the weights. Activations come from an activation store
 when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise Gaussian data of
-the same shape (throughput does not depend on the values).
+the same shape (which fires other latents than real activations: report figures from a store).
 
 Run from the repository root:
     python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 5]

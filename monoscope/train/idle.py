@@ -45,8 +45,8 @@ class IdleMomentumReset:
         grad = self.sae.b_enc.grad
         if grad is None:
             return
-        # A multiply rather than index_fill_ of the idle indices: no host sync on a GPU, and
-        # on the CPU no slower (0.9 against 0.6 ms for a 16 x 576 SAE).
+        # A multiply rather than index_fill_ of the idle indices: no host sync on a GPU, at
+        # 0.3 ms more on the CPU (0.9 against 0.6 ms a step for a 16 x 576 SAE).
         took_part = (grad != 0).to(grad.dtype)
         for p, axis in self.entries:
             momentum = self.optimizer.state.get(p, {}).get("exp_avg")
