@@ -55,6 +55,7 @@ from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.idle import IdleMomentumReset  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
+from monoscope.train.trainer import start_from_sample  # noqa: E402
 
 D, BATCH, K = 576, 4096, 32
 N_FEATURES = 16 * D
@@ -99,14 +100,10 @@ class Trainer:
         k = K if arch in ("topk", "batchtopk") else None
         cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
-        self.sae.cfg.input_scale = D**0.5 / float(data[0].norm(dim=-1).mean())
         defaults = TrainConfig(arch=arch, adam_basis=adam_basis)
-        if arch in ("topk", "batchtopk"):
-            # Started as the trainer starts them: which latents fire, and so how the sparse
-            # products walk memory, depends on it.
-            self.sae.init_b_dec(data[0])
-            self.sae.shape_decoder_directions(data[0], defaults.decoder_init_power_value())
-            self.sae.init_encoder_scale(data[0])
+        # Started as the trainer starts them: which latents fire, and so how the sparse
+        # products walk memory, depends on it.
+        start_from_sample(self.sae, defaults, data[0])
         self.rotation = None  # as the trainer: topk's default basis for Adam is the eigenbasis
         if defaults.adam_basis_value() == "eigen":
             self.rotation = Rotation.eigen(data[0])

@@ -139,11 +139,22 @@ def _new_sae(
     )
     sae = build_sae(sae_cfg, seed=cfg.seed)
     sample = _init_sample(source, max_norm)
+    start_from_sample(sae, cfg, sample)
+    if cfg.adam_basis_value() != "eigen":
+        return sae, None
+    rotation = Rotation.eigen(sample)
+    rotate_sae(sae, rotation.matrix())
+    return sae, rotation
+
+
+def start_from_sample(sae: SparseAutoencoder, cfg: TrainConfig, sample: torch.Tensor) -> None:
+    """Set the input scale and the data-dependent start `cfg` asks for from raw activations
+    [n, d_in] (the trainer's start; benchmarks/train.py starts its SAEs with it too)."""
     mean_norm = float(sample.norm(dim=-1).mean()) if sample.shape[0] else 0.0
     if mean_norm == 0:
         raise ValueError("the training activations are all zero: there is nothing to learn")
     # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
-    sae.cfg.input_scale = math.sqrt(source.d) / mean_norm
+    sae.cfg.input_scale = math.sqrt(sae.cfg.d_in) / mean_norm
     if cfg.b_dec_init_value() == "median":
         sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
     if cfg.arch in ("topk", "batchtopk"):
@@ -152,11 +163,6 @@ def _new_sae(
         sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
     if cfg.arch in ("relu", "jumprelu") and cfg.target_l0:
         sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
-    if cfg.adam_basis_value() != "eigen":
-        return sae, None
-    rotation = Rotation.eigen(sample)
-    rotate_sae(sae, rotation.matrix())
-    return sae, rotation
 
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:
