@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 from monoscope.runtime import configure_threads  # noqa: E402
 from monoscope.sae import SAEConfig, build_sae  # noqa: E402
+from monoscope.sae.step_memory import StepMemory  # noqa: E402
 from monoscope.train.average import WeightAverage  # noqa: E402
 from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
@@ -109,6 +110,7 @@ class Trainer:
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
+        self.sae.step_memory = StepMemory()  # as the trainer's loop lends it
         reset = defaults.idle_momentum_value() == "reset"
         self.reset_idle = IdleMomentumReset(self.sae, self.opt) if reset else None
         # --weight-average: one more copy of the parameters, updated after every step.
@@ -138,6 +140,7 @@ class Trainer:
             if self.average is not None:
                 self.average.update(self.sae)
             seconds += time.perf_counter() - start
+            del x, out  # as the trainer: this step's batch is gone before the next one comes
         return seconds / len(self.data)
 
 

@@ -22,6 +22,7 @@ from monoscope.artifacts import atomic_write_bytes, atomic_write_json
 from monoscope.sae.blocks import block_rows
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
+from monoscope.sae.step_memory import StepMemory
 
 
 @dataclass
@@ -52,6 +53,10 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     arch: ClassVar[str]
     compute_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     """The `SAEConfig.compute_dtype` values this architecture's training step implements."""
+    step_memory: StepMemory | None = None
+    """Set by a training loop that drops each step's gradients before the next backward and
+    keeps no reference to them (as monoscope's trainer does): `training_step` then writes its
+    large tensors, gradients included, into the memory of the last step's (step_memory.py)."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         if cfg.arch != self.arch:

@@ -31,9 +31,9 @@ class ReluSAE(SparseAutoencoder):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        # The training step's [block, n_features] buffers (values and their ReLU mask), kept
-        # between steps: fresh ones every step cost page faults (they are too big for the
-        # heap, so they are mapped and unmapped each time). Dropped by eval().
+        # The training step's buffers (the [block, n_features] values, and ReLU's mask of a
+        # block of their columns), kept between steps: fresh ones every step cost page faults
+        # (too big for the heap, they are mapped and unmapped each time). Dropped by eval().
         self._block: tuple[Tensor, Tensor] | None = None
 
     def train(self, mode: bool = True) -> ReluSAE:
@@ -82,7 +82,7 @@ class ReluSAE(SparseAutoencoder):
         ):
             self._block = (
                 x.new_empty(shape, dtype=dtype),
-                x.new_empty(shape, dtype=torch.bool),
+                x.new_empty(shape[0], min(shape[1], _PRODUCT_BLOCK), dtype=torch.bool),
             )
         loss, sse, l1, active, column_sums = _ReluStep.apply(
             x,
@@ -125,13 +125,13 @@ class _ReluStep(torch.autograd.Function):
     is done: the forward pass forms the gradients as it goes (five matmuls of a block's size:
     two forward, three backward) and the backward pass hands them back, times the incoming
     gradient. So no [batch, n_features] tensor exists, only a [block, n_features] buffer
-    (`block`), which holds f and then, in place, d loss / d pre, and where f is 0 (`mask`,
-    bool). The L1 term is colsum(f) · norms, so neither f * norms nor its gradient exists as a
-    [block, F] tensor; the constants of the gradient ride on the matmuls (alpha, and the bias
-    of d/df). The matmuls and the buffer are in the buffer's dtype (bfloat16 or the
-    parameters'); the residual, the loss, the sums and the gradients are in the parameters'
-    dtype. With `want_grads` False (no grad mode) only the loss and its statistics are
-    computed.
+    (`block`), which holds f and then, in place, d loss / d pre (a block of columns at a time,
+    ReLU's mask of those in `mask`, bool [block, _PRODUCT_BLOCK]). The L1 term is
+    colsum(f) · norms, so neither f * norms nor its gradient exists as a [block, F] tensor;
+    the constants of the gradient ride on the matmuls (alpha, and the bias of d/df). The
+    matmuls and the buffer are in the buffer's dtype (bfloat16 or the parameters'); the
+    residual, the loss, the sums and the gradients are in the parameters' dtype. With
+    `want_grads` False (no grad mode) only the loss and its statistics are computed.
     """
 
     @staticmethod
@@ -177,8 +177,7 @@ class _ReluStep(torch.autograd.Function):
             _product_into(f, b_enc_c, x_in_c, W_enc_c)
             f.relu_()
             column_sums += f.sum(0, dtype=column_sums.dtype)
-            off = torch.le(f, 0, out=mask[: f.shape[0]])  # ReLU's mask, inverted
-            active += f.numel() - torch.count_nonzero(off)  # no temporary, unlike a sum
+            active += torch.count_nonzero(f)  # no temporary, unlike a sum
             e = torch.mul(x_b, scale).sub_(torch.addmm(b_dec_c, f, W_dec_c))  # x - x_hat
             flat = e.view(-1)
             sse += torch.dot(flat, flat)
@@ -189,9 +188,8 @@ class _ReluStep(torch.autograd.Function):
                 _add_product(grad_W_dec, f.t(), e if dtype == grad_W_dec.dtype else e_c, c)
             if grad_b_dec is not None:
                 grad_b_dec.add_(e.sum(0), alpha=c)
-            # f becomes d loss / d pre: d loss / d f written over it, then ReLU's mask.
-            _product_into(f, d_f_bias, e_c, W_dec_c.t(), alpha=c)
-            f.masked_fill_(off, 0.0)
+            # f becomes d loss / d pre: d loss / d f written over it, through ReLU's mask.
+            _product_into(f, d_f_bias, e_c, W_dec_c.t(), alpha=c, where_positive=mask)
             if pre_sums is not None:
                 pre_sums += f.sum(0, dtype=pre_sums.dtype)
             if grad_W_enc is not None:  # pre reads x_in: x_in^T d_pre
@@ -227,12 +225,27 @@ _PRODUCT_BLOCK = 1152
 """Columns (or rows) per matmul of `_add_product` and `_product_into`."""
 
 
-def _product_into(out: Tensor, bias: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
+def _product_into(
+    out: Tensor,
+    bias: Tensor,
+    a: Tensor,
+    b: Tensor,
+    alpha: float = 1.0,
+    where_positive: Tensor | None = None,
+) -> None:
     """out = bias + alpha * a @ b for out [rows, n], a block of columns at a time (see
-    `_add_product`)."""
+    `_add_product`); with `where_positive` (bool scratch [rows, _PRODUCT_BLOCK] at least),
+    only where out was positive before, 0 elsewhere (a ReLU's backward, its mask a block of
+    columns at a time)."""
     for start in range(0, out.shape[1], _PRODUCT_BLOCK):
         part = slice(start, start + _PRODUCT_BLOCK)
-        torch.addmm(bias[part], a, b[:, part], alpha=alpha, out=out[:, part])
+        target = out[:, part]
+        off = None
+        if where_positive is not None:
+            off = torch.le(target, 0, out=where_positive[: target.shape[0], : target.shape[1]])
+        torch.addmm(bias[part], a, b[:, part], alpha=alpha, out=target)
+        if off is not None:
+            target.masked_fill_(off, 0.0)
 
 
 def _add_product(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:

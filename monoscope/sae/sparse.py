@@ -125,10 +125,20 @@ class Pattern:
             out[start:stop].sub_(_bags(self.col[lo:hi], offsets, values[lo:hi], dense))
         return out
 
-    def transposed_product(self, values: Tensor, dense: Tensor) -> Tensor:
-        """matrix(values)^T @ dense [n_cols, d] for dense [n_rows, d]."""
+    def transposed_product(
+        self, values: Tensor, dense: Tensor, out: Tensor | None = None
+    ) -> Tensor:
+        """matrix(values)^T @ dense [n_cols, d] for dense [n_rows, d]; written into `out`
+        [n_cols, d] if given (a block of columns at a time)."""
         order, crow_t, row_t = self._transpose
-        return _bags(row_t, crow_t, values[order], dense)
+        values = values[order]
+        if out is None:
+            return _bags(row_t, crow_t, values, dense)
+        columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
+        for start, stop, lo, hi in self._column_blocks(columns):
+            offsets = crow_t[start : stop + 1] - lo
+            out[start:stop] = _bags(row_t[lo:hi], offsets, values[lo:hi], dense)
+        return out
 
     def _column_blocks(self, columns: int) -> list[tuple[int, int, int, int]]:
         """(first column, end column, first entry, end entry) of the transpose's blocks of
@@ -143,9 +153,11 @@ class Pattern:
         values: Tensor,
         dense: Tensor,
         minus_outer: tuple[Tensor, Tensor] | None = None,
+        out: Tensor | None = None,
     ) -> Tensor:
         """(matrix(values)^T @ dense)^T, row-major [d, n_cols], for dense [n_rows, d]; minus
-        the outer product u ⊗ v [d, n_cols] if `minus_outer` is (u, v).
+        the outer product u ⊗ v [d, n_cols] if `minus_outer` is (u, v); written into `out`
+        (row-major [d, n_cols]) if given.
 
         The gradient of a [d, n_cols] row-major parameter must be row-major too, or autograd
         copies it whole into that layout. So the product runs over blocks of columns, each
@@ -153,7 +165,8 @@ class Pattern:
         """
         order, crow_t, row_t = self._transpose
         values = values[order]
-        out = dense.new_empty(dense.shape[1], self.n_cols)
+        if out is None:
+            out = dense.new_empty(dense.shape[1], self.n_cols)
         columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
         for start, stop, lo, hi in self._column_blocks(columns):
             block = _bags(row_t[lo:hi], crow_t[start : stop + 1] - lo, values[lo:hi], dense)
@@ -203,9 +216,10 @@ class _SampledAffine(torch.autograd.Function):
         pattern: Pattern,
         values: Tensor | None,
         scale: float,
+        grad_W_out: Tensor | None,
     ) -> Tensor:
         ctx.save_for_backward(x, W, shift)
-        ctx.pattern, ctx.scale = pattern, scale
+        ctx.pattern, ctx.scale, ctx.grad_W_out = pattern, scale, grad_W_out
         if values is not None:
             return values.clone()  # an output, not an alias of the caller's tensor
         out = pattern.sampled_matmul(x, W)
@@ -231,10 +245,11 @@ class _SampledAffine(torch.autograd.Function):
             # scaled, minus shift ⊗ their column sums (no [rows, d] copy of the input).
             outer = None if shift is None else (shift, grad_b)
             entries = grad * scale if scale != 1.0 else grad
-            if W.stride(1) == 1:  # row-major [d, cols]: its gradient must be too
-                grad_W = pattern.transposed_product_t(entries, x, minus_outer=outer)
+            out = ctx.grad_W_out  # laid out as W, as its gradient must be
+            if W.stride(1) == 1:  # row-major [d, cols]
+                grad_W = pattern.transposed_product_t(entries, x, outer, out)
             else:
-                grad_W = pattern.transposed_product(entries, x)
+                grad_W = pattern.transposed_product(entries, x, None if out is None else out.t())
                 if outer is not None:
                     grad_W.addr_(grad_b, shift, alpha=-1.0)
                 grad_W = grad_W.t()
@@ -244,7 +259,8 @@ class _SampledAffine(torch.autograd.Function):
         # the pattern's derived indices: drop them rather than keep them with the graph
         # (they are recomputed if a backward runs again).
         pattern.release_cache()
-        return grad_x, grad_W, grad_b if need_b else None, grad_shift, None, None, None
+        ctx.grad_W_out = None
+        return grad_x, grad_W, grad_b if need_b else None, grad_shift, None, None, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -277,6 +293,7 @@ class _SparseError(torch.autograd.Function):
         pattern: Pattern,
         scale: float,
         out: Tensor | None,
+        grad_W_dec_out: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         # residual = target * scale - offset - decoded: one [rows, d] tensor in all.
         if out is None:
@@ -288,7 +305,7 @@ class _SparseError(torch.autograd.Function):
             residual.sub_(offset)
         flat = residual.view(-1)
         ctx.save_for_backward(values, W_dec, residual)
-        ctx.pattern, ctx.scale = pattern, scale
+        ctx.pattern, ctx.scale, ctx.grad_W_dec_out = pattern, scale, grad_W_dec_out
         ctx.mark_non_differentiable(residual)
         # The residual gets no gradient: without this, autograd would pass the backward a
         # [rows, d] tensor of zeros for it, allocated and filled every step.
@@ -300,7 +317,7 @@ class _SparseError(torch.autograd.Function):
         ctx: Any, grad_total: Tensor | None, _: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         if grad_total is None:
-            return (None,) * 7
+            return (None,) * 8
         values, W_dec, residual = ctx.saved_tensors
         pattern: Pattern = ctx.pattern
         # d total / d decoded = -2 residual; the factor goes on the small operands, so no
@@ -310,12 +327,13 @@ class _SparseError(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_values = pattern.sampled_matmul(residual, W_dec.t()).mul_(factor)  # [nnz]
         if ctx.needs_input_grad[1]:
-            grad_W_dec = pattern.transposed_product(values * factor, residual)  # [cols, d]
+            grad_W_dec = pattern.transposed_product(values * factor, residual, ctx.grad_W_dec_out)
+        ctx.grad_W_dec_out = None
         if ctx.needs_input_grad[2]:
             grad_offset = residual.sum(0).mul_(factor)
         if ctx.needs_input_grad[3]:
             grad_target = residual * (-factor * ctx.scale)
-        return grad_values, grad_W_dec, grad_offset, grad_target, None, None, None
+        return grad_values, grad_W_dec, grad_offset, grad_target, None, None, None, None
 
 
 def sampled_affine(
@@ -326,6 +344,7 @@ def sampled_affine(
     values: Tensor | None = None,
     shift: Tensor | None = None,
     scale: float = 1.0,
+    grad_W_out: Tensor | None = None,
 ) -> Tensor:
     """((x * scale - shift) @ W + b)[row, col] at the pattern's entries [nnz]; x [rows, d],
     W [d, cols], b [cols], shift [d] (optional).
@@ -337,8 +356,11 @@ def sampled_affine(
     `values`, if given, are those entries already computed without grad (while choosing the
     pattern): they are returned as they are, so they equal the selection's pre-activations bit
     for bit.
+
+    `grad_W_out`, if given (laid out as W), is the memory the backward writes W's gradient
+    into (see step_memory.py).
     """
-    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale)
+    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale, grad_W_out)
 
 
 def sparse_decode(values: Tensor, W_dec: Tensor, pattern: Pattern) -> Tensor:
@@ -354,15 +376,17 @@ def sparse_error(
     offset: Tensor | None = None,
     scale: float = 1.0,
     out: Tensor | None = None,
+    grad_W_dec_out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(Σ_rows ||r||^2, r detached) for the residual r = target * scale - offset -
     sparse_decode(values, W_dec, pattern); target [rows, d], offset [d] (optional).
 
     The decode and the squared error in one step holding one [rows, d] tensor (the residual,
     kept for the backward and returned for reuse, e.g. as AuxK's target), where autograd would
-    hold several; `out`, if given, is where the residual is written.
+    hold several; `out`, if given, is where the residual is written, and `grad_W_dec_out`
+    where the backward writes W_dec's gradient.
     """
-    return _SparseError.apply(values, W_dec, offset, target, pattern, scale, out)
+    return _SparseError.apply(values, W_dec, offset, target, pattern, scale, out, grad_W_dec_out)
 
 
 def topk_rows(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -145,19 +145,31 @@ class TopKFamilySAE(SparseAutoencoder):
         rows, scale = x.shape[0], self.cfg.input_scale
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         # One allocation serves the selection's blocks of pre-activations, then the residual.
-        workspace = x.new_empty(max(self._workspace_size(rows), x.numel()))
+        memory, size = self.step_memory, max(self._workspace_size(rows), x.numel())
+        grad_W_enc = grad_W_dec = workspace = None
+        if memory is not None:
+            grad_W_enc = memory.gradient("W_enc", self.W_enc)
+            grad_W_dec = memory.gradient("W_dec", self.W_dec)
+            # The residual's last read (the decoder's backward) comes before the encoder's
+            # backward writes W_enc's gradient: till then that memory is free.
+            workspace = memory.inside_gradient("W_enc", size)
+        if workspace is None:
+            workspace = x.new_empty(size)
         sel = self.select_latents(x.detach(), dead_mask, workspace)
         values = torch.relu(
-            sampled_affine(x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, scale)
+            sampled_affine(
+                x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, scale, grad_W_enc
+            )
         )
         residual = workspace[: x.numel()].view(x.shape)
         sse, residual = sparse_error(
-            values, self.W_dec, sel.pattern, x, self.b_dec, scale, out=residual
+            values, self.W_dec, sel.pattern, x, self.b_dec, scale, residual, grad_W_dec
         )
         del workspace
         fvu = sse / total_variance(x, scale)
         aux = fvu.new_zeros(())
         if sel.aux_pattern is not None:
+            # AuxK's gradients get memory of their own: autograd adds them to the above.
             aux_values = torch.relu(
                 sampled_affine(
                     x, self.W_enc, self.b_enc, sel.aux_pattern, sel.aux_pre, shift, scale
@@ -211,9 +223,13 @@ class TopKFamilySAE(SparseAutoencoder):
 
         parts = self._chunk_shape(x.shape[0])[0]
         m = self.candidates_per_row()
-        values, indices, aux_values, aux_indices = [], [], [], []
+        # Every row's candidates, written a block of rows at a time: allocated before the
+        # blocks' temporaries, so that none of them is held between those in the heap.
+        values = x.new_empty(x.shape[0], m)
+        indices = torch.empty(x.shape[0], m, dtype=torch.int64, device=x.device)
+        aux_values, aux_indices = [], []
         groups, aux_v, aux_i = [], [], []
-        for _, part, pre in self._pre_chunks(x, workspace):
+        for start, part, pre in self._pre_chunks(x, workspace):
             offset = part * pre.shape[0] * pre.shape[2]  # first latent of the part
             # Merged part by part: two parts' candidates at most are held at a time.
             groups = [merge_groups([*groups, self.candidates(pre, offset)], m)]
@@ -232,14 +248,14 @@ class TopKFamilySAE(SparseAutoencoder):
                     aux_i.append(columns[i] + offset)
             if part == parts - 1:  # the block of rows is complete
                 v, i = groups[0].finish(m)
-                values.append(v)
-                indices.append(i)
+                values[start : start + v.shape[0]] = v
+                indices[start : start + v.shape[0]] = i
                 if aux_v:
                     v, i = _merge(aux_v, aux_i, k_aux)
                     aux_values.append(v)
                     aux_indices.append(i)
                 groups, aux_v, aux_i = [], [], []
-        pattern, pre_values = self.choose(torch.cat(values), torch.cat(indices), rows_pre)
+        pattern, pre_values = self.choose(values, indices, rows_pre)
         aux_pattern = aux_pre = None
         if aux_values:
             aux_pattern, aux_pre = Pattern.from_rows(

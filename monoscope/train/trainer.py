@@ -26,6 +26,7 @@ from tqdm import tqdm
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
 from monoscope.sae.files import formats_in
+from monoscope.sae.step_memory import StepMemory
 from monoscope.train.average import WeightAverage
 from monoscope.train.basis import Rotation, rotate_sae
 from monoscope.train.checkpoint import (
@@ -276,6 +277,10 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         stop_requested = stack.enter_context(_stop_requests())
         stack.callback(logger.close)
         stack.callback(bar.close)
+        # The loop below drops each step's gradients before the next backward, so the steps
+        # may write theirs into the memory of the last step's (no page faults); freed after.
+        sae.step_memory = StepMemory()
+        stack.callback(setattr, sae, "step_memory", None)
         for step, x in zip(range(start, total_steps), batches, strict=False):
             lr = learning_rate(
                 step, total_steps, cfg.lr_value(), cfg.decay_fraction, cfg.lr_warmup_value()
@@ -330,6 +335,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
                     dead=f"{metrics['dead_fraction']:.1%}",
                     tok_s=f"{rate:,.0f}",
                 )
+            # Gone before the next batch is read, rather than held while it is: one batch
+            # alive at a time (9 MiB at batch 4096 x 576).
+            del x, result
             if step + 1 == total_steps:
                 break
             stop = stop_requested()

@@ -21,6 +21,7 @@ from monoscope.sae.sparse import (
     topk_blocks,
     topk_rows,
 )
+from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.topk import TopKFamilySAE
 
 
@@ -361,14 +362,18 @@ def test_bfloat16_steps_are_close_to_float32(monkeypatch):
         assert (grad16 - grad32).norm() <= 0.2 * grad32.norm(), arch
 
 
-def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backward():
+def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backward(
+    monkeypatch,
+):
+    monkeypatch.setattr(relu_module, "_PRODUCT_BLOCK", 16)
     torch.manual_seed(0)
     sae = build_sae(SAEConfig("relu", 16, 64, input_scale=0.5), seed=0)
     x = torch.randn(1100, 16)
     out = sae.training_step(x, 0.1)
     buffer = sae._block
-    block = (relu_module._ROW_BLOCK, 64)
-    assert [b.shape for b in buffer] == [block] * 2  # never [batch, n_features]
+    rows = relu_module._ROW_BLOCK
+    # never [batch, n_features]; ReLU's mask, one block of columns
+    assert [b.shape for b in buffer] == [(rows, 64), (rows, 16)]
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.loss.backward()
@@ -386,3 +391,54 @@ def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backwa
     assert sae._block is buffer
     sae.eval()
     assert sae._block is None
+
+
+def _train_steps(sae, batches, dead, keep_grads=False):
+    """Plain SGD steps; the gradients of each step [{name: grad}], and the memory each
+    gradient lived in [{name: data_ptr}]."""
+    grads, addresses = [], []
+    for x in batches:
+        sae.training_step(x, 0.25, dead).loss.backward()
+        grads.append({name: p.grad.clone() for name, p in sae.named_parameters()})
+        addresses.append({name: p.grad.data_ptr() for name, p in sae.named_parameters()})
+        with torch.no_grad():
+            for p in sae.parameters():
+                p -= 0.01 * p.grad
+        if not keep_grads:
+            sae.zero_grad(set_to_none=True)
+    return grads, addresses
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_step_memory_reuses_the_gradients_memory_and_changes_no_result(arch, with_dead):
+    torch.manual_seed(0)
+    d, n, k = 32, 512, 8
+    batches = [torch.randn(64, d) * 2.0 for _ in range(3)]
+    dead = (torch.rand(n) < 0.2) if with_dead else None
+    plain = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
+    lent = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
+    lent.step_memory = StepMemory()
+    expected, _ = _train_steps(plain, batches, dead)
+    got, addresses = _train_steps(lent, batches, dead)
+    for step_expected, step_got in zip(expected, got, strict=True):
+        for name, grad in step_expected.items():
+            assert torch.equal(step_got[name], grad), name
+    if not with_dead:  # (AuxK's gradients get fresh memory, and autograd may keep that)
+        for name in ("W_enc", "W_dec"):  # every step's gradient in the same memory
+            assert len({step[name] for step in addresses}) == 1, name
+
+
+def test_step_memory_leaves_gradients_that_are_kept_to_accumulate():
+    torch.manual_seed(0)
+    batches = [torch.randn(64, 32) for _ in range(2)]
+    sae = build_sae(SAEConfig("topk", 32, 512, k=8), seed=1)
+    sae.step_memory = StepMemory()
+    for x in batches:  # accumulated over two steps: the second must not overwrite the first
+        sae.training_step(x).loss.backward()
+    accumulated = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    reference = build_sae(SAEConfig("topk", 32, 512, k=8), seed=1)
+    for x in batches:
+        reference.training_step(x).loss.backward()
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(accumulated[name], p.grad, rtol=1e-6, atol=0)
