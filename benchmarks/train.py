@@ -18,13 +18,16 @@ fp32, the threads torch uses here (2 on this machine):
   the process's one-off costs too.
 
 The matmul bound is measured in this run, interleaved with the training steps (best of
-repeats), because the machine is shared and noisy. Each SAE starts as the trainer starts it
-(topk: b_dec at the median, the decoder shaped by the data, the encoder's scale fitted), and
-each step gets its own copy of its batch, untimed, as the trainer's sources give one: the step
-rotates it in place, and which latents fire (so how the sparse products walk memory) depends
-on the data and the weights. Activations come from an activation store
-when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise Gaussian data of
-the same shape (which fires other latents than real activations: report figures from a store).
+repeats), because the machine is shared and noisy. It is the issue's plain `x @ w`, whose
+151 MB output is mapped and faulted in afresh every call (~40 ms of ~270 here); the same
+matmul into a reused output, and topk's ratio against it, are printed too. Each SAE starts
+as the trainer starts it (topk: b_dec at the median, the decoder shaped by the data, the
+encoder's scale fitted), and each step gets its own copy of its batch, untimed, as the
+trainer's sources give one: the step rotates it in place, and which latents fire (so how the
+sparse products walk memory) depends on the data and the weights. Activations come from an
+activation store when --acts is given (e.g. runs/demo/acts from `monoscope demo`), otherwise
+Gaussian data of the same shape (which fires other latents than real activations: report
+figures from a store).
 
 Run from the repository root:
     python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 5]
@@ -76,12 +79,18 @@ def batches(acts: str | None, n: int) -> list[torch.Tensor]:
     return [torch.randn(BATCH, D, generator=gen) * 7 for _ in range(n)]
 
 
-def matmul_seconds(reps: int) -> float:
+def matmul_seconds(reps: int, reuse_output: bool = False) -> float:
+    """Seconds of one [BATCH, D] @ [D, N_FEATURES] matmul: plain (`x @ w`, the issue's bound:
+    its 151 MB output is mapped and faulted in afresh each call, as in any process, glibc's
+    mmap threshold being at most 32 MiB), or into one output reused (`reuse_output`)."""
     x, w = torch.randn(BATCH, D), torch.randn(D, N_FEATURES)
-    x @ w  # warm-up
+    out = torch.mm(x, w)  # warm-up
     start = time.perf_counter()
     for _ in range(reps):
-        x @ w
+        if reuse_output:
+            torch.mm(x, w, out=out)
+        else:
+            x @ w
     return (time.perf_counter() - start) / reps
 
 
@@ -110,7 +119,8 @@ class Trainer:
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
-        self.sae.step_memory = StepMemory()  # as the trainer's loop lends it
+        self.sae.step_memory = StepMemory()  # as the trainer's loop lends it (and the
+        # loop below, like the trainer's, drops each step's gradients and batch)
         reset = defaults.idle_momentum_value() == "reset"
         self.reset_idle = IdleMomentumReset(self.sae, self.opt) if reset else None
         # --weight-average: one more copy of the parameters, updated after every step.
@@ -232,9 +242,10 @@ def main() -> None:
         t.data, full = t.data[:1], t.data
         t.steps()
         t.data = full
-    best = dict.fromkeys(["matmul", *trainers], float("inf"))
+    best = dict.fromkeys(["matmul", "matmul reused", *trainers], float("inf"))
     for _ in range(args.repeats):
         best["matmul"] = min(best["matmul"], matmul_seconds(5))
+        best["matmul reused"] = min(best["matmul reused"], matmul_seconds(5, reuse_output=True))
         for name, trainer in trainers.items():
             best[name] = min(best[name], trainer.steps())
     gflops = 2 * BATCH * D * N_FEATURES / best["matmul"] / 1e9
@@ -245,6 +256,12 @@ def main() -> None:
         f"batch {BATCH}, k {K}; best of {args.repeats} x {args.steps} steps"
     )
     print(f"encoder-shape matmul: {best['matmul'] * 1e3:.1f} ms = {gflops:.0f} GFLOP/s fp32")
+    reused = best["matmul reused"]
+    print(
+        f"  (into an output reused, without the page faults of a fresh one: "
+        f"{reused * 1e3:.1f} ms = {2 * BATCH * D * N_FEATURES / reused / 1e9:.0f} GFLOP/s; "
+        f"topk against that: ratio {reused / best['topk']:.2f})"
+    )
     for name, bound, target in (
         ("topk", bound_topk, 0.75),
         ("topk std", bound_topk, 0.75),
