@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from monoscope.harvest import ActivationStore, StoreError
+from monoscope.harvest.store import all_finite
 
 _ARRAY_HELDOUT = 0.05  # arrays carry no split: the last 5% of rows (a fixed rule) are held out
 
@@ -88,8 +89,8 @@ class ArraySource:
             raise StoreError(f"{path}: activations must be a store folder, .npy or .safetensors")
         if data.ndim != 2:
             raise StoreError(f"{path}: expected an [n, d] array, got shape {tuple(data.shape)}")
-        bad = ~torch.isfinite(data.float()).all(dim=-1)
-        if bad.any():
+        bad = None if all_finite(data) else ~torch.isfinite(data).all(dim=-1)
+        if bad is not None and bad.any():
             raise StoreError(
                 f"non-finite activation (NaN or Inf) in {path}, row {int(bad.nonzero()[0])}"
             )

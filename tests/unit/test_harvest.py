@@ -19,6 +19,7 @@ from monoscope.harvest import (
     harvest,
     run,
 )
+from monoscope.harvest.store import _check_finite, all_finite
 from monoscope.models import UnknownSiteError
 
 SITES = ["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post"]
@@ -262,3 +263,14 @@ def test_python_api_and_manifest_is_plain_json(tiny_llama, corpus_file, tmp_path
     assert manifest["shards"][0]["sha256"] == artifacts.sha256_file(
         tmp_path / "acts" / "shard-00000.safetensors"
     )
+
+
+def test_finite_check_is_exact_when_the_fast_sum_overflows():
+    huge = torch.full((4, 3), 3e38)  # finite, but their sum overflows to inf
+    assert not all_finite(huge)
+    _check_finite(huge, "shard-00000.safetensors", "site")  # the exact check finds none
+    huge[2, 1] = float("nan")
+    with pytest.raises(StoreError, match=r"shard-00000\.safetensors, row 2, site site"):
+        _check_finite(huge, "shard-00000.safetensors", "site")
+    assert all_finite(torch.randn(100, 8).bfloat16())
+    assert not all_finite(torch.tensor([1.0, float("-inf")]))
