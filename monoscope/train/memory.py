@@ -7,7 +7,9 @@ tens of MiB (gradients, the step's buffers) in a different order each phase, so 
 to the default holds a step's worth of freed memory on top of what it uses: measured for a
 16 x 576 TopK SAE, +33 MiB (1.5x of weights + Adam + batch instead of 1.3x). Fixing the
 threshold (which also turns the adjustment off) makes blocks of 1 MiB and more mmapped, so they
-return to the system when freed; the cost is the page faults of touching them afresh.
+return to the system when freed; the cost is the page faults of touching them afresh (the
+TopK training step avoids most of them by reusing its gradients' memory from step to step:
+monoscope/sae/step_memory.py).
 """
 
 from __future__ import annotations
