@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -130,23 +131,26 @@ class Pattern:
     ) -> Tensor:
         """matrix(values)^T @ dense [n_cols, d] for dense [n_rows, d]; written into `out`
         [n_cols, d] if given (a block of columns at a time)."""
-        order, crow_t, row_t = self._transpose
-        values = values[order]
         if out is None:
-            return _bags(row_t, crow_t, values, dense)
-        columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
-        for start, stop, lo, hi in self._column_blocks(columns):
-            offsets = crow_t[start : stop + 1] - lo
-            out[start:stop] = _bags(row_t[lo:hi], offsets, values[lo:hi], dense)
+            order, crow_t, row_t = self._transpose
+            return _bags(row_t, crow_t, values[order], dense)
+        for start, stop, block in self._transposed_blocks(values, dense):
+            out[start:stop] = block
         return out
 
-    def _column_blocks(self, columns: int) -> list[tuple[int, int, int, int]]:
-        """(first column, end column, first entry, end entry) of the transpose's blocks of
-        `columns` columns."""
-        _, crow_t, _ = self._transpose
+    def _transposed_blocks(
+        self, values: Tensor, dense: Tensor
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """(first column, end column, the block [end - first, d] of matrix(values)^T @ dense)
+        for blocks of columns small enough to stay in cache."""
+        order, crow_t, row_t = self._transpose
+        values = values[order]
+        columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
         starts = [*range(0, self.n_cols, columns), self.n_cols]
         bounds = crow_t[starts].tolist()  # one host sync for all blocks
-        return list(zip(starts, starts[1:], bounds, bounds[1:], strict=False))
+        for start, stop, lo, hi in zip(starts, starts[1:], bounds, bounds[1:], strict=False):
+            offsets = crow_t[start : stop + 1] - lo
+            yield start, stop, _bags(row_t[lo:hi], offsets, values[lo:hi], dense)
 
     def transposed_product_t(
         self,
@@ -163,13 +167,9 @@ class Pattern:
         copies it whole into that layout. So the product runs over blocks of columns, each
         transposed into the result while it is in cache: no second [n_cols, d] tensor.
         """
-        order, crow_t, row_t = self._transpose
-        values = values[order]
         if out is None:
             out = dense.new_empty(dense.shape[1], self.n_cols)
-        columns = block_rows(dense.shape[1] * dense.element_size())  # per [block, d] product
-        for start, stop, lo, hi in self._column_blocks(columns):
-            block = _bags(row_t[lo:hi], crow_t[start : stop + 1] - lo, values[lo:hi], dense)
+        for start, stop, block in self._transposed_blocks(values, dense):
             target = out[:, start:stop]
             target.copy_(block.t())
             if minus_outer is not None:
@@ -259,7 +259,7 @@ class _SampledAffine(torch.autograd.Function):
         # the pattern's derived indices: drop them rather than keep them with the graph
         # (they are recomputed if a backward runs again).
         pattern.release_cache()
-        ctx.grad_W_out = None
+        ctx.grad_W_out = None  # handed over: the graph keeps no reference to the gradient
         return grad_x, grad_W, grad_b if need_b else None, grad_shift, None, None, None, None
 
 
@@ -328,7 +328,7 @@ class _SparseError(torch.autograd.Function):
             grad_values = pattern.sampled_matmul(residual, W_dec.t()).mul_(factor)  # [nnz]
         if ctx.needs_input_grad[1]:
             grad_W_dec = pattern.transposed_product(values * factor, residual, ctx.grad_W_dec_out)
-        ctx.grad_W_dec_out = None
+        ctx.grad_W_dec_out = None  # handed over, as in _SampledAffine
         if ctx.needs_input_grad[2]:
             grad_offset = residual.sum(0).mul_(factor)
         if ctx.needs_input_grad[3]:
