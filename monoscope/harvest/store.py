@@ -21,11 +21,16 @@ MANIFEST = "manifest.json"
 _GOLDEN = 2654435761  # Knuth's multiplicative hash: spreads consecutive context ids evenly
 
 
-def all_finite(values: Tensor) -> bool:
-    """Whether every entry is finite, from one sum: a NaN or Inf makes it non-finite (so may an
-    overflow, for which the caller's exact check then finds no bad entry). ~80x faster than
-    isfinite(values).all() on a bfloat16 shard, which forms a bool per entry."""
-    return bool(torch.isfinite(values.sum()))
+def first_nonfinite_row(values: Tensor) -> int | None:
+    """The first row of `values` [n, d] holding a NaN or Inf; None if there is none.
+
+    One sum decides first (a NaN or Inf makes it non-finite; so may an overflow, and then the
+    rows, searched, hold none): ~80x faster than isfinite(values), which forms a bool per
+    entry, on a bfloat16 shard."""
+    if torch.isfinite(values.sum()):
+        return None
+    bad = ~torch.isfinite(values).all(dim=-1)
+    return int(bad.nonzero()[0]) if bad.any() else None
 
 
 class StoreError(ValueError):
@@ -33,11 +38,8 @@ class StoreError(ValueError):
 
 
 def _check_finite(acts: Tensor, file: str, site: str) -> None:
-    if all_finite(acts):
-        return
-    bad = ~torch.isfinite(acts).all(dim=-1)
-    if bad.any():
-        row = int(bad.nonzero()[0])
+    row = first_nonfinite_row(acts)
+    if row is not None:
         raise StoreError(f"non-finite activation (NaN or Inf) in {file}, row {row}, site {site}")
 
 

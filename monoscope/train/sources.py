@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from monoscope.harvest import ActivationStore, StoreError
-from monoscope.harvest.store import all_finite
+from monoscope.harvest.store import first_nonfinite_row
 
 _ARRAY_HELDOUT = 0.05  # arrays carry no split: the last 5% of rows (a fixed rule) are held out
 
@@ -89,11 +89,9 @@ class ArraySource:
             raise StoreError(f"{path}: activations must be a store folder, .npy or .safetensors")
         if data.ndim != 2:
             raise StoreError(f"{path}: expected an [n, d] array, got shape {tuple(data.shape)}")
-        bad = None if all_finite(data) else ~torch.isfinite(data).all(dim=-1)
-        if bad is not None and bad.any():
-            raise StoreError(
-                f"non-finite activation (NaN or Inf) in {path}, row {int(bad.nonzero()[0])}"
-            )
+        row = first_nonfinite_row(data)
+        if row is not None:
+            raise StoreError(f"non-finite activation (NaN or Inf) in {path}, row {row}")
         self.data = data
         n_train = int(data.shape[0] * (1 - _ARRAY_HELDOUT))
         self.train, self.test = data[:n_train], data[n_train:]

@@ -19,7 +19,7 @@ from monoscope.harvest import (
     harvest,
     run,
 )
-from monoscope.harvest.store import _check_finite, all_finite
+from monoscope.harvest.store import _check_finite, first_nonfinite_row
 from monoscope.models import UnknownSiteError
 
 SITES = ["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post"]
@@ -267,10 +267,12 @@ def test_python_api_and_manifest_is_plain_json(tiny_llama, corpus_file, tmp_path
 
 def test_finite_check_is_exact_when_the_fast_sum_overflows():
     huge = torch.full((4, 3), 3e38)  # finite, but their sum overflows to inf
-    assert not all_finite(huge)
-    _check_finite(huge, "shard-00000.safetensors", "site")  # the exact check finds none
+    assert not torch.isfinite(huge.sum())
+    assert first_nonfinite_row(huge) is None  # the rows, searched, hold none
+    _check_finite(huge, "shard-00000.safetensors", "site")
     huge[2, 1] = float("nan")
+    assert first_nonfinite_row(huge) == 2
     with pytest.raises(StoreError, match=r"shard-00000\.safetensors, row 2, site site"):
         _check_finite(huge, "shard-00000.safetensors", "site")
-    assert all_finite(torch.randn(100, 8).bfloat16())
-    assert not all_finite(torch.tensor([1.0, float("-inf")]))
+    assert first_nonfinite_row(torch.randn(100, 8).bfloat16()) is None
+    assert first_nonfinite_row(torch.tensor([[1.0], [float("-inf")]])) == 1
