@@ -42,6 +42,8 @@ from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.loggers import MetricLogger, require_backend
 from monoscope.train.memory import return_large_blocks_when_freed
+from monoscope.train.refit import check_size as check_refit_size
+from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
 from monoscope.train.target_l0 import L0Controller
@@ -361,6 +363,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "lr_warmup_fraction": cfg.lr_warmup_value(),
         "lr_decay_fraction": cfg.decay_fraction,
         "weight_average": cfg.weight_average,
+        "refit_decoder": cfg.refit_decoder,
         "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
         "median_norm": median,
         "max_norm": max_norm,
@@ -375,6 +378,12 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     if rotation is not None:
         rotate_sae(sae, rotation.matrix().T)  # back to the activations' own coordinates
     sae.after_training(_init_sample(source, max_norm))
+    if cfg.refit_decoder:
+        # The tokens trained on, in their order, in raw coordinates (the SAE is rotated back).
+        trained = itertools.islice(_batches(source, cfg, max_norm), total_steps)
+        if cfg.progress:
+            print(f"refitting the decoder over {total_steps} batches", file=sys.stderr)
+        refit_decoder(sae, trained, cfg.refit_decoder)
     sae.save(out)
     # Finished: the folder now holds a trained SAE, not a run to resume.
     (out / "checkpoint.json").unlink(missing_ok=True)
@@ -384,7 +393,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
 
 
 def _check_sparsity(cfg: TrainConfig, n_features: int) -> None:
-    """--k or --target-l0 within the dictionary's size."""
+    """--k, --target-l0 and --refit-decoder within the dictionary's size (before any work)."""
     if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > n_features:
         which = f"--k {cfg.k}" if cfg.k else f"the default --k {cfg.k_value()}"
         raise ValueError(f"{which} is larger than the number of features {n_features}")
@@ -392,6 +401,8 @@ def _check_sparsity(cfg: TrainConfig, n_features: int) -> None:
         raise ValueError(
             f"--target-l0 {cfg.target_l0:g} is larger than the number of features {n_features}"
         )
+    if cfg.refit_decoder:
+        check_refit_size(n_features)
 
 
 def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:

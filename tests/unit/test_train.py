@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import monoscope.train.refit as refit_module
 import monoscope.train.trainer as train_run
 from monoscope.evaluate import fvu
 from monoscope.sae import SAEConfig, build_sae, load_sae
@@ -17,6 +18,7 @@ from monoscope.train import TrainConfig, TrainingDivergedError, TrainingInterrup
 from monoscope.train.average import WeightAverage
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
+from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
 from monoscope.train.target_l0 import L0Controller
@@ -529,6 +531,12 @@ def test_an_output_folder_holding_an_sae_of_another_format_is_refused(low_rank_n
         ({"outlier_multiple": 0.5}, "--outlier-multiple must be 0"),
         ({"decoder_init_power": 100.0}, "--decoder-init-power is at most 1"),
         ({"arch": "batchtopk", "target_l0": 8.0}, "batchtopk sets L0 with --k"),
+        ({"refit_decoder": -0.1}, "--refit-decoder must be at least 0"),
+        ({"arch": "relu", "refit_decoder": 0.01}, "--refit-decoder applies to topk and batchtopk"),
+        (
+            {"refit_decoder": 0.01, "stream_model": "m", "site": "s", "tokens": 10},
+            "--refit-decoder needs a second pass",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_flag(option, message):
@@ -692,3 +700,50 @@ def test_b_dec_starts_where_the_config_says(low_rank_npy, tmp_path):
         assert bool(sae.b_dec.abs().sum() > 0) is moved, (arch, b_dec_init)
     with pytest.raises(ValueError, match="b_dec_init must be median or zero"):
         TrainConfig(b_dec_init="mean")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_the_decoder_refit_is_the_least_squares_decoder_of_the_codes(arch):
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(arch, 16, 64, k=4, input_scale=0.5), seed=0)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    if arch == "batchtopk":
+        sae.cfg.batchtopk_threshold = 0.3  # inference codes: a varying number per row
+    x = torch.randn(3000, 16) * 2
+    sae.eval()
+    with torch.no_grad():
+        codes = sae.encode(x)
+        trained = sae.W_dec.clone()
+        target = (sae.normalise(x) - sae.b_dec).double()
+        z = codes.double()
+        gram = z.T @ z
+        strength = 0.01 * float(gram.diagonal().mean())
+        expected = torch.linalg.solve(
+            gram + strength * torch.eye(64, dtype=torch.float64), z.T @ target + strength * trained
+        )
+        before = float(fvu(x, sae(x)))
+        assert refit_decoder(sae, x.split(700), 0.01) == 3000
+        torch.testing.assert_close(sae.W_dec, expected.float(), rtol=1e-4, atol=1e-5)
+        assert torch.equal(sae.encode(x), codes)  # the codes (L0, dead latents) stay
+        assert float(fvu(x, sae(x))) < before
+
+
+def test_a_run_with_a_decoder_refit_saves_the_refitted_decoder(low_rank_npy, tmp_path):
+    plain = run(cfg(low_rank_npy, tmp_path / "plain"))
+    refitted = run(cfg(low_rank_npy, tmp_path / "refit", refit_decoder=0.01))
+    # Same training, then the refit: same encoder and codes, another decoder.
+    torch.testing.assert_close(refitted.W_enc, plain.W_enc)
+    assert not torch.allclose(refitted.W_dec, plain.W_dec)
+    loaded = load_sae(tmp_path / "refit")
+    assert loaded.cfg.training["refit_decoder"] == 0.01
+    rows = torch.from_numpy(np.load(low_rank_npy)[:5000])
+    with torch.no_grad():
+        assert fvu(rows, loaded(rows)) < fvu(rows, plain(rows))
+
+
+def test_a_decoder_refit_too_large_is_refused_before_training(low_rank_npy, tmp_path, monkeypatch):
+    monkeypatch.setattr(refit_module, "MAX_FEATURES", 32)
+    with pytest.raises(ValueError, match="64 latents is over the 32 it allows"):
+        run(cfg(low_rank_npy, tmp_path / "sae", refit_decoder=0.01))
+    assert not (tmp_path / "sae" / "checkpoint.json").exists()
