@@ -25,6 +25,7 @@ class ArchDefaults:
     decoder_init_power: float = 0.0
     adam_basis: str = "standard"
     idle_momentum: str = "keep"
+    b_enc_init_share: float = 0.0
 
 
 # relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up, zero biases (APR24 as reimplemented,
@@ -53,9 +54,14 @@ _BATCHTOPK = ArchDefaults(
     b_dec_init="median",
     decoder_lr_multiple=5.0,
     decoder_init_power=0.125,
+    b_enc_init_share=0.25,
 )
 _TOPK = replace(
-    _BATCHTOPK, lr=4e-3, decoder_lr_multiple=4.0, adam_basis="eigen", idle_momentum="reset"
+    _BATCHTOPK,
+    lr=4e-3,
+    decoder_lr_multiple=4.0,
+    adam_basis="eigen",
+    idle_momentum="reset",
 )
 DEFAULTS: dict[str, ArchDefaults] = {
     "relu": ArchDefaults(
@@ -118,6 +124,11 @@ class TrainConfig:
     Adam momentum zeroed, so the step leaves its weights where they are (a quarter of topk's
     dead latents at the same FVU); 'keep': plain Adam, whose momentum goes on moving it; empty
     means the architecture's default (topk reset, the others keep)."""
+    b_enc_init_share: float = -1.0
+    """topk/batchtopk: b_enc starts at minus this share of each latent's firing cut (the
+    pre-activation above which it is among the k / n_features largest on a data sample), with
+    the encoder's weights and bias then scaled to the least-squares fit; 0 starts b_enc at 0
+    (Gao et al.); negative means the architecture's default (0.25)."""
     adam_beta1: float = 0.0
     """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
     lr_warmup_fraction: float = -1.0
@@ -248,6 +259,12 @@ class TrainConfig:
             )
         if self.decoder_init_power > 0 and self.arch not in ("topk", "batchtopk"):
             raise ValueError("decoder_init_power applies to topk and batchtopk")
+        if self.b_enc_init_share > 1:
+            raise ValueError(
+                f"--b-enc-init-share is at most 1 (the whole cut), got {self.b_enc_init_share}"
+            )
+        if self.b_enc_init_share > 0 and self.arch not in ("topk", "batchtopk"):
+            raise ValueError("--b-enc-init-share applies to topk and batchtopk")
         if not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
         if self.divergence_fvu < 0:
@@ -288,6 +305,7 @@ class TrainConfig:
             "decoder_init_power": self.decoder_init_power_value(),
             "adam_basis": self.adam_basis_value(),
             "idle_momentum": self.idle_momentum_value(),
+            "b_enc_init_share": self.b_enc_init_share_value(),
             "adam_beta1": self.adam_beta1_value(),
             "lr_warmup_fraction": self.lr_warmup_value(),
             "b_dec_init": self.b_dec_init_value(),
@@ -317,6 +335,11 @@ class TrainConfig:
 
     def idle_momentum_value(self) -> str:
         return self.idle_momentum or DEFAULTS[self.arch].idle_momentum
+
+    def b_enc_init_share_value(self) -> float:
+        if self.b_enc_init_share >= 0:
+            return self.b_enc_init_share
+        return DEFAULTS[self.arch].b_enc_init_share
 
     def adam_beta1_value(self) -> float:
         return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1

@@ -164,6 +164,7 @@ def start_from_sample(sae: SparseAutoencoder, cfg: TrainConfig, sample: torch.Te
         if cfg.decoder_init_power_value() > 0:
             sae.shape_decoder_directions(sample, cfg.decoder_init_power_value())
         sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
+        sae.start_below_firing_cuts(sample, cfg.b_enc_init_share_value())
     if cfg.arch in ("relu", "jumprelu") and cfg.target_l0:
         sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
 
@@ -360,6 +361,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         "adam_betas": list(betas),
         "adam_basis": "standard" if rotation is None else "eigen",
         "idle_momentum": cfg.idle_momentum_value(),
+        "b_enc_init_share": cfg.b_enc_init_share_value(),
         "lr_warmup_fraction": cfg.lr_warmup_value(),
         "lr_decay_fraction": cfg.decay_fraction,
         "weight_average": cfg.weight_average,

@@ -298,6 +298,29 @@ def test_init_encoder_scale_fits_the_reconstruction_scale(arch):
     assert best < error(factor * 0.95) and best < error(factor * 1.05) and best < error(1.0)
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_start_below_firing_cuts_lowers_each_bias_by_a_share_of_its_cut(arch):
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(400, D, generator=g) @ torch.randn(D, D, generator=g) + 3.0
+    sae = build_sae(config(arch, input_scale=0.5), seed=0)
+    sae.init_b_dec(sample)
+    sae.init_encoder_scale(sample)
+    W_enc = sae.W_enc.detach().clone()
+    cuts = sae.firing_cuts(sample, sae.cfg.k)
+    assert (cuts > 0).all()  # a tied start: every latent's top tokens align with it
+    factor = sae.start_below_firing_cuts(sample, 0.25)
+    assert factor > 0
+    assert torch.allclose(sae.W_enc, W_enc * factor)
+    assert torch.allclose(sae.b_enc, -0.25 * cuts * factor, atol=1e-5)
+    # The scale is then the least-squares one: fitting again leaves it where it is.
+    assert sae.least_squares_scale(sample, rows_per_pass=400) == pytest.approx(1.0, abs=1e-4)
+    # A share of 0 is Gao et al.'s start: nothing moves.
+    again = build_sae(config(arch, input_scale=0.5), seed=0)
+    before = [p.detach().clone() for p in again.parameters()]
+    assert again.start_below_firing_cuts(sample, 0.0) == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, again.parameters(), strict=True))
+
+
 def test_shape_decoder_directions_leans_the_rows_toward_the_data_variance():
     g = torch.Generator().manual_seed(0)
     spread = torch.ones(D)

@@ -530,6 +530,8 @@ def test_an_output_folder_holding_an_sae_of_another_format_is_refused(low_rank_n
         ({"warmup_fraction": -1.0}, r"--warmup-fraction must be in \[0, 1\]"),
         ({"outlier_multiple": 0.5}, "--outlier-multiple must be 0"),
         ({"decoder_init_power": 100.0}, "--decoder-init-power is at most 1"),
+        ({"b_enc_init_share": 1.5}, "--b-enc-init-share is at most 1"),
+        ({"arch": "relu", "b_enc_init_share": 0.25}, "--b-enc-init-share applies to topk"),
         ({"arch": "batchtopk", "target_l0": 8.0}, "batchtopk sets L0 with --k"),
         ({"refit_decoder": -0.1}, "--refit-decoder must be at least 0"),
         ({"arch": "relu", "refit_decoder": 0.01}, "--refit-decoder applies to topk and batchtopk"),
