@@ -141,6 +141,16 @@ class TopKFamilySAE(SparseAutoencoder):
             self.b_enc.mul_(factor)
         return factor
 
+    @torch.no_grad()
+    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The codes `encode` gives raw x [rows, d_in], as (latent indices, values), both
+        [rows, w]: each row's nonzero codes, w the most any row has (rows with fewer padded
+        with zero values)."""
+        codes = self.encode(x)
+        width = int(torch.count_nonzero(codes, dim=1).max()) if codes.numel() else 0
+        values, indices = codes.topk(width, dim=1)
+        return indices, values
+
     @abc.abstractmethod
     def candidates_per_row(self) -> int:
         """m: how many candidates each row offers to `choose`."""
@@ -379,3 +389,17 @@ class TopKSAE(TopKFamilySAE):
         flat = pre.reshape(-1, pre.shape[-1])
         values, indices = topk_rows(flat, self.cfg.k)
         return torch.zeros_like(flat).scatter_(-1, indices, torch.relu(values)).view(pre.shape)
+
+    @torch.no_grad()
+    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # The training step's selection: a block of pre-activations at a time, searched while
+        # in cache, instead of `encode`'s [rows, n_features] codes searched twice.
+        x = x.to(self.W_enc.dtype)
+        sel = self.select_latents(x)
+        pre = sel.pre
+        if pre is None:  # chosen in bfloat16: the kept entries computed exactly
+            shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
+            scale = self.cfg.input_scale
+            pre = sampled_affine(x, self.W_enc, self.b_enc, sel.pattern, None, shift, scale)
+        shape = (x.shape[0], self.cfg.k)
+        return sel.pattern.col.view(shape), torch.relu(pre).view(shape)

@@ -13,7 +13,8 @@ norms into the encoder would change which latents are chosen). On the quality wo
 (SmolLM2 layer 15, 16 x 576 latents, k 32, one epoch of 200k tokens) the held-out FVU goes
 from 0.1526 to 0.131 (docs/LOG.md, 2026-11-26).
 
-ZᵀZ is n_features² float64 (680 MB at 9,216 latents): `MAX_FEATURES` bounds it.
+ZᵀZ is n_features² float64 (680 MB at 9,216 latents), factorised in place: `MAX_FEATURES`
+bounds it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from monoscope.sae.sparse import Pattern
 from monoscope.sae.topk import TopKFamilySAE
 
 MAX_FEATURES = 16_384
-"""Largest dictionary whose refit is allowed: ZᵀZ and its factor take 2 x 8 n² bytes (4 GiB)."""
+"""Largest dictionary whose refit is allowed: ZᵀZ, factorised in place, takes 8 n² bytes (2 GiB)."""
 
 
 def check_size(n_features: int) -> None:
@@ -64,13 +65,27 @@ def refit_decoder(sae: TopKFamilySAE, batches: Iterable[Tensor], ridge: float) -
             if energy > 0:  # else no latent fired: nothing to fit
                 gram.diagonal().add_(ridge * energy)
                 moments.add_(sae.W_dec.double(), alpha=ridge * energy)
-                factor = torch.linalg.cholesky(gram)  # positive definite: a ridge > 0
-                del gram
-                solution = torch.cholesky_solve(moments, factor)
-                sae.W_dec.copy_(solution.to(sae.W_dec.dtype))
+                sae.W_dec.copy_(_solve_in_place(gram, moments).to(sae.W_dec.dtype))
     finally:
         sae.train(was_training)
     return rows
+
+
+def _solve_in_place(gram: Tensor, moments: Tensor) -> Tensor:
+    """gram⁻¹ moments for a symmetric positive definite `gram` [n, n], factorised where it
+    lies (it is overwritten): the solve holds no second n x n matrix."""
+    # Row-major and symmetric, gram is its own transpose in the column-major layout LAPACK
+    # works in: read so, the Cholesky factor is written over it rather than into a copy (and
+    # the triangular solves, unlike cholesky_solve, read it without copying it).
+    lower = gram.mT
+    info = torch.empty((), dtype=torch.int32, device=gram.device)
+    torch.linalg.cholesky_ex(lower, out=(lower, info))
+    if int(info) != 0:
+        raise RuntimeError(
+            f"the refit's normal equations are not positive definite (LAPACK info {int(info)})"
+        )
+    half = torch.linalg.solve_triangular(lower, moments, upper=False)
+    return torch.linalg.solve_triangular(lower.mT, half, upper=True)
 
 
 _ROWS = 1024
@@ -80,13 +95,11 @@ _ROWS = 1024
 def _accumulate(sae: TopKFamilySAE, x: Tensor, gram: Tensor, moments: Tensor) -> None:
     """Add raw rows x [r, d_in]'s share to ZᵀZ (flat [n * n], float64) and Zᵀ(X − b_dec)."""
     n = sae.cfg.n_features
-    codes = sae.encode(x)  # [r, n]: at most k nonzero per row for topk
-    width = int(torch.count_nonzero(codes, dim=1).max())
-    if width == 0:
+    index, values = sae.sparse_codes(x)  # [r, w]: each row's nonzeros (zeros to pad)
+    if values.shape[1] == 0:
         return
-    values, index = codes.topk(width, dim=1)  # each row's nonzeros (and zeros to pad)
     products = values.double().unsqueeze(2) * values.double().unsqueeze(1)  # [r, w, w]
     gram.index_add_(0, (index.unsqueeze(2) * n + index.unsqueeze(1)).flatten(), products.flatten())
     pattern, ordered = Pattern.from_rows(index, values, n)
     target = sae.normalise(x) - sae.b_dec  # [r, d]
-    moments += pattern.transposed_product(ordered, target).double()
+    moments.add_(pattern.transposed_product(ordered, target))  # float32 summed into float64

@@ -321,6 +321,28 @@ def test_start_below_firing_cuts_lowers_each_bias_by_a_share_of_its_cut(arch):
     assert all(torch.equal(a, b) for a, b in zip(before, again.parameters(), strict=True))
 
 
+@pytest.mark.parametrize(
+    ("arch", "dtype"), [("topk", "float32"), ("topk", "bfloat16"), ("batchtopk", "float32")]
+)
+def test_sparse_codes_are_the_nonzeros_of_encode(arch, dtype):
+    sae = build_sae(config(arch, input_scale=0.5, compute_dtype=dtype), seed=0)
+    if arch == "batchtopk":
+        sae.cfg.batchtopk_threshold = 0.5  # inference: a varying number of codes per row
+    x = torch.randn(300, D, generator=torch.Generator().manual_seed(1)) * 3
+    sae.eval()
+    with torch.no_grad():
+        codes = sae.encode(x)
+        indices, values = sae.sparse_codes(x)
+    assert indices.shape == values.shape and indices.shape[0] == 300
+    rebuilt = torch.zeros_like(codes).scatter_add_(1, indices, values)
+    if dtype == "float32":
+        torch.testing.assert_close(rebuilt, codes)
+    else:  # chosen by bfloat16 scores, as in training: the values are exact for that choice
+        chosen = rebuilt > 0
+        assert (chosen.sum(1) <= K).all()
+        torch.testing.assert_close(rebuilt[chosen], torch.relu(sae.pre_activations(x))[chosen])
+
+
 def test_shape_decoder_directions_leans_the_rows_toward_the_data_variance():
     g = torch.Generator().manual_seed(0)
     spread = torch.ones(D)

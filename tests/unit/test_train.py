@@ -731,6 +731,17 @@ def test_the_decoder_refit_is_the_least_squares_decoder_of_the_codes(arch):
         assert float(fvu(x, sae(x))) < before
 
 
+def test_the_refits_in_place_solve_matches_a_plain_solve_and_refuses_an_indefinite_matrix():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 40, generator=g, dtype=torch.float64)
+    gram = a.T @ a + 0.1 * torch.eye(40, dtype=torch.float64)
+    moments = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    expected = torch.linalg.solve(gram, moments)
+    torch.testing.assert_close(refit_module._solve_in_place(gram.clone(), moments), expected)
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        refit_module._solve_in_place(-gram, moments)
+
+
 def test_a_run_with_a_decoder_refit_saves_the_refitted_decoder(low_rank_npy, tmp_path):
     plain = run(cfg(low_rank_npy, tmp_path / "plain"))
     refitted = run(cfg(low_rank_npy, tmp_path / "refit", refit_decoder=0.01))
