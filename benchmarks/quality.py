@@ -17,7 +17,8 @@ defaults otherwise:
   run ends with is replaced, and a faster encoder gains more than the decoder loses; one
   epoch, 0.1305 -> 0.1280, docs/LOG.md, ninth session);
 - relu (the paper's recipe) with --target-l0 (default 40) for one epoch: its mean L0 (wanted
-  in 20-60) and FVU next to topk's. The recipe's learning rate (5e-5) and zero b_dec are made
+  in 20-60) and FVU next to topk's; and the same with `--refit-decoder` (which also undoes the
+  L1 penalty's shrinkage of the codes). The recipe's learning rate (5e-5) and zero b_dec are made
   for runs of ~10^5 steps; this one has 48, so it runs at --relu-lr (default 2e-3) with the
   decoder at --relu-decoder-lr-multiple (default 5) times that, b_dec starting at the geometric
   median, the L0 controller starting from λ = --relu-coefficient (default 1.5) and the Adam
@@ -108,7 +109,7 @@ def parse_args() -> argparse.Namespace:
         "--refit-decoder",
         type=float,
         default=0.01,
-        help="also train topk with --refit-decoder at this ridge, each epoch count (0: no)",
+        help="also train topk (each epoch count) and relu with --refit-decoder at this ridge",
     )
     p.add_argument(
         "--refit-lr",
@@ -329,6 +330,12 @@ def main() -> None:
         )
         name = f"relu L0->{args.relu_target_l0:g}, 1 epoch"
         rows.append(measure(name, cfg, store, lm) | {"arch": "relu", "epochs": 1})
+        if args.refit_decoder > 0:
+            refitted = replace(
+                cfg, out=str(out / "relu-refit-1ep"), refit_decoder=args.refit_decoder
+            )
+            name = f"  + decoder refit {args.refit_decoder:g}"
+            rows.append(measure(name, refitted, store, lm) | {"arch": "relu-refit", "epochs": 1})
     for arch, label in (("topk", "topk"), ("topk-refit", "topk + decoder refit")):
         one_epoch = next((r for r in rows if r["arch"] == arch and r["epochs"] == 1), None)
         if one_epoch is not None:
@@ -337,13 +344,14 @@ def main() -> None:
                 f"{label} one epoch: held-out FVU {one_epoch['fvu']:.4f} "
                 f"(target <= {TARGET_FVU}) {verdict}"
             )
-    relu = next((r for r in rows if r["arch"] == "relu"), None)
-    if relu is not None:
-        inside = 20 <= relu["l0"] <= 60
-        print(
-            f"relu: mean L0 {relu['l0']:.1f} ({'in' if inside else 'outside'} 20-60), "
-            f"FVU {relu['fvu']:.4f}, final coefficient {relu['coefficient']:.4g}"
-        )
+    for arch, label in (("relu", "relu"), ("relu-refit", "relu + decoder refit")):
+        relu = next((r for r in rows if r["arch"] == arch), None)
+        if relu is not None:
+            inside = 20 <= relu["l0"] <= 60
+            print(
+                f"{label}: mean L0 {relu['l0']:.1f} ({'in' if inside else 'outside'} 20-60), "
+                f"FVU {relu['fvu']:.4f}, final coefficient {relu['coefficient']:.4g}"
+            )
 
 
 if __name__ == "__main__":

@@ -163,6 +163,22 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         """The reconstruction of raw x [..., d_in], in raw units."""
         return self.decode(self.encode(x))
 
+    def decoder_codes(self, x: Tensor) -> Tensor:
+        """Raw x [..., d_in] -> the codes z [..., n_features] the decoder's rows multiply:
+        the normalised reconstruction is z @ W_dec + b_dec (`encode`'s activations, unless the
+        reporting convention rescales them)."""
+        return self.encode(x)
+
+    @torch.no_grad()
+    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`decoder_codes` of raw x [rows, d_in] as (latent indices, values), both [rows, w]:
+        each row's nonzero codes, w the most any row has (rows with fewer padded with zero
+        values)."""
+        codes = self.decoder_codes(x)
+        width = int(torch.count_nonzero(codes, dim=1).max()) if codes.numel() else 0
+        values, indices = codes.topk(width, dim=1)
+        return indices, values
+
     # -- training --------------------------------------------------------------------------
     @abc.abstractmethod
     def training_step(

@@ -62,6 +62,9 @@ class ReluSAE(SparseAutoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_activations(x)) * self.decoder_norms()
 
+    def decoder_codes(self, x: Tensor) -> Tensor:
+        return torch.relu(self.pre_activations(x))  # before the decoder norms' reporting factor
+
     def decode(self, f: Tensor) -> Tensor:
         # f is f_i ||W_dec_i||, so it multiplies unit directions; all-zero rows stay zero.
         norms = self.decoder_norms().clamp_min(torch.finfo(self.W_dec.dtype).tiny)

@@ -141,16 +141,6 @@ class TopKFamilySAE(SparseAutoencoder):
             self.b_enc.mul_(factor)
         return factor
 
-    @torch.no_grad()
-    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The codes `encode` gives raw x [rows, d_in], as (latent indices, values), both
-        [rows, w]: each row's nonzero codes, w the most any row has (rows with fewer padded
-        with zero values)."""
-        codes = self.encode(x)
-        width = int(torch.count_nonzero(codes, dim=1).max()) if codes.numel() else 0
-        values, indices = codes.topk(width, dim=1)
-        return indices, values
-
     @abc.abstractmethod
     def candidates_per_row(self) -> int:
         """m: how many candidates each row offers to `choose`."""

@@ -157,9 +157,10 @@ class TrainConfig:
     learning rate then does not decay unless --decay-fraction says so. Costs one more copy of
     the parameters (0: off)."""
     refit_decoder: float = 0.0
-    """topk/batchtopk: once trained, refit the decoder by least squares to the encoder's codes
-    of the tokens trained on (one more pass over them; the codes, L0 and dead latents stay,
-    the rows are no longer unit-norm), with this ridge, a fraction of the codes' mean energy
+    """Once trained, refit the decoder by least squares to the encoder's codes of the tokens
+    trained on (one more pass over them; the codes, L0 and dead latents stay, the rows are no
+    longer unit-norm; relu's reported activations, f_i ||W_dec,i||, follow the new norms; the
+    refit undoes the L1 penalty's shrinkage), with this ridge, a fraction of the codes' mean energy
     pulling toward the trained rows (0.01 suits; 0: off). Holds an n_features² float64 matrix
     (680 MB at 9,216 latents; at most 16,384 latents)."""
     grad_clip: float = 1.0
@@ -226,11 +227,6 @@ class TrainConfig:
             raise ValueError(
                 f"--weight-average applies to topk and batchtopk, whose sparsity k fixes; "
                 f"{self.arch}'s is set on the last weights, which an average would not keep"
-            )
-        if self.refit_decoder and self.arch not in ("topk", "batchtopk"):
-            raise ValueError(
-                f"--refit-decoder applies to topk and batchtopk, whose codes do not depend on "
-                f"the decoder; {self.arch}'s sparsity penalty weighs the decoder's rows"
             )
         if self.refit_decoder and self.stream_model:
             raise ValueError(

@@ -1,17 +1,19 @@
-"""Least-squares refit of a trained TopK-family decoder to its own encoder's codes.
+"""Least-squares refit of a trained SAE's decoder to its own encoder's codes.
 
 After a short run the decoder lags the encoder: for the codes z the trained encoder gives, the
 decoder that reconstructs the training tokens best is the solution of normal equations,
 
     (ZᵀZ + λ I) W = Zᵀ(X − b_dec) + λ W_trained,      λ = ridge · mean(diag ZᵀZ)
 
-(Z [tokens, n] the codes, X the normalised tokens), which one more pass over the same tokens
-accumulates (ZᵀZ from each token's k x k products of its active codes) and one n x n solve
-gives. The ridge pulls latents that fire rarely toward their trained rows. The codes, and so
-L0 and the dead latents, are unchanged; the rows are no longer unit-norm (refitting their
-norms into the encoder would change which latents are chosen). On the quality workload
-(SmolLM2 layer 15, 16 x 576 latents, k 32, one epoch of 200k tokens) the held-out FVU goes
-from 0.1526 to 0.131 (docs/LOG.md, 2026-11-26).
+(Z [tokens, n] the codes the decoder's rows multiply, X the normalised tokens), which one more
+pass over the same tokens accumulates (ZᵀZ from each token's products of its active codes) and
+one n x n solve gives. The ridge pulls latents that fire rarely toward their trained rows. The
+codes, and so L0 and the dead latents, are unchanged (no architecture's encoder reads the
+decoder); the rows are no longer unit-norm (refitting their norms into the encoder would change
+which latents are chosen). On the quality workload (SmolLM2 layer 15, 16 x 576 latents, one
+epoch of 200k tokens) the held-out FVU goes from 0.1513 to 0.128 for topk (k 32, lr 5e-3), and
+from 0.234 to 0.145 for relu at L0 36.5, whose L1 penalty shrinks the codes the refit's decoder
+scales back up (docs/LOG.md, ninth session).
 
 ZᵀZ is n_features² float64 (680 MB at 9,216 latents), factorised in place: `MAX_FEATURES`
 bounds it.
@@ -24,8 +26,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from monoscope.sae.base import SparseAutoencoder
 from monoscope.sae.sparse import Pattern
-from monoscope.sae.topk import TopKFamilySAE
 
 MAX_FEATURES = 16_384
 """Largest dictionary whose refit is allowed: ZᵀZ, factorised in place, takes 8 n² bytes (2 GiB)."""
@@ -40,7 +42,7 @@ def check_size(n_features: int) -> None:
         )
 
 
-def refit_decoder(sae: TopKFamilySAE, batches: Iterable[Tensor], ridge: float) -> int:
+def refit_decoder(sae: SparseAutoencoder, batches: Iterable[Tensor], ridge: float) -> int:
     """Replace `sae`'s decoder rows by the ridge (> 0) least-squares fit of raw `batches`
     (each [rows, d_in]) from the codes `sae.encode` gives them; return the rows fitted."""
     if ridge <= 0:
@@ -88,19 +90,27 @@ def _solve_in_place(gram: Tensor, moments: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(lower.mT, half, upper=True)
 
 
+_PRODUCTS = 1 << 22
+"""Code products (float64) formed at a time for ZᵀZ."""
+
 _ROWS = 4096
 """Rows encoded at a time (a training batch: topk's selection then works in one column part;
-batchtopk's dense inference codes, [rows, n_features], are 151 MB at 9,216 latents)."""
+the others' dense codes, [rows, n_features], are 151 MB at 9,216 latents)."""
 
 
-def _accumulate(sae: TopKFamilySAE, x: Tensor, gram: Tensor, moments: Tensor) -> None:
+def _accumulate(sae: SparseAutoencoder, x: Tensor, gram: Tensor, moments: Tensor) -> None:
     """Add raw rows x [r, d_in]'s share to ZᵀZ (flat [n * n], float64) and Zᵀ(X − b_dec)."""
     n = sae.cfg.n_features
     index, values = sae.sparse_codes(x)  # [r, w]: each row's nonzeros (zeros to pad)
     if values.shape[1] == 0:
         return
-    products = values.double().unsqueeze(2) * values.double().unsqueeze(1)  # [r, w, w]
-    gram.index_add_(0, (index.unsqueeze(2) * n + index.unsqueeze(1)).flatten(), products.flatten())
+    # Each row's w x w products, rows at a time so that they stay ~32 MB: w is the widest
+    # row's count (a relu or batchtopk row can have hundreds), the others padded with zeros.
+    step = max(1, _PRODUCTS // values.shape[1] ** 2)
+    for start in range(0, index.shape[0], step):
+        v, i = values[start : start + step].double(), index[start : start + step]
+        products = v.unsqueeze(2) * v.unsqueeze(1)  # [r, w, w]
+        gram.index_add_(0, (i.unsqueeze(2) * n + i.unsqueeze(1)).flatten(), products.flatten())
     pattern, ordered = Pattern.from_rows(index, values, n)
     target = sae.normalise(x) - sae.b_dec  # [r, d]
     moments.add_(pattern.transposed_product(ordered, target))  # float32 summed into float64
