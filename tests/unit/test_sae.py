@@ -275,12 +275,18 @@ def test_init_b_dec_is_the_geometric_median():
     assert (sample.mean(0) - centre).norm() > 1.0  # the mean is dragged away
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_init_encoder_scale_fits_the_reconstruction_scale(arch):
+def anisotropic_start(arch: str, rows: int) -> tuple[SparseAutoencoder, torch.Tensor]:
+    """A tied SAE with b_dec at the median of an anisotropic, off-centre sample [rows, D]."""
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(300, D, generator=g) @ torch.randn(D, D, generator=g) + 3.0
+    sample = torch.randn(rows, D, generator=g) @ torch.randn(D, D, generator=g) + 3.0
     sae = build_sae(config(arch, input_scale=0.5), seed=0)
     sae.init_b_dec(sample)
+    return sae, sample
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_init_encoder_scale_fits_the_reconstruction_scale(arch):
+    sae, sample = anisotropic_start(arch, 300)
     W_dec = sae.W_dec.detach().clone()
 
     def error(scale: float) -> float:
@@ -300,10 +306,7 @@ def test_init_encoder_scale_fits_the_reconstruction_scale(arch):
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_start_below_firing_cuts_lowers_each_bias_by_a_share_of_its_cut(arch):
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(400, D, generator=g) @ torch.randn(D, D, generator=g) + 3.0
-    sae = build_sae(config(arch, input_scale=0.5), seed=0)
-    sae.init_b_dec(sample)
+    sae, sample = anisotropic_start(arch, 400)
     sae.init_encoder_scale(sample)
     W_enc = sae.W_enc.detach().clone()
     cuts = sae.firing_cuts(sample, sae.cfg.k)
