@@ -41,8 +41,8 @@ from monoscope.sae.sparse import (
 )
 
 AUXK_COEFFICIENT = 1 / 32
-_CUT_SAMPLE = 8192  # rows that set the firing cuts of `start_below_firing_cuts`
 """Gao et al.'s AuxK weight α: the coefficient to pass to `training_step` for topk/batchtopk."""
+_CUT_SAMPLE = 8192  # rows that set the firing cuts of `start_below_firing_cuts`
 
 RowsPre = Callable[[Tensor], Tensor]
 """Pre-activations [r, n_features] (in the selection's dtype) of the rows of the batch given
@@ -131,7 +131,7 @@ class TopKFamilySAE(SparseAutoencoder):
         direction) starts with a lower bias than one that fires on a narrow set, so the first
         batches spread over more latents: on the quality workload a quarter of the cut halves
         the latents dead after one epoch (3.7% -> 1.8%) and lowers the held-out FVU by about the
-        seeds' spread (0.1526 -> 0.1509, 0.1519 -> 0.1511; docs/LOG.md, ninth session)."""
+        seeds' spread (0.1526 -> 0.1513; docs/LOG.md, ninth session)."""
         if sample.shape[0] < 2 or share == 0:
             return 1.0
         self.b_enc -= share * self.firing_cuts(sample[:_CUT_SAMPLE], self.cfg.k)

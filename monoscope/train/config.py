@@ -60,11 +60,7 @@ _BATCHTOPK = ArchDefaults(
     b_enc_init_share=0.25,
 )
 _TOPK = replace(
-    _BATCHTOPK,
-    lr=4e-3,
-    decoder_lr_multiple=4.0,
-    adam_basis="eigen",
-    idle_momentum="reset",
+    _BATCHTOPK, lr=4e-3, decoder_lr_multiple=4.0, adam_basis="eigen", idle_momentum="reset"
 )
 DEFAULTS: dict[str, ArchDefaults] = {
     "relu": ArchDefaults(

@@ -44,7 +44,7 @@ def check_size(n_features: int) -> None:
 
 def refit_decoder(sae: SparseAutoencoder, batches: Iterable[Tensor], ridge: float) -> int:
     """Replace `sae`'s decoder rows by the ridge (> 0) least-squares fit of raw `batches`
-    (each [rows, d_in]) from the codes `sae.encode` gives them; return the rows fitted."""
+    (each [rows, d_in]) from their `sae.decoder_codes`; return the rows fitted."""
     if ridge <= 0:
         raise ValueError(f"the refit's ridge must be positive, got {ridge}")
     n, d = sae.cfg.n_features, sae.cfg.d_in
