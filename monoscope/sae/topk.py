@@ -386,10 +386,10 @@ class TopKSAE(TopKFamilySAE):
         # in cache, instead of `encode`'s [rows, n_features] codes searched twice.
         x = x.to(self.W_enc.dtype)
         sel = self.select_latents(x)
-        pre = sel.pre
-        if pre is None:  # chosen in bfloat16: the kept entries computed exactly
-            shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
-            scale = self.cfg.input_scale
-            pre = sampled_affine(x, self.W_enc, self.b_enc, sel.pattern, None, shift, scale)
+        shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
+        # The selection's values, or (chosen in bfloat16) the kept entries computed exactly.
+        pre = sampled_affine(
+            x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, self.cfg.input_scale
+        )
         shape = (x.shape[0], self.cfg.k)
         return sel.pattern.col.view(shape), torch.relu(pre).view(shape)
