@@ -59,6 +59,7 @@ from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.idle import IdleMomentumReset  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
+from monoscope.train.step import apply_gradients  # noqa: E402
 from monoscope.train.trainer import start_from_sample  # noqa: E402
 
 D, BATCH, K = 576, 4096, 32
@@ -140,12 +141,7 @@ class Trainer:
                 x = self.rotation.apply_(x)
             out = self.sae.training_step(x, self.coefficient, dead_mask=self.dead)
             out.loss.backward()
-            self.sae.before_optimizer_step()
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
-            if self.reset_idle is not None:
-                self.reset_idle()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            apply_gradients(self.sae, self.opt, out, 1.0, self.reset_idle)
             self.sae.after_optimizer_step()
             if self.average is not None:
                 self.average.update(self.sae)

@@ -22,6 +22,7 @@ from monoscope.artifacts import atomic_write_bytes, atomic_write_json
 from monoscope.sae.blocks import block_rows
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
+from monoscope.sae.sparse import DeferredGradient
 from monoscope.sae.step_memory import StepMemory
 
 
@@ -42,6 +43,10 @@ class TrainStep:
     """[n_features] bool: latents active anywhere in the batch."""
     fvu: Tensor
     """Σ||x - x_hat||^2 / Σ||x - mean_batch(x)||^2 over the batch, detached."""
+    deferred: tuple[tuple[Tensor, DeferredGradient], ...] = ()
+    """(parameter, its gradient) pairs the backward leaves to be formed later, each
+    parameter then without `.grad` (only with a `step_memory`): see
+    monoscope.train.step.apply_gradients."""
 
 
 class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
@@ -56,7 +61,9 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     step_memory: StepMemory | None = None
     """Set by a training loop that drops each step's gradients before the next backward and
     keeps no reference to them (as monoscope's trainer does): `training_step` then writes its
-    large tensors, gradients included, into the memory of the last step's (step_memory.py)."""
+    large tensors, gradients included, into the memory of the last step's (step_memory.py),
+    and may leave gradients to be formed after the backward (`TrainStep.deferred`), which
+    the loop must then form: monoscope.train.step.apply_gradients does."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         if cfg.arch != self.arch:

@@ -158,23 +158,31 @@ class Pattern:
         dense: Tensor,
         minus_outer: tuple[Tensor, Tensor] | None = None,
         out: Tensor | None = None,
+        accumulate: bool = False,
     ) -> Tensor:
         """(matrix(values)^T @ dense)^T, row-major [d, n_cols], for dense [n_rows, d]; minus
         the outer product u ⊗ v [d, n_cols] if `minus_outer` is (u, v); written into `out`
-        (row-major [d, n_cols]) if given.
+        (row-major [d, n_cols]) if given, or with `accumulate` added to it (each block formed
+        whole first: the sums are those of adding a product formed without `accumulate`).
 
         The gradient of a [d, n_cols] row-major parameter must be row-major too, or autograd
         copies it whole into that layout. So the product runs over blocks of columns, each
         transposed into the result while it is in cache: no second [n_cols, d] tensor.
         """
         if out is None:
+            if accumulate:
+                raise ValueError("accumulate needs an `out` to add to")
             out = dense.new_empty(dense.shape[1], self.n_cols)
         for start, stop, block in self._transposed_blocks(values, dense):
-            target = out[:, start:stop]
-            target.copy_(block.t())
+            part = block.t()  # the block is this loop's own: the outer product goes into it
             if minus_outer is not None:
                 u, v = minus_outer
-                target.addr_(u, v[start:stop], alpha=-1.0)
+                part.addr_(u, v[start:stop], alpha=-1.0)
+            target = out[:, start:stop]
+            if accumulate:
+                target.add_(part)
+            else:
+                target.copy_(part)
         return out
 
     def sampled_matmul(self, a: Tensor, b: Tensor) -> Tensor:
@@ -205,6 +213,75 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
+class DeferredGradient:
+    """The gradient of a row-major W [d, cols] through `sampled_affine` (one or more calls on
+    the same x, scale and shift), left by the backward to be formed later: Σ over the calls'
+    entries of grad[n] * (x[row n] * scale - shift) into column col[n].
+
+    A training loop that forms it after the other parameters' step (and after dropping their
+    gradients) holds one weight gradient at a time instead of two, and `norm_bound` tells it,
+    in O(rows * d + nnz) and without forming it, whether gradient clipping could scale it.
+    Holds the calls' patterns, their gradients [nnz] and the caller's x (which must not
+    change before then) until formed.
+    """
+
+    ROUNDING_MARGIN = 1e-3
+    """Relative slack added to `norm_bound` for the float rounding of its sums."""
+
+    def __init__(self, x: Tensor, scale: float, shift: Tensor | None) -> None:
+        # shift is a parameter (b_dec) that may step before this is formed: its value now.
+        self.x, self.scale = x, scale
+        self.shift = None if shift is None else shift.detach().clone()
+        self._terms: list[tuple[Pattern, Tensor, Tensor | None]] = []
+
+    def add(self, pattern: Pattern, grad: Tensor, grad_b: Tensor | None) -> None:
+        """A call's entries' gradients [nnz] (pattern order) and, with a shift, their column
+        sums [cols]."""
+        self._terms.append((pattern, grad, grad_b))
+
+    def __len__(self) -> int:
+        """How many calls' terms it holds (0: none reached the backward)."""
+        return len(self._terms)
+
+    @torch.no_grad()
+    def norm_bound(self) -> Tensor:
+        """A scalar at least the gradient's Frobenius norm: column j is a sum over its entries
+        of grad[n] * (x[row n] * scale - shift), so its norm is at most Σ |grad[n]| times
+        those rows' norms (the triangle inequality)."""
+        if not self._terms:
+            return self.x.new_zeros(())
+        norms = self._input_row_norms()
+        column_bounds = norms.new_zeros(self._terms[0][0].n_cols)
+        for pattern, grad, _ in self._terms:
+            column_bounds.index_add_(0, pattern.col, grad.abs() * norms[pattern.row])
+        return torch.linalg.vector_norm(column_bounds) * (1 + self.ROUNDING_MARGIN)
+
+    @torch.no_grad()
+    def form(self, out: Tensor | None = None) -> Tensor:
+        """The gradient [d, cols] (row-major; into `out` if given), as the backward would have
+        formed it (the same sums, bit for bit); the terms are then dropped."""
+        for n, (pattern, grad, grad_b) in enumerate(self._terms):
+            entries = grad * self.scale if self.scale != 1.0 else grad
+            outer = None if self.shift is None else (self.shift, grad_b)
+            out = pattern.transposed_product_t(entries, self.x, outer, out, accumulate=n > 0)
+            pattern.release_cache()
+        if out is None:
+            raise ValueError("no gradient to form: no backward reached the deferred terms")
+        self._terms, self.x, self.shift = [], self.x.new_empty(0), None
+        return out
+
+    def _input_row_norms(self) -> Tensor:
+        """||x[r] * scale - shift|| per row [rows], a cache-sized block of rows at a time."""
+        x, rows = self.x, block_rows(self.x.shape[1] * self.x.element_size())
+        norms = x.new_empty(x.shape[0])
+        for start in range(0, x.shape[0], rows):
+            block = x[start : start + rows] * self.scale
+            if self.shift is not None:
+                block -= self.shift
+            torch.linalg.vector_norm(block, dim=1, out=norms[start : start + rows])
+        return norms
+
+
 class _SampledAffine(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -217,9 +294,11 @@ class _SampledAffine(torch.autograd.Function):
         values: Tensor | None,
         scale: float,
         grad_W_out: Tensor | None,
+        defer: DeferredGradient | None,
     ) -> Tensor:
         ctx.save_for_backward(x, W, shift)
         ctx.pattern, ctx.scale, ctx.grad_W_out = pattern, scale, grad_W_out
+        ctx.defer = defer if defer is not None and W.stride(1) == 1 else None
         if values is not None:
             return values.clone()  # an output, not an alias of the caller's tensor
         out = pattern.sampled_matmul(x, W)
@@ -240,7 +319,9 @@ class _SampledAffine(torch.autograd.Function):
             grad_b.index_add_(0, pattern.col, grad)
         if need_x:
             grad_x = pattern.product(grad * scale, W.t())  # [rows, d]
-        if need_W:
+        if need_W and ctx.defer is not None:
+            ctx.defer.add(pattern, grad, grad_b)  # formed later: see DeferredGradient
+        elif need_W:
             # The rows the pre-activations read are x * scale - shift: x^T @ the entries,
             # scaled, minus shift ⊗ their column sums (no [rows, d] copy of the input).
             outer = None if shift is None else (shift, grad_b)
@@ -257,10 +338,12 @@ class _SampledAffine(torch.autograd.Function):
             grad_shift = -(W @ grad_b)  # d/dshift = -Σ_rows grad_input
         # The encoder is the first step of the graph, so this is the last backward to need
         # the pattern's derived indices: drop them rather than keep them with the graph
-        # (they are recomputed if a backward runs again).
-        pattern.release_cache()
-        ctx.grad_W_out = None  # handed over: the graph keeps no reference to the gradient
-        return grad_x, grad_W, grad_b if need_b else None, grad_shift, None, None, None, None
+        # (they are recomputed if a backward runs again), unless W's gradient still needs them.
+        if ctx.defer is None:
+            pattern.release_cache()
+        ctx.grad_W_out = ctx.defer = None  # handed over: the graph keeps no reference to them
+        grad_b = grad_b if need_b else None
+        return grad_x, grad_W, grad_b, grad_shift, None, None, None, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -345,6 +428,7 @@ def sampled_affine(
     shift: Tensor | None = None,
     scale: float = 1.0,
     grad_W_out: Tensor | None = None,
+    defer: DeferredGradient | None = None,
 ) -> Tensor:
     """((x * scale - shift) @ W + b)[row, col] at the pattern's entries [nnz]; x [rows, d],
     W [d, cols], b [cols], shift [d] (optional).
@@ -358,9 +442,10 @@ def sampled_affine(
     for bit.
 
     `grad_W_out`, if given (laid out as W), is the memory the backward writes W's gradient
-    into (see step_memory.py).
+    into (see step_memory.py). With `defer` (made for this x, scale and shift) and W row-major,
+    the backward does not form W's gradient but leaves its terms to `defer`; W gets none.
     """
-    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale, grad_W_out)
+    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale, grad_W_out, defer)
 
 
 def sparse_decode(values: Tensor, W_dec: Tensor, pattern: Pattern) -> Tensor:

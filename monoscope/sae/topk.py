@@ -30,6 +30,7 @@ from torch import Tensor
 from monoscope.sae.base import SparseAutoencoder, TrainStep, covariance_eigh, total_variance
 from monoscope.sae.blocks import block_rows
 from monoscope.sae.sparse import (
+    DeferredGradient,
     Pattern,
     TopGroups,
     merge_groups,
@@ -40,6 +41,8 @@ from monoscope.sae.sparse import (
     topk_rows,
 )
 
+GRADIENT_SLOT = "weight gradient"
+"""The `StepMemory` slot W_dec's gradient and then W_enc's (deferred) lie in."""
 AUXK_COEFFICIENT = 1 / 32
 """Gao et al.'s AuxK weight α: the coefficient to pass to `training_step` for topk/batchtopk."""
 _CUT_SAMPLE = 8192  # rows that set the firing cuts of `start_below_firing_cuts`
@@ -168,19 +171,18 @@ class TopKFamilySAE(SparseAutoencoder):
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         # One allocation serves the selection's blocks of pre-activations, then the residual.
         memory, size = self.step_memory, max(self._workspace_size(rows), x.numel())
-        grad_W_enc = grad_W_dec = workspace = None
-        if memory is not None:
-            grad_W_enc = memory.gradient("W_enc", self.W_enc)
-            grad_W_dec = memory.gradient("W_dec", self.W_dec)
-            # The residual's last read (the decoder's backward) comes before the encoder's
-            # backward writes W_enc's gradient: till then that memory is free.
-            workspace = memory.inside_gradient("W_enc", size)
-        if workspace is None:
+        grad_W_dec = defer = None
+        if memory is None:
             workspace = x.new_empty(size)
+        else:
+            # W_enc's gradient is formed after W_dec's is used and dropped, in its memory.
+            grad_W_dec = memory.gradient(GRADIENT_SLOT, self.W_dec)
+            workspace = memory.flat("workspace", size, x.dtype, x.device)
+            defer = DeferredGradient(x, scale, shift)
         sel = self.select_latents(x.detach(), dead_mask, workspace)
         values = torch.relu(
             sampled_affine(
-                x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, scale, grad_W_enc
+                x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, scale, defer=defer
             )
         )
         residual = workspace[: x.numel()].view(x.shape)
@@ -191,10 +193,18 @@ class TopKFamilySAE(SparseAutoencoder):
         fvu = sse / total_variance(x, scale)
         aux = fvu.new_zeros(())
         if sel.aux_pattern is not None:
-            # AuxK's gradients get memory of their own: autograd adds them to the above.
+            # AuxK's W_dec gradient gets memory of its own (autograd adds it to the above);
+            # its W_enc terms join the deferred ones.
             aux_values = torch.relu(
                 sampled_affine(
-                    x, self.W_enc, self.b_enc, sel.aux_pattern, sel.aux_pre, shift, scale
+                    x,
+                    self.W_enc,
+                    self.b_enc,
+                    sel.aux_pattern,
+                    sel.aux_pre,
+                    shift,
+                    scale,
+                    defer=defer,
                 )
             )
             aux_sse, _ = sparse_error(aux_values, self.W_dec, sel.aux_pattern, residual)
@@ -211,6 +221,7 @@ class TopKFamilySAE(SparseAutoencoder):
             l0=active.sum().float() / rows,
             fired=counts > 0,
             fvu=fvu.detach(),
+            deferred=() if defer is None else ((self.W_enc, defer),),
         )
 
     @torch.no_grad()

@@ -46,6 +46,7 @@ from monoscope.train.refit import check_size as check_refit_size
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
+from monoscope.train.step import apply_gradients
 from monoscope.train.target_l0 import L0Controller
 
 _INIT_SAMPLE = 16_384  # rows used to estimate the input scale and initialise b_dec
@@ -298,15 +299,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             result = sae.training_step(x, coefficient, dead_mask=tracker.dead_mask)
             _check_diverged(result, cfg.divergence_fvu, step, out)
             result.loss.backward()
-            sae.before_optimizer_step()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-            if reset_idle is not None:
-                reset_idle()
-            opt.step()
-            # Freed now, not before the next backward: the next forward (which for relu forms
-            # the gradients itself) runs without this step's gradients alive.
-            opt.zero_grad(set_to_none=True)
+            # The gradients are dropped in there, not before the next backward: the next
+            # forward (which for relu forms the gradients itself) runs without them alive.
+            apply_gradients(sae, opt, result, cfg.grad_clip, reset_idle)
             sae.after_optimizer_step()
             if average is not None:
                 average.update(sae)

@@ -12,6 +12,7 @@ import torch
 from monoscope.sae import SAEConfig, build_sae
 from monoscope.sae import relu as relu_module
 from monoscope.sae.sparse import (
+    DeferredGradient,
     Pattern,
     merge_groups,
     sampled_affine,
@@ -23,6 +24,7 @@ from monoscope.sae.sparse import (
 )
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.topk import TopKFamilySAE
+from monoscope.train.step import apply_gradients
 
 
 def dense_topk_reference(sae, x, coefficient, dead_mask):
@@ -187,6 +189,61 @@ def test_shifted_scaled_sparse_functions_pass_gradcheck():
         total, r = sparse_error(values, W_dec, pattern, target, offset, 1.3, out=out)
         assert r.data_ptr() == out.data_ptr()
         assert torch.allclose(r, residual) and torch.allclose(total, residual.pow(2).sum())
+
+
+def test_a_deferred_weight_gradient_is_formed_as_the_backward_forms_it():
+    g = torch.Generator().manual_seed(0)
+    rows, cols, d = 40, 1300, 6  # more columns than a block of the transposed product
+
+    def pattern(k):
+        return Pattern.from_rows(
+            torch.rand(rows, cols, generator=g).topk(k).indices, torch.zeros(rows, k), cols
+        )[0]
+
+    main, aux = pattern(7), pattern(3)  # two calls on one x, as TopK and AuxK
+    x, shift = torch.randn(rows, d, generator=g), torch.randn(d, generator=g)
+    W = torch.randn(d, cols, generator=g, requires_grad=True)
+    b = torch.randn(cols, generator=g, requires_grad=True)
+    weights = [torch.randn(p.nnz, generator=g) for p in (main, aux)]
+
+    def loss(defer=None):
+        return sum(
+            (sampled_affine(x, W, b, p, shift=shift, scale=0.7, defer=defer) * w).sum()
+            for p, w in zip((main, aux), weights, strict=True)
+        )
+
+    loss().backward()
+    expected, expected_b = W.grad, b.grad
+    W.grad = b.grad = None
+    defer = DeferredGradient(x, 0.7, shift)
+    loss(defer).backward()
+    assert W.grad is None and len(defer) == 2
+    assert torch.equal(b.grad, expected_b)  # the bias's gradient is not deferred
+    bound = defer.norm_bound()
+    out = torch.empty_like(W)
+    formed = defer.form(out)
+    assert formed.data_ptr() == out.data_ptr() and formed.stride() == W.stride()
+    assert torch.equal(formed, expected)  # the same sums, bit for bit
+    exact = torch.linalg.vector_norm(expected)
+    assert exact <= bound <= 10 * exact  # an upper bound, and not a vacuous one here
+    with pytest.raises(ValueError, match="no gradient to form"):
+        defer.form()  # formed once: the terms are dropped
+
+
+def test_the_transposed_product_accumulates_as_adding_a_separate_product():
+    g = torch.Generator().manual_seed(1)
+    rows, cols, d = 30, 700, 5
+    pattern = Pattern.from_rows(
+        torch.rand(rows, cols, generator=g).topk(4).indices, torch.zeros(rows, 4), cols
+    )[0]
+    values, dense = torch.randn(pattern.nnz, generator=g), torch.randn(rows, d, generator=g)
+    u, v = torch.randn(d, generator=g), torch.randn(cols, generator=g)
+    start = torch.randn(d, cols, generator=g)
+    separate = start + pattern.transposed_product_t(values, dense, minus_outer=(u, v))
+    accumulated = pattern.transposed_product_t(
+        values, dense, minus_outer=(u, v), out=start.clone(), accumulate=True
+    )
+    assert torch.equal(accumulated, separate)
 
 
 # -- the chunked selection -----------------------------------------------------------------------
@@ -393,40 +450,83 @@ def test_relu_step_works_in_blocks_reuses_its_buffer_and_refuses_a_second_backwa
     assert sae._block is None
 
 
-def _train_steps(sae, batches, dead, keep_grads=False):
-    """Plain SGD steps; the gradients of each step [{name: grad}], and the memory each
-    gradient lived in [{name: data_ptr}]."""
-    grads, addresses = [], []
+class _RecordingAdam(torch.optim.Adam):
+    """Adam that notes where each gradient it steps on lies: [{name: data_ptr}] per step."""
+
+    def __init__(self, named) -> None:
+        self.names = {id(p): name for name, p in named}
+        self.addresses: list[dict[str, int]] = []
+        super().__init__([p for _, p in named], lr=1e-2)
+
+    def step(self, closure=None):
+        if not self.addresses or "done" in self.addresses[-1]:
+            self.addresses.append({})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.addresses[-1][self.names[id(p)]] = p.grad.data_ptr()
+        if "W_enc" in self.addresses[-1]:  # W_enc steps last (or with the others)
+            self.addresses[-1]["done"] = 1
+        return super().step(closure)
+
+
+def _train_steps(sae, batches, dead, grad_clip, lend):
+    """Adam steps; with `lend` as the trainer takes them (StepMemory, apply_gradients), else
+    as plain autograd would. The parameters after each step, and where the gradients lay."""
+    opt = _RecordingAdam(list(sae.named_parameters()))
+    sae.step_memory = StepMemory() if lend else None
+    states = []
     for x in batches:
-        sae.training_step(x, 0.25, dead).loss.backward()
-        grads.append({name: p.grad.clone() for name, p in sae.named_parameters()})
-        addresses.append({name: p.grad.data_ptr() for name, p in sae.named_parameters()})
-        with torch.no_grad():
-            for p in sae.parameters():
-                p -= 0.01 * p.grad
-        if not keep_grads:
-            sae.zero_grad(set_to_none=True)
-    return grads, addresses
+        result = sae.training_step(x, 0.25, dead)
+        result.loss.backward()
+        if lend:
+            apply_gradients(sae, opt, result, grad_clip)
+        else:
+            assert not result.deferred
+            sae.before_optimizer_step()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sae.after_optimizer_step()
+        states.append({name: p.detach().clone() for name, p in sae.named_parameters()})
+    return states, opt.addresses
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_step_memory_reuses_the_gradients_memory_and_changes_no_result(arch, with_dead):
+# 1e3: the norm bound shows no clipping; 1e-4: clipped, the gradients formed first
+@pytest.mark.parametrize("grad_clip", [0.0, 1e3, 1e-4])
+def test_the_trainers_step_memory_and_deferred_gradient_change_no_result(
+    arch, with_dead, grad_clip
+):
     torch.manual_seed(0)
     d, n, k = 32, 512, 8
     batches = [torch.randn(64, d) * 2.0 for _ in range(3)]
     dead = (torch.rand(n) < 0.2) if with_dead else None
     plain = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
     lent = build_sae(SAEConfig(arch, d, n, k=k, input_scale=0.5), seed=1)
-    lent.step_memory = StepMemory()
-    expected, _ = _train_steps(plain, batches, dead)
-    got, addresses = _train_steps(lent, batches, dead)
+    expected, _ = _train_steps(plain, batches, dead, grad_clip, lend=False)
+    got, addresses = _train_steps(lent, batches, dead, grad_clip, lend=True)
     for step_expected, step_got in zip(expected, got, strict=True):
-        for name, grad in step_expected.items():
-            assert torch.equal(step_got[name], grad), name
-    if not with_dead:  # (AuxK's gradients get fresh memory, and autograd may keep that)
-        for name in ("W_enc", "W_dec"):  # every step's gradient in the same memory
-            assert len({step[name] for step in addresses}) == 1, name
+        for name, value in step_expected.items():
+            assert torch.equal(step_got[name], value), name
+    if grad_clip != 1e-4 and not with_dead:
+        # One weight gradient's memory for both, every step (AuxK's W_dec gradient gets
+        # fresh memory, and autograd may keep that).
+        assert len({step[name] for step in addresses for name in ("W_enc", "W_dec")}) == 1
+
+
+def test_step_memory_lends_a_slot_only_while_no_gradient_lies_in_it():
+    memory = StepMemory()
+    a, b = torch.zeros(4, 6, requires_grad=True), torch.zeros(6, 4, requires_grad=True)
+    a.grad = memory.gradient("slot", a)
+    assert a.grad is not None and a.grad.stride() == a.stride()
+    assert memory.gradient("slot", b) is None  # a's gradient is there
+    assert memory.gradient("slot", a) is None  # a's .grad is set: accumulating
+    pointer, a.grad = a.grad.data_ptr(), None
+    lent = memory.gradient("slot", b)
+    assert lent.data_ptr() == pointer and lent.shape == b.shape
 
 
 def test_step_memory_leaves_gradients_that_are_kept_to_accumulate():
@@ -435,7 +535,11 @@ def test_step_memory_leaves_gradients_that_are_kept_to_accumulate():
     sae = build_sae(SAEConfig("topk", 32, 512, k=8), seed=1)
     sae.step_memory = StepMemory()
     for x in batches:  # accumulated over two steps: the second must not overwrite the first
-        sae.training_step(x).loss.backward()
+        result = sae.training_step(x)
+        result.loss.backward()
+        for param, deferred in result.deferred:
+            formed = deferred.form()
+            param.grad = formed if param.grad is None else param.grad + formed
     accumulated = {name: p.grad.clone() for name, p in sae.named_parameters()}
     reference = build_sae(SAEConfig("topk", 32, 512, k=8), seed=1)
     for x in batches:
