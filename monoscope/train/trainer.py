@@ -337,6 +337,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
             # alive at a time (9 MiB at batch 4096 x 576).
             del x, result
             if step + 1 == total_steps:
+                if cfg.refit_decoder:  # a kill during the refit's pass resumes at the refit
+                    checkpoint(step + 1)
                 break
             stop = stop_requested()
             if stop or (step + 1) % cfg.checkpoint_every == 0:

@@ -758,6 +758,29 @@ def test_a_run_with_a_decoder_refit_saves_the_refitted_decoder(low_rank_npy, tmp
         assert fvu(rows, loaded(rows)) < fvu(rows, plain(rows))
 
 
+def test_a_run_killed_in_the_refit_resumes_at_the_refit(low_rank_npy, tmp_path, monkeypatch):
+    reference = run(cfg(low_rank_npy, tmp_path / "ref", refit_decoder=0.01))
+    real_refit, steps = train_run.refit_decoder, []
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_run, "refit_decoder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(low_rank_npy, tmp_path / "sae", refit_decoder=0.01))
+    assert train_run.load_checkpoint(tmp_path / "sae").step == 12  # every step kept
+    monkeypatch.setattr(train_run, "refit_decoder", real_refit)
+    real_apply = train_run.apply_gradients
+    monkeypatch.setattr(
+        train_run, "apply_gradients", lambda *a, **k: steps.append(1) or real_apply(*a, **k)
+    )
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae", refit_decoder=0.01))
+    assert not steps  # nothing trained again: only the refit ran
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert not (tmp_path / "sae" / "checkpoint.json").exists()
+
+
 def test_a_decoder_refit_too_large_is_refused_before_training(low_rank_npy, tmp_path, monkeypatch):
     monkeypatch.setattr(refit_module, "MAX_FEATURES", 32)
     with pytest.raises(ValueError, match="64 latents is over the 32 it allows"):
