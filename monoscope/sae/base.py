@@ -22,7 +22,7 @@ from monoscope.artifacts import atomic_write_bytes, atomic_write_json
 from monoscope.sae.blocks import block_rows
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
-from monoscope.sae.sparse import DeferredGradient
+from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
 
 
@@ -177,14 +177,13 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         return self.encode(x)
 
     @torch.no_grad()
-    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`decoder_codes` of raw x [rows, d_in] as (latent indices, values), both [rows, w]:
-        each row's nonzero codes, w the most any row has (rows with fewer padded with zero
-        values)."""
+    def sparse_codes(self, x: Tensor) -> tuple[Pattern, Tensor]:
+        """`decoder_codes` of raw x [rows, d_in] as a CSR pattern over [rows, n_features] and
+        its values [nnz]: every nonzero code (an architecture may also list zeros)."""
         codes = self.decoder_codes(x)
-        width = int(torch.count_nonzero(codes, dim=1).max()) if codes.numel() else 0
-        values, indices = codes.topk(width, dim=1)
-        return indices, values
+        flat = codes.view(-1).nonzero().flatten()  # ascending: row-major, as CSR wants
+        pattern = Pattern.from_flat_indices(flat, *codes.shape, presorted=True)
+        return pattern, codes.view(-1)[flat]
 
     # -- training --------------------------------------------------------------------------
     @abc.abstractmethod

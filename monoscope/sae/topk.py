@@ -392,7 +392,7 @@ class TopKSAE(TopKFamilySAE):
         return torch.zeros_like(flat).scatter_(-1, indices, torch.relu(values)).view(pre.shape)
 
     @torch.no_grad()
-    def sparse_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def sparse_codes(self, x: Tensor) -> tuple[Pattern, Tensor]:
         # The training step's selection: a block of pre-activations at a time, searched while
         # in cache, instead of `encode`'s [rows, n_features] codes searched twice.
         x = x.to(self.W_enc.dtype)
@@ -402,5 +402,4 @@ class TopKSAE(TopKFamilySAE):
         pre = sampled_affine(
             x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, self.cfg.input_scale
         )
-        shape = (x.shape[0], self.cfg.k)
-        return sel.pattern.col.view(shape), torch.relu(pre).view(shape)
+        return sel.pattern, torch.relu(pre)  # k per row, ReLU's zeros among them

@@ -325,7 +325,8 @@ def test_start_below_firing_cuts_lowers_each_bias_by_a_share_of_its_cut(arch):
 
 
 @pytest.mark.parametrize(
-    ("arch", "dtype"), [("topk", "float32"), ("topk", "bfloat16"), ("batchtopk", "float32")]
+    ("arch", "dtype"),
+    [("topk", "float32"), ("topk", "bfloat16"), ("batchtopk", "float32"), ("relu", "float32")],
 )
 def test_sparse_codes_are_the_nonzeros_of_encode(arch, dtype):
     sae = build_sae(config(arch, input_scale=0.5, compute_dtype=dtype), seed=0)
@@ -334,10 +335,13 @@ def test_sparse_codes_are_the_nonzeros_of_encode(arch, dtype):
     x = torch.randn(300, D, generator=torch.Generator().manual_seed(1)) * 3
     sae.eval()
     with torch.no_grad():
-        codes = sae.encode(x)
-        indices, values = sae.sparse_codes(x)
-    assert indices.shape == values.shape and indices.shape[0] == 300
-    rebuilt = torch.zeros_like(codes).scatter_add_(1, indices, values)
+        codes = sae.decoder_codes(x)
+        pattern, values = sae.sparse_codes(x)
+    assert (pattern.n_rows, pattern.n_cols) == codes.shape and values.shape == (pattern.nnz,)
+    if arch == "relu":  # exactly the nonzeros, whose number varies from row to row
+        assert pattern.nnz == torch.count_nonzero(codes)
+        assert pattern.crow.diff().unique().numel() > 1
+    rebuilt = pattern.dense(values)
     if dtype == "float32":
         torch.testing.assert_close(rebuilt, codes)
     else:  # chosen by bfloat16 scores, as in training: the values are exact for that choice
