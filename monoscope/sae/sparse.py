@@ -293,11 +293,10 @@ class _SampledAffine(torch.autograd.Function):
         pattern: Pattern,
         values: Tensor | None,
         scale: float,
-        grad_W_out: Tensor | None,
         defer: DeferredGradient | None,
     ) -> Tensor:
         ctx.save_for_backward(x, W, shift)
-        ctx.pattern, ctx.scale, ctx.grad_W_out = pattern, scale, grad_W_out
+        ctx.pattern, ctx.scale = pattern, scale
         ctx.defer = defer if defer is not None and W.stride(1) == 1 else None
         if values is not None:
             return values.clone()  # an output, not an alias of the caller's tensor
@@ -319,21 +318,19 @@ class _SampledAffine(torch.autograd.Function):
             grad_b.index_add_(0, pattern.col, grad)
         if need_x:
             grad_x = pattern.product(grad * scale, W.t())  # [rows, d]
-        if need_W and ctx.defer is not None:
-            ctx.defer.add(pattern, grad, grad_b)  # formed later: see DeferredGradient
+        if need_W and W.stride(1) == 1:  # row-major [d, cols], laid out as its gradient must be
+            # Formed as DeferredGradient forms it, now or (given one) once the caller asks.
+            defer = DeferredGradient(x, scale, shift) if ctx.defer is None else ctx.defer
+            defer.add(pattern, grad, grad_b)
+            if ctx.defer is None:
+                grad_W = defer.form()
         elif need_W:
             # The rows the pre-activations read are x * scale - shift: x^T @ the entries,
             # scaled, minus shift ⊗ their column sums (no [rows, d] copy of the input).
-            outer = None if shift is None else (shift, grad_b)
-            entries = grad * scale if scale != 1.0 else grad
-            out = ctx.grad_W_out  # laid out as W, as its gradient must be
-            if W.stride(1) == 1:  # row-major [d, cols]
-                grad_W = pattern.transposed_product_t(entries, x, outer, out)
-            else:
-                grad_W = pattern.transposed_product(entries, x, None if out is None else out.t())
-                if outer is not None:
-                    grad_W.addr_(grad_b, shift, alpha=-1.0)
-                grad_W = grad_W.t()
+            grad_W = pattern.transposed_product(grad * scale if scale != 1.0 else grad, x)
+            if shift is not None:
+                grad_W.addr_(grad_b, shift, alpha=-1.0)
+            grad_W = grad_W.t()
         if need_shift:
             grad_shift = -(W @ grad_b)  # d/dshift = -Σ_rows grad_input
         # The encoder is the first step of the graph, so this is the last backward to need
@@ -341,9 +338,9 @@ class _SampledAffine(torch.autograd.Function):
         # (they are recomputed if a backward runs again), unless W's gradient still needs them.
         if ctx.defer is None:
             pattern.release_cache()
-        ctx.grad_W_out = ctx.defer = None  # handed over: the graph keeps no reference to them
+        ctx.defer = None  # handed over: the graph keeps no reference to it
         grad_b = grad_b if need_b else None
-        return grad_x, grad_W, grad_b, grad_shift, None, None, None, None, None
+        return grad_x, grad_W, grad_b, grad_shift, None, None, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -427,7 +424,6 @@ def sampled_affine(
     values: Tensor | None = None,
     shift: Tensor | None = None,
     scale: float = 1.0,
-    grad_W_out: Tensor | None = None,
     defer: DeferredGradient | None = None,
 ) -> Tensor:
     """((x * scale - shift) @ W + b)[row, col] at the pattern's entries [nnz]; x [rows, d],
@@ -441,11 +437,10 @@ def sampled_affine(
     pattern): they are returned as they are, so they equal the selection's pre-activations bit
     for bit.
 
-    `grad_W_out`, if given (laid out as W), is the memory the backward writes W's gradient
-    into (see step_memory.py). With `defer` (made for this x, scale and shift) and W row-major,
-    the backward does not form W's gradient but leaves its terms to `defer`; W gets none.
+    With `defer` (made for this x, scale and shift) and W row-major, the backward does not
+    form W's gradient but leaves its terms to `defer` (see step_memory.py); W gets none.
     """
-    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale, grad_W_out, defer)
+    return _SampledAffine.apply(x, W, b, shift, pattern, values, scale, defer)
 
 
 def sparse_decode(values: Tensor, W_dec: Tensor, pattern: Pattern) -> Tensor:
