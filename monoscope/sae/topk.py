@@ -15,7 +15,9 @@ the step's [batch, d_in] residual, which then reuses it; each block is searched 
 top k (and AuxK's top k_aux among the dead latents) while it is in cache, and the values of
 the chosen entries are taken from it. The [batch, n_features] matrix never exists, nor any
 [batch, d_in] copy of the input: x * scale - b_dec is formed a block at a time, and b_dec's
-gradient through the encoder is -W_enc @ grad_b_enc.
+gradient through the encoder is -W_enc @ grad_b_enc. Under a trainer's `step_memory`, W_enc's
+gradient is left to be formed after W_dec's has been stepped on and dropped, in its memory
+(sparse.DeferredGradient, monoscope.train.step): one weight gradient alive at a time.
 """
 
 from __future__ import annotations
