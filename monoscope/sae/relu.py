@@ -173,15 +173,21 @@ class _ReluStep(torch.autograd.Function):
         for start in range(0, rows, block.shape[0]):
             x_b = x[start : start + block.shape[0]]
             f = block[: x_b.shape[0]]
-            x_in = x_b * scale
-            if shift is not None:
-                x_in -= shift
-            x_in_c = x_in.to(dtype)
-            _product_into(f, b_enc_c, x_in_c, W_enc_c)
+            # pre reads x_in = x * scale - shift; without a shift the scale rides on the
+            # matmuls (alpha) instead of a scaled copy of the block.
+            if shift is None:
+                x_in_c, in_scale = x_b.to(dtype), scale
+            else:
+                x_in_c, in_scale = (x_b * scale).sub_(shift).to(dtype), 1.0
+            _product_into(f, b_enc_c, x_in_c, W_enc_c, alpha=in_scale)
             f.relu_()
             column_sums += f.sum(0, dtype=column_sums.dtype)
             active += torch.count_nonzero(f)  # no temporary, unlike a sum
-            e = torch.mul(x_b, scale).sub_(torch.addmm(b_dec_c, f, W_dec_c))  # x - x_hat
+            e = torch.mul(x_b, scale)  # x - x_hat, formed in place where the dtypes allow
+            if dtype == e.dtype:
+                e.sub_(b_dec_c).addmm_(f, W_dec_c, alpha=-1.0)
+            else:
+                e.sub_(torch.addmm(b_dec_c, f, W_dec_c))
             flat = e.view(-1)
             sse += torch.dot(flat, flat)
             if not any(need):
@@ -196,7 +202,7 @@ class _ReluStep(torch.autograd.Function):
             if pre_sums is not None:
                 pre_sums += f.sum(0, dtype=pre_sums.dtype)
             if grad_W_enc is not None:  # pre reads x_in: x_in^T d_pre
-                _add_product(grad_W_enc, x_in_c.t(), f)
+                _add_product(grad_W_enc, x_in_c.t(), f, in_scale)
             if grad_x is not None:
                 g = torch.mm(f, W_enc_c.t()).to(x.dtype).mul_(scale)
                 grad_x[start : start + x_b.shape[0]] = g.add_(e, alpha=-c * scale)
