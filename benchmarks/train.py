@@ -15,7 +15,11 @@ fp32, the threads torch uses here (2 on this machine):
   updated after each step, one more copy of them): its cost in time and memory;
 - peak memory of a training process against weights + Adam state + one batch (target <= 1.5x),
   measured in a child process after a warm-up (see `_PEAK_CHILD`); the cold figure includes
-  the process's one-off costs too.
+  the process's one-off costs too;
+- `topk refit`: `--refit-decoder`'s pass and solve over the quality benchmark's 48 batches
+  (196k tokens) of Gaussian data, with the topk SAE: its time, and its peak memory against the
+  same weights + Adam + batch (the refit runs once training is done, without Adam's state; its
+  kept codes grow with the tokens, 8 bytes a code).
 
 The matmul bound is measured in this run, interleaved with the training steps (best of
 repeats), because the machine is shared and noisy. It is the issue's plain `x @ w`, whose
@@ -59,6 +63,7 @@ from monoscope.train.basis import Rotation, rotate_sae  # noqa: E402
 from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.idle import IdleMomentumReset  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
+from monoscope.train.refit import refit_decoder  # noqa: E402
 from monoscope.train.step import apply_gradients  # noqa: E402
 from monoscope.train.trainer import start_from_sample  # noqa: E402
 
@@ -212,6 +217,45 @@ def peak_memory(
     return grown_kb / 1024, expected
 
 
+REFIT_BATCHES = 48  # the quality benchmark's one epoch: 196k tokens
+
+_REFIT_CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import benchmarks.train as b
+b.refit(64, 2)  # warm-up: kernels, thread pools
+b.reset_peak_rss()
+base = b.rss_kb("VmRSS")
+start = time.perf_counter()
+b.refit(b.N_FEATURES, b.REFIT_BATCHES)
+print(b.PEAK_TAG, b.rss_kb("VmHWM") - base, time.perf_counter() - start)
+"""
+
+
+def refit(n_features: int, n_batches: int) -> None:
+    """A topk SAE started as the trainer starts it, its decoder refitted over `n_batches`
+    Gaussian batches made one at a time (as a store's reader hands them over)."""
+    return_large_blocks_when_freed()  # as monoscope.train.run does
+    sae = build_sae(SAEConfig(arch="topk", d_in=D, n_features=n_features, k=K), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    start_from_sample(sae, TrainConfig(arch="topk"), torch.randn(BATCH, D, generator=gen) * 7)
+    data = (torch.randn(BATCH, D, generator=gen) * 7 for _ in range(n_batches))
+    refit_decoder(sae, data, 0.01)
+
+
+def refit_memory() -> tuple[float, float]:
+    """(peak RSS growth in MiB, seconds) of a process refitting the topk SAE's decoder."""
+    code = _REFIT_CHILD.format(repo=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    tagged = [line.split() for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
+    if done.returncode != 0 or len(tagged) != 1 or len(tagged[0]) != 3:
+        raise RuntimeError(
+            f"refit child failed (exit {done.returncode}):\n{done.stdout[-2000:]}"
+            f"{done.stderr[-2000:]}"
+        )
+    return int(tagged[0][1]) / 1024, float(tagged[0][2])
+
+
 VARIANTS = {  # name: (architecture, compute dtype, Adam's basis ("" the trainer's default),
     # --weight-average)
     "topk": ("topk", "float32", "", False),
@@ -292,6 +336,12 @@ def main() -> None:
             f"{expected:.0f} MiB: {grown / expected:.2f}x (target <= 1.5 at the defaults); "
             f"cold process {cold:.0f} MiB"
         )
+    grown, seconds = refit_memory()
+    print(
+        f"topk refit peak RSS growth {grown:6.0f} MiB over {REFIT_BATCHES} batches "
+        f"({REFIT_BATCHES * BATCH:,} tokens): {grown / expected:.2f}x weights + Adam + batch; "
+        f"{seconds:.1f} s"
+    )
     print(
         "(topk: the trainer's default step, its batch rotated into Adam's eigenbasis; "
         "topk std: the same step in the standard basis, no rotation; topk avg: the default "

@@ -25,6 +25,10 @@ from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
 from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
 
+DENSE_CODE_BYTES = 16 * 2**20
+"""`sparse_codes` forms dense codes [rows, n_features] this many bytes at a time (~450 rows at
+9,216 latents: a whole batch of 4,096 would be 151 MB)."""
+
 
 @dataclass
 class TrainStep:
@@ -179,11 +183,20 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     @torch.no_grad()
     def sparse_codes(self, x: Tensor) -> tuple[Pattern, Tensor]:
         """`decoder_codes` of raw x [rows, d_in] as a CSR pattern over [rows, n_features] and
-        its values [nnz]: every nonzero code (an architecture may also list zeros)."""
-        codes = self.decoder_codes(x)
-        flat = codes.view(-1).nonzero().flatten()  # ascending: row-major, as CSR wants
-        pattern = Pattern.from_flat_indices(flat, *codes.shape, presorted=True)
-        return pattern, codes.view(-1)[flat]
+        its values [nnz]: every nonzero code (an architecture may also list zeros). The dense
+        codes exist a block of rows at a time (`DENSE_CODE_BYTES`)."""
+        n = self.cfg.n_features
+        step = max(1, DENSE_CODE_BYTES // (n * self.W_enc.element_size()))
+        counts, cols, values = [], [], []
+        for part in x.split(step):
+            codes = self.decoder_codes(part)
+            flat = codes.view(-1).nonzero().flatten()  # ascending: row-major, as CSR wants
+            counts.append(torch.bincount(flat // n, minlength=part.shape[0]))
+            cols.append(flat % n)
+            values.append(codes.view(-1)[flat])
+        crow = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+        torch.cumsum(torch.cat(counts), 0, out=crow[1:])
+        return Pattern(crow, torch.cat(cols), x.shape[0], n), torch.cat(values)
 
     # -- training --------------------------------------------------------------------------
     @abc.abstractmethod

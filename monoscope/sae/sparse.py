@@ -127,15 +127,21 @@ class Pattern:
         return out
 
     def transposed_product(
-        self, values: Tensor, dense: Tensor, out: Tensor | None = None
+        self, values: Tensor, dense: Tensor, out: Tensor | None = None, accumulate: bool = False
     ) -> Tensor:
         """matrix(values)^T @ dense [n_cols, d] for dense [n_rows, d]; written into `out`
-        [n_cols, d] if given (a block of columns at a time)."""
+        [n_cols, d] if given, or with `accumulate` added to it (a block of columns at a
+        time)."""
         if out is None:
+            if accumulate:
+                raise ValueError("accumulate needs an `out` to add to")
             order, crow_t, row_t = self._transpose
             return _bags(row_t, crow_t, values[order], dense)
         for start, stop, block in self._transposed_blocks(values, dense):
-            out[start:stop] = block
+            if accumulate:
+                out[start:stop] += block
+            else:
+                out[start:stop] = block
         return out
 
     def _transposed_blocks(

@@ -157,8 +157,9 @@ class TrainConfig:
     trained on (one more pass over them; the codes, L0 and dead latents stay, the rows are no
     longer unit-norm; relu's reported activations, f_i ||W_dec,i||, follow the new norms; the
     refit undoes the L1 penalty's shrinkage), with this ridge, a fraction of the codes' mean energy
-    pulling toward the trained rows (0.01 suits; 0: off). Holds an n_features² float64 matrix
-    (680 MB at 9,216 latents; at most 16,384 latents)."""
+    pulling toward the trained rows (0.01 suits; 0: off). Keeps every token's codes in memory
+    for the solve (8 bytes a code: 51 MB for 200k tokens at k 32; refused before training
+    if they would not fit)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: off)."""
     divergence_fvu: float = 1000.0

@@ -42,7 +42,7 @@ from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.loggers import MetricLogger, require_backend
 from monoscope.train.memory import return_large_blocks_when_freed
-from monoscope.train.refit import check_size as check_refit_size
+from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
@@ -190,7 +190,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     total_steps = tokens // cfg.batch_size
     if total_steps < 1:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
-    _check_sparsity(cfg, cfg.n_features(source.d))
+    _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
     out = Path(cfg.out)
     _prepare_out(out, cfg.overwrite)
     median = source.median_norm()
@@ -382,7 +382,20 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         trained = itertools.islice(_batches(source, cfg, max_norm), total_steps)
         if cfg.progress:
             print(f"refitting the decoder over {total_steps} batches", file=sys.stderr)
-        refit_decoder(sae, trained, cfg.refit_decoder)
+        # Adam's state (twice the weights) is not needed any more: the refit's memory is.
+        del opt, reset_idle
+        refit = refit_decoder(sae, trained, cfg.refit_decoder)
+        sae.cfg.training["refit"] = {
+            "iterations": refit.iterations,
+            "train_fvu_before": refit.fvu_before,
+            "train_loss_after": refit.loss_after,
+        }
+        if cfg.progress:
+            print(
+                f"decoder refitted in {refit.iterations} iterations: training FVU "
+                f"{refit.fvu_before:.4f} -> at most {refit.loss_after:.4f}",
+                file=sys.stderr,
+            )
     sae.save(out)
     # Finished: the folder now holds a trained SAE, not a run to resume.
     (out / "checkpoint.json").unlink(missing_ok=True)
@@ -391,8 +404,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     return sae.eval()
 
 
-def _check_sparsity(cfg: TrainConfig, n_features: int) -> None:
-    """--k, --target-l0 and --refit-decoder within the dictionary's size (before any work)."""
+def _check_sparsity(cfg: TrainConfig, n_features: int, tokens: int) -> None:
+    """--k and --target-l0 within the dictionary's size, and --refit-decoder's codes within
+    the memory available (before any work)."""
     if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > n_features:
         which = f"--k {cfg.k}" if cfg.k else f"the default --k {cfg.k_value()}"
         raise ValueError(f"{which} is larger than the number of features {n_features}")
@@ -401,7 +415,10 @@ def _check_sparsity(cfg: TrainConfig, n_features: int) -> None:
             f"--target-l0 {cfg.target_l0:g} is larger than the number of features {n_features}"
         )
     if cfg.refit_decoder:
-        check_refit_size(n_features)
+        # topk and batchtopk keep about k codes a token; relu and jumprelu about their
+        # target, if they have one (without one, their L0 is not known before training).
+        codes = cfg.k_value() if cfg.arch in ("topk", "batchtopk") else cfg.target_l0
+        check_refit_memory(tokens, codes)
 
 
 def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:

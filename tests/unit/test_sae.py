@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import monoscope.sae.base as base_module
 from monoscope.sae import (
     ARCHITECTURES,
     AUXK_COEFFICIENT,
@@ -328,7 +329,9 @@ def test_start_below_firing_cuts_lowers_each_bias_by_a_share_of_its_cut(arch):
     ("arch", "dtype"),
     [("topk", "float32"), ("topk", "bfloat16"), ("batchtopk", "float32"), ("relu", "float32")],
 )
-def test_sparse_codes_are_the_nonzeros_of_encode(arch, dtype):
+def test_sparse_codes_are_the_nonzeros_of_encode(arch, dtype, monkeypatch):
+    # The dense architectures' codes a block of rows at a time: 300 rows in blocks of 23.
+    monkeypatch.setattr(base_module, "DENSE_CODE_BYTES", 23 * 64 * 4)
     sae = build_sae(config(arch, input_scale=0.5, compute_dtype=dtype), seed=0)
     if arch == "batchtopk":
         sae.cfg.batchtopk_threshold = 0.5  # inference: a varying number of codes per row

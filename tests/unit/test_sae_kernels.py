@@ -148,6 +148,13 @@ def test_transposed_products_match_the_dense_ones():
     matrix = pattern.dense(values)
     u, v = torch.randn(d, generator=g), torch.randn(cols, generator=g)
     torch.testing.assert_close(pattern.transposed_product(values, dense), matrix.t() @ dense)
+    start = torch.randn(cols, d, generator=g)
+    torch.testing.assert_close(
+        pattern.transposed_product(values, dense, out=start.clone(), accumulate=True),
+        start + matrix.t() @ dense,
+    )
+    with pytest.raises(ValueError, match="accumulate needs an `out`"):
+        pattern.transposed_product(values, dense, accumulate=True)
     torch.testing.assert_close(
         pattern.transposed_product_t(values, dense, minus_outer=(u, v)),
         dense.t() @ matrix - torch.outer(u, v),
