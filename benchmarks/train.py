@@ -19,7 +19,7 @@ fp32, the threads torch uses here (2 on this machine):
 - `topk refit`: `--refit-decoder`'s pass and solve over the quality benchmark's 48 batches
   (196k tokens) of Gaussian data, with the topk SAE: its time, and its peak memory against the
   same weights + Adam + batch (the refit runs once training is done, without Adam's state; its
-  kept codes grow with the tokens, 8 bytes a code).
+  kept codes grow with the tokens, 6 bytes a code).
 
 The matmul bound is measured in this run, interleaved with the training steps (best of
 repeats), because the machine is shared and noisy. It is the issue's plain `x @ w`, whose

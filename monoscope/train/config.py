@@ -158,7 +158,7 @@ class TrainConfig:
     longer unit-norm; relu's reported activations, f_i ||W_dec,i||, follow the new norms; the
     refit undoes the L1 penalty's shrinkage), with this ridge, a fraction of the codes' mean energy
     pulling toward the trained rows (0.01 suits; 0: off). Keeps every token's codes in memory
-    for the solve (8 bytes a code: 51 MB for 200k tokens at k 32; refused before training
+    for the solve (6 bytes a code: 38 MB for 200k tokens at k 32; refused before training
     if they would not fit)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: off)."""

@@ -15,7 +15,7 @@ whose L1 penalty shrinks the codes the refit's decoder scales back up (docs/LOG.
 
 The system is solved by conjugate gradients, each of W's d columns its own system sharing ZᵀZ,
 preconditioned by ZᵀZ's diagonal and started at the trained rows. One pass over the tokens
-encodes them, keeping their sparse codes (8 bytes a code: 51 MB for 200k tokens at L0 32), and
+encodes them, keeping their sparse codes (6 bytes a code: 38 MB for 200k tokens at L0 32), and
 forms the first residual Zᵀ(X − b_dec − Z W_trained) (the ridge terms cancel there); each
 iteration then multiplies by ZᵀZ as Zᵀ(Z P), from the kept codes. No n x n matrix is formed
 (ZᵀZ in float64 is 680 MB at 9,216 latents, 5.5x the weights and Adam state): the refit holds
@@ -46,7 +46,8 @@ the tokens' total variance (the FVU's denominator)."""
 MAX_ITERATIONS = 200
 
 BYTES_PER_CODE = 8
-"""Memory a kept code takes: its latent (int32) and its value (float32)."""
+"""Memory a kept code takes at most: its latent (int16 below 32,768 latents, else int32) and
+its value (float32)."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,13 @@ def refit_decoder(
 @dataclass
 class _Codes:
     """Consecutive tokens' sparse codes, kept between iterations as one CSR block: its
-    indices int32, and big enough to be mapped on its own rather than laid among the pass's
-    temporaries in the heap (held there in ~0.5 MiB pieces, they left 26 MiB of it free in
-    holes: the refit's peak was 1.56x weights + Adam + batch instead of 1.44x)."""
+    latents in the narrowest integer type that holds them, and big enough to be mapped on its
+    own rather than laid among the pass's temporaries in the heap (held there in ~0.5 MiB
+    pieces, they left 26 MiB of it free in holes: the refit's peak was 1.56x weights + Adam +
+    batch instead of 1.44x)."""
 
     crow: Tensor  # [rows + 1] int64
-    col: Tensor  # [nnz] int32
+    col: Tensor  # [nnz] int16 or int32
     values: Tensor  # [nnz]
     n_cols: int
 
@@ -130,8 +132,10 @@ class _Codes:
             [p.crow[:-1] + offset for (p, _), offset in zip(parts, offsets, strict=False)]
             + [parts[0][0].crow.new_tensor([offsets[-1]])]
         )
-        col = torch.cat([p.col.int() for p, _ in parts])
-        return cls(crow, col, torch.cat([v for _, v in parts]), parts[0][0].n_cols)
+        n_cols = parts[0][0].n_cols
+        narrow = torch.int16 if n_cols <= torch.iinfo(torch.int16).max + 1 else torch.int32
+        col = torch.cat([p.col.to(narrow) for p, _ in parts])
+        return cls(crow, col, torch.cat([v for _, v in parts]), n_cols)
 
     def blocks(self, rows: int) -> Iterator[tuple[Pattern, Tensor]]:
         """(pattern, values) of `rows` tokens at a time."""
