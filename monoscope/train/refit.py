@@ -10,7 +10,7 @@ latents that fire rarely toward their trained rows. The codes, and so L0 and the
 are unchanged (no architecture's encoder reads the decoder); the rows are no longer unit-norm
 (refitting their norms into the encoder would change which latents are chosen). On the quality
 workload (SmolLM2 layer 15, 16 x 576 latents, one epoch of 200k tokens) the held-out FVU goes
-from 0.151 to 0.128 for topk (k 32, lr 5e-3), and from 0.234 to 0.145 for relu at L0 36.5,
+from 0.151 to 0.128 for topk (k 32, lr 5e-3), and from 0.234 to 0.146 for relu at L0 36.5,
 whose L1 penalty shrinks the codes the refit's decoder scales back up (docs/LOG.md).
 
 The system is solved by conjugate gradients, each of W's d columns its own system sharing ZᵀZ,
@@ -18,11 +18,11 @@ preconditioned by ZᵀZ's diagonal and started at the trained rows. One pass ove
 encodes them, keeping their sparse codes (6 bytes a code: 38 MB for 200k tokens at L0 32), and
 forms the first residual Zᵀ(X − b_dec − Z W_trained) (the ridge terms cancel there); each
 iteration then multiplies by ZᵀZ as Zᵀ(Z P), from the kept codes. No n x n matrix is formed
-(ZᵀZ in float64 is 680 MB at 9,216 latents, 5.5x the weights and Adam state): the refit holds
+(ZᵀZ in float64 is 680 MB at 9,216 latents, 5.3x the weights and Adam state): the refit holds
 the codes and three [n, d] matrices. Each iteration lowers the training loss (squared error +
 ridge) by Σ_j α_j rᵀz_j exactly; the solve stops when that falls under `TOLERANCE` of the
-tokens' variance. On the quality workload (one epoch, 196k tokens) topk's refit takes ~20
-iterations of ~1 s and relu's ~45, their held-out FVU within 0.0002 and 0.001 of the exact
+tokens' variance. On the quality workload (one epoch, 196k tokens) topk's refit took 18
+iterations of ~1 s and relu's 43, their held-out FVU within 0.0002 and 0.0009 of the exact
 solution's (docs/LOG.md, eleventh session).
 """
 
