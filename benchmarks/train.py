@@ -340,8 +340,7 @@ def main() -> None:
     print(
         f"topk refit peak RSS growth {grown:6.0f} MiB over {REFIT_BATCHES} batches "
         f"({REFIT_BATCHES * BATCH:,} tokens): {grown / training_budget():.2f}x weights + Adam "
-        f"+ batch; "
-        f"{seconds:.1f} s"
+        f"+ batch; {seconds:.1f} s"
     )
     print(
         "(topk: the trainer's default step, its batch rotated into Adam's eigenbasis; "
