@@ -382,8 +382,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         trained = itertools.islice(_batches(source, cfg, max_norm), total_steps)
         if cfg.progress:
             print(f"refitting the decoder over {total_steps} batches", file=sys.stderr)
-        # Adam's state (twice the weights) is not needed any more: the refit's memory is.
-        del opt, reset_idle
+        # Adam's state (twice the weights) and the average's copy are not needed any more:
+        # the refit's memory is.
+        del opt, reset_idle, average
         refit = refit_decoder(sae, trained, cfg.refit_decoder)
         sae.cfg.training["refit"] = {
             "iterations": refit.iterations,
