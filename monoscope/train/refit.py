@@ -179,6 +179,7 @@ def _encode(
     )
     codes: list[_Codes] = []
     pending: list[tuple[Pattern, Tensor]] = []
+    pending_codes = 0
     for batch in batches:
         for x in batch.split(_ROWS):
             pattern, values = sae.sparse_codes(x)
@@ -191,9 +192,10 @@ def _encode(
             sums.energy.index_add_(0, pattern.col, values.double().square())
             pattern.release_cache()
             pending.append((pattern, values.to(W.dtype)))
-            if sum(p.nnz for p, _ in pending) * BYTES_PER_CODE >= _KEPT_BLOCK_BYTES:
+            pending_codes += pattern.nnz
+            if pending_codes * BYTES_PER_CODE >= _KEPT_BLOCK_BYTES:
                 codes.append(_Codes.join(pending))
-                pending = []
+                pending, pending_codes = [], 0
     if pending:
         codes.append(_Codes.join(pending))
     return codes, residual, sums
