@@ -48,6 +48,41 @@ neighbours(feature INTEGER, rank INTEGER,    top decoder-cosine neighbours, rank
     cooccurrence REAL,                       P(neighbour fires | feature fires), NULL if unknown
     PRIMARY KEY (feature, rank))
 vocab(id INTEGER PRIMARY KEY, text TEXT)     the tokenizer's decoded text of each token id
+
+Written by the interpret stage (schema version 2; a version-1 store gains them, empty, when a
+writer opens it: `migrate`):
+
+explanations(feature INTEGER,                one row per feature x explainer x prompt version
+    explainer TEXT,                          'backend:model', e.g. 'local:smollm2-135m'
+    prompt_version TEXT,                     e.g. 'explain-v1' (the prompt file's name)
+    status TEXT,                             'ok' | 'unparsable' (the raw answer is kept)
+    explanation TEXT,                        the one-phrase explanation, NULL unless ok
+    raw TEXT,                                the answer as the LLM gave it
+    examples TEXT,                           JSON [[kind, bucket, rank], ...] the examples shown
+    cache_keys TEXT,                         JSON [key, ...] of the calls in the call cache
+    created_at TEXT,
+    PRIMARY KEY (feature, explainer, prompt_version))
+scores(feature INTEGER,                      one row per feature x scorer x judge x explanation
+    scorer TEXT,                             'detection' | 'fuzzing' | 'simulation' | 'embedding'
+    judge TEXT,                              'backend:model' of the judge (embedding: the
+                                             embedding model)
+    explainer TEXT, prompt_version TEXT,     the explanation scored (its explainer and prompt
+                                             version), and the scorer's prompt version
+    scorer_version TEXT,
+    status TEXT,                             'ok' | 'unparsable' (no usable answer at all)
+    score REAL, chance REAL,                 the headline score (detection, fuzzing: balanced
+                                             accuracy; simulation: Pearson r; embedding: AUROC)
+                                             and what a judge without information scores
+    explanation TEXT,                        the explanation text that was scored
+    metrics TEXT,                            JSON {accuracy, balanced_accuracy, precision,
+                                             recall, f1, auc, per_quantile, n, n_unparsable}
+                                             (the keys that apply to the scorer)
+    details TEXT,                            JSON [{kind, bucket, rank, truth, answer, ...}]: the
+                                             held-out examples with the judge's answers
+    cache_keys TEXT, created_at TEXT,
+    PRIMARY KEY (feature, scorer, judge, explainer, prompt_version, scorer_version))
+features.explanation and features.score hold the latest ok explanation and its headline score
+(detection when there is one, else fuzzing, simulation, embedding).
 """
 
 from __future__ import annotations
@@ -57,7 +92,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Versions readers open: a version-1 store is read as one without explanations."""
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +116,22 @@ CREATE INDEX IF NOT EXISTS features_density ON features (density);
 CREATE INDEX IF NOT EXISTS features_max_act ON features (max_act);
 """
 
+DDL_INTERPRET = """
+CREATE TABLE IF NOT EXISTS explanations (
+    feature INTEGER NOT NULL, explainer TEXT NOT NULL, prompt_version TEXT NOT NULL,
+    status TEXT NOT NULL, explanation TEXT, raw TEXT NOT NULL, examples TEXT NOT NULL,
+    cache_keys TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (feature, explainer, prompt_version));
+CREATE TABLE IF NOT EXISTS scores (
+    feature INTEGER NOT NULL, scorer TEXT NOT NULL, judge TEXT NOT NULL,
+    explainer TEXT NOT NULL, prompt_version TEXT NOT NULL, scorer_version TEXT NOT NULL,
+    status TEXT NOT NULL, score REAL, chance REAL, explanation TEXT NOT NULL,
+    metrics TEXT NOT NULL, details TEXT NOT NULL, cache_keys TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (feature, scorer, judge, explainer, prompt_version, scorer_version));
+CREATE INDEX IF NOT EXISTS features_score ON features (score);
+"""
+
 
 class FeatureStoreError(ValueError):
     """A feature store that is missing, of another schema version, or incomplete."""
@@ -92,7 +145,28 @@ def create(path: str | Path) -> sqlite3.Connection:
         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
     )
     conn.commit()
+    migrate(conn)
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a writable store of an older version to SCHEMA_VERSION, in one transaction.
+
+    1 -> 2 adds the interpret stage's tables (empty); nothing already there changes.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = None if row is None else json.loads(row[0])
+    if found == SCHEMA_VERSION:
+        return
+    if found not in READABLE_VERSIONS:
+        raise FeatureStoreError(
+            f"feature-store schema version {found} cannot be migrated to {SCHEMA_VERSION}"
+        )
+    with conn:
+        for statement in DDL_INTERPRET.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        write_meta(conn, schema_version=SCHEMA_VERSION)
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -106,14 +180,20 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as err:
         conn.close()
         raise FeatureStoreError(f"{path} is not a monoscope feature store: {err}") from err
-    if row is None or json.loads(row[0]) != SCHEMA_VERSION:
+    if row is None or json.loads(row[0]) not in READABLE_VERSIONS:
         conn.close()
         found = None if row is None else json.loads(row[0])
         raise FeatureStoreError(
             f"{path} has feature-store schema version {found}, this monoscope reads "
-            f"version {SCHEMA_VERSION}"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return conn
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the store has table `name` (a version-1 store has no interpret tables)."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
 
 
 def read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
