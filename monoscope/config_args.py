@@ -32,7 +32,16 @@ def parse_count(text: str) -> int:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The string literal written under each field of a dataclass."""
+    """The string literal written under each field of a dataclass and of the dataclasses it
+    inherits from (a subclass's docstring wins)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -49,10 +58,14 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, rename: dict[str, str]
+    parser: argparse.ArgumentParser,
+    cls: type,
+    rename: dict[str, str],
+    positional: tuple[str, ...] = (),
 ) -> None:
     """Add one option per dataclass field; `rename` maps field -> flag for list fields
-    (e.g. sites -> --site, repeatable)."""
+    (e.g. sites -> --site, repeatable); fields in `positional` become required positional
+    arguments (e.g. the feature store of `monoscope explain DB`)."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -60,7 +73,9 @@ def add_config_arguments(
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {default})"
         hint = _unwrap_optional(hints[f.name])
-        if hint is bool:
+        if f.name in positional:
+            parser.add_argument(f.name, help=docs.get(f.name, ""))
+        elif hint is bool:
             parser.add_argument(
                 flag,
                 dest=f.name,

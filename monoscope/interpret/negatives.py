@@ -1,0 +1,88 @@
+"""Hard negatives for the detection scorer: top windows of a feature's decoder neighbours on
+which the feature itself is silent, checked by encoding those windows again with the SAE.
+
+A neighbour fires in contexts close to the feature's own, so a judge that only matches the
+topic, not the explanation's specifics, mistakes these for activating windows (Delphi's
+"neighbours" negatives). The check reads the windows' activations from the activation store
+the feature store was analysed from; no model forward is needed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from monoscope.analyze.runner import encode
+from monoscope.analyze.windows import read_rows
+from monoscope.harvest import ActivationStore
+from monoscope.interpret.examples import Example, FeatureExamples, load_features
+from monoscope.sae import load_sae
+
+
+class WindowEncoder:
+    """A feature's activations on any window of the activation store (the store and SAE named
+    in the feature store's meta)."""
+
+    def __init__(self, meta: dict) -> None:
+        sae_path, acts_path = meta["sae"].get("path"), meta["acts"].get("path")
+        if not sae_path or not acts_path:
+            raise ValueError(
+                "hard negatives need the SAE and activation store this feature store was "
+                "analysed from, and its meta names none (pass --hard-negatives 0)"
+            )
+        try:
+            self.sae = load_sae(sae_path)
+            self.store = ActivationStore(acts_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"hard negatives re-encode windows with the SAE {sae_path} and the activation "
+                f"store {acts_path}, which could not be opened ({err}); pass --hard-negatives 0 "
+                "to score without them"
+            ) from err
+        self.site = meta["acts"]["site"]
+        self.context = int(self.store.manifest["context"])
+
+    def feature_acts(self, feature: int, examples: list[Example]) -> list[Tensor]:
+        """The feature's activation on every token of each example's window, [len(tokens)]."""
+        locs = [
+            e.context * self.context + e.position - e.centre + torch.arange(len(e.token_ids))
+            for e in examples
+        ]
+        if not locs:
+            return []
+        rows = read_rows(self.store, self.site, torch.cat(locs), self.context)
+        values = encode(self.sae, rows)[:, feature]
+        return list(values.split([len(loc) for loc in locs]))
+
+
+def hard_negatives(
+    conn: sqlite3.Connection,
+    features: dict[int, FeatureExamples],
+    vocab: list[str],
+    per_feature: int,
+    windows: WindowEncoder,
+) -> dict[int, list[Example]]:
+    """Up to `per_feature` neighbour windows per feature on which it never fires, as Examples
+    of kind 'neighbour' (bucket: the neighbour feature, rank: its top example's rank), taken
+    from the nearest neighbours first."""
+    wanted = sorted({n for fx in features.values() for n in fx.neighbours} - set(features))
+    pool = {**features, **load_features(conn, wanted, vocab)} if wanted else dict(features)
+    out: dict[int, list[Example]] = {}
+    for fid, fx in features.items():
+        own = {(e.context, e.position) for e in fx.top + fx.quantile}
+        candidates = [
+            replace(e, kind="neighbour", bucket=n, activation=0.0)
+            for n in fx.neighbours
+            if n in pool
+            for e in pool[n].top
+            if (e.context, e.position) not in own
+        ][: 3 * per_feature]
+        kept = []
+        for example, acts in zip(candidates, windows.feature_acts(fid, candidates), strict=True):
+            if float(acts.max()) <= 0 and len(kept) < per_feature:
+                kept.append(replace(example, acts=[0.0] * len(example.acts)))
+        out[fid] = kept
+    return out
