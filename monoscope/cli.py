@@ -98,6 +98,104 @@ def _features_for(args: argparse.Namespace) -> None:
     print(format_features(run_features_for(config_from_args(FeaturesForConfig, args))))
 
 
+def _explain(args: argparse.Namespace) -> None:
+    from monoscope.interpret.commands import ExplainConfig, run_explain
+    from monoscope.interpret.report import format_run
+
+    print(format_run("explain", run_explain(config_from_args(ExplainConfig, args))))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from monoscope.interpret.commands import ScoreConfig, run_score
+    from monoscope.interpret.report import format_run
+
+    print(format_run("score", run_score(config_from_args(ScoreConfig, args))))
+
+
+def _specificity(args: argparse.Namespace) -> None:
+    from monoscope.interpret.report import format_specificity
+    from monoscope.interpret.specificity import SpecificityConfig, run_specificity
+
+    print(format_specificity(run_specificity(config_from_args(SpecificityConfig, args))))
+
+
+def _neurons(args: argparse.Namespace) -> None:
+    from monoscope.interpret.neurons import NeuronsConfig, run_neurons
+
+    out = run_neurons(config_from_args(NeuronsConfig, args))
+    print(f"wrote the neurons' feature store {out}; explain it like any other")
+
+
+def _compare_neurons(args: argparse.Namespace) -> None:
+    from monoscope.interpret.compare import CompareNeuronsConfig, run_compare_neurons
+    from monoscope.interpret.report import format_comparison
+
+    print(format_comparison(run_compare_neurons(config_from_args(CompareNeuronsConfig, args))))
+
+
+def _llm_server(args: argparse.Namespace) -> None:
+    from monoscope.interpret.llm_server import LLMServerConfig, run_llm_server
+
+    run_llm_server(config_from_args(LLMServerConfig, args))
+
+
+def _add_interpret_commands(commands) -> None:
+    from monoscope.interpret.commands import ExplainConfig, ScoreConfig
+    from monoscope.interpret.compare import CompareNeuronsConfig
+    from monoscope.interpret.llm_server import LLMServerConfig
+    from monoscope.interpret.neurons import NeuronsConfig
+    from monoscope.interpret.specificity import SpecificityConfig
+
+    table = [
+        (
+            "explain",
+            "explain features with an LLM (writes the feature store)",
+            ExplainConfig,
+            _explain,
+            ("db",),
+        ),
+        (
+            "score",
+            "score explanations on held-out windows: detection, fuzzing, simulation, embedding",
+            ScoreConfig,
+            _score,
+            ("db",),
+        ),
+        (
+            "specificity",
+            "grade windows per activation interval on the paper's 0-3 rubric",
+            SpecificityConfig,
+            _specificity,
+            ("db",),
+        ),
+        (
+            "neurons",
+            "a layer's MLP neurons as a dictionary -> their own feature store",
+            NeuronsConfig,
+            _neurons,
+            (),
+        ),
+        (
+            "compare-neurons",
+            "features vs neurons: correlations, scores, specificity",
+            CompareNeuronsConfig,
+            _compare_neurons,
+            ("features_db", "neurons_db"),
+        ),
+        (
+            "llm-server",
+            "serve an LLM over an OpenAI-compatible HTTP API (127.0.0.1)",
+            LLMServerConfig,
+            _llm_server,
+            (),
+        ),
+    ]
+    for name, help_text, cls, func, positional in table:
+        sub = commands.add_parser(name, help=help_text)
+        add_config_arguments(sub, cls, rename={}, positional=positional)
+        sub.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from monoscope.analyze import AnalyzeConfig
     from monoscope.demo import DemoConfig
@@ -183,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-size", type=int, default=256, help="features per data file (default: %(default)s)"
     )
     export_site.set_defaults(func=_export_site)
+
+    _add_interpret_commands(commands)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in model and corpus")
     add_config_arguments(demo, DemoConfig, rename={})

@@ -23,6 +23,8 @@ from monoscope.train import TrainConfig
 from monoscope.train import run as run_train
 
 MODEL = "smollm2-135m"
+SCORERS = "detection,embedding"
+"""The demo's scorers: detection as the paper's judge-based check, embedding as a cheap one."""
 
 
 @dataclass
@@ -41,6 +43,11 @@ class DemoConfig:
     """Active latents per token (topk, batchtopk); 0 means 32."""
     model_dtype: str = "float32"
     """Model compute dtype (bfloat16 is about twice as fast on recent CPUs)."""
+    explain: bool = True
+    """Explain and score a sample of features with the built-in model as the LLM, so the
+    browser shows explanations (--no-explain skips it)."""
+    explain_features: int = 16
+    """Features the demo explains and scores (a random sample of those that fired)."""
     overwrite: bool = False
     """Start over instead of reusing what OUT holds."""
 
@@ -59,7 +66,7 @@ def run(cfg: DemoConfig) -> dict:
         dead_window=65_536,
     )
     lm = load_model(MODEL, dtype=cfg.model_dtype)
-    print(f"[1/4] harvest {cfg.tokens:,} tokens of {cfg.site} from {MODEL} -> {root / 'acts'}")
+    print(f"[1/5] harvest {cfg.tokens:,} tokens of {cfg.site} from {MODEL} -> {root / 'acts'}")
     store = run_harvest(
         HarvestConfig(
             model=MODEL,
@@ -78,7 +85,7 @@ def run(cfg: DemoConfig) -> dict:
         f"mean |x| {store.mean_norm():.1f}"
     )
     sparsity = f", k={train_cfg.k_value()}" if cfg.arch in ("topk", "batchtopk") else ""
-    print(f"[2/4] train a {cfg.arch} SAE ({cfg.features} features{sparsity}) -> {sae_dir}")
+    print(f"[2/5] train a {cfg.arch} SAE ({cfg.features} features{sparsity}) -> {sae_dir}")
     if (
         (sae_dir / "config.json").exists()
         and not (sae_dir / "checkpoint.json").exists()
@@ -87,14 +94,29 @@ def run(cfg: DemoConfig) -> dict:
         print("      already trained (pass --overwrite to retrain)")
     else:
         run_train(train_cfg)
-    print("[3/4] evaluate on held-out tokens, with the SAE spliced into the model")
+    print("[3/5] evaluate on held-out tokens, with the SAE spliced into the model")
     report = run_eval(
         EvalConfig(sae=str(sae_dir), acts=str(store.path), model=MODEL, n_contexts=32),
         lm=lm,
     )
     print(format_table(report))
     analyze_features(root, sae_dir, store, lm, cfg.overwrite)
+    if cfg.explain:
+        explain_features(root / "features.db", lm, cfg.explain_features)
     return report
+
+
+def explain_features(db: Path, lm: LanguageModel, n: int) -> None:
+    """Step 5: explanations and scores of a few features, the built-in model as the LLM (a
+    135M explainer is weak: this shows the pipeline a stronger model plugs into)."""
+    from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+    from monoscope.interpret.report import format_run
+
+    print(f"[5/5] explain and score {n} random features with the local {MODEL} -> {db}")
+    common = {"db": str(db), "features": f"random:{n}", "progress": False}
+    print(format_run("explain", run_explain(ExplainConfig(**common), lm=lm)))
+    print(format_run("score", run_score(ScoreConfig(**common, scorers=SCORERS), lm=lm)))
+    print(f"      stronger explainers: monoscope explain {db} --backend openai --model NAME ...")
 
 
 def analyze_features(
@@ -102,7 +124,7 @@ def analyze_features(
 ) -> None:
     """Step 4: the feature store, with the map when umap-learn is installed."""
     out = root / "features.db"
-    print(f"[4/4] analyze every feature (examples, logit effects, neighbours, map) -> {out}")
+    print(f"[4/5] analyze every feature (examples, logit effects, neighbours, map) -> {out}")
     try:
         require_umap()
         draw_map = True

@@ -140,7 +140,7 @@ class FeatureStoreError(ValueError):
 def create(path: str | Path) -> sqlite3.Connection:
     """Open (creating if needed) a feature store for writing, with the schema in place."""
     conn = sqlite3.connect(path)
-    conn.executescript(DDL)
+    conn.executescript(DDL + DDL_INTERPRET)
     conn.execute(
         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
     )

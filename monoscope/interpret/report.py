@@ -1,0 +1,56 @@
+"""Plain-text summaries the interpret commands print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ids(ids: list[int], limit: int = 12) -> str:
+    shown = ", ".join(map(str, ids[:limit]))
+    return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def format_plan(command: str, plan: dict[str, Any]) -> str:
+    usd = plan["estimated_usd"]
+    cost = "unknown (no price for this model: pass --prices)" if usd is None else f"${usd:.4f}"
+    return (
+        f"{command} plan: {plan['features']} feature(s), {plan['calls']} call(s) "
+        f"({plan['cached_calls']} already cached), {plan['prompt_tokens']:,} prompt tokens, "
+        f"at most {plan['max_completion_tokens']:,} completion tokens; estimated cost {cost}. "
+        "Nothing was sent."
+    )
+
+
+def format_run(command: str, summary: dict[str, Any]) -> str:
+    """The summary of `run_explain` / `run_score` as a few lines."""
+    lines = []
+    if "plan" in summary:
+        lines.append(format_plan(command, summary["plan"]))
+    else:
+        lines.append(
+            f"{command}: {summary['done']} feature(s) done by {summary['judge']}"
+            + (f", {summary['unparsable']} answer(s) unparsable" if summary["unparsable"] else "")
+            + f"; {summary['calls_sent']} call(s) sent, {summary['calls_cached']} from the cache, "
+            f"{summary['prompt_tokens']:,} + {summary['completion_tokens']:,} tokens, "
+            f"${summary['spent_usd']:.4f}"
+        )
+        for name, mean in summary.get("mean_scores", {}).items():
+            lines.append(
+                f"  {name}: mean {mean['score']:.3f} over {mean['n']} (chance {mean['chance']})"
+            )
+        if summary["stopped_by_budget"]:
+            lines.append(
+                f"  stopped at the budget: {len(summary['not_started'])} feature(s) left "
+                f"({_ids(summary['not_started'])}); raise --budget-usd and rerun to go on"
+            )
+        for fid, error in list(summary["failed"].items())[:5]:
+            lines.append(f"  feature {fid} failed: {error}")
+    for key, why in (
+        ("skipped_no_examples", "no examples"),
+        ("skipped_no_explanation", "no explanation"),
+    ):
+        if summary.get(key):
+            lines.append(f"  skipped ({why}): {_ids(summary[key])}")
+    if summary.get("already_done"):
+        lines.append(f"  already done (--overwrite redoes them): {summary['already_done']}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""`monoscope explain` / `score` end to end on a synthetic feature store with a fake backend:
+rows written, nothing paid twice, the plan, the budget, skips and refusals."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from monoscope.analyze.schema import FeatureStoreError, write_meta
+from monoscope.interpret.backends import factory
+from monoscope.interpret.backends.base import Capabilities, ChatRequest, ChatResponse
+from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+from monoscope.testing import random_feature_store
+
+
+class FakeBackend:
+    """Answers every explain prompt with a phrase and every detection batch with 1s and 0s,
+    counting what was sent."""
+
+    name = "fake"
+    capabilities = Capabilities(json_output=True)
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.sent: list[ChatRequest] = []
+        self.lock = threading.Lock()
+
+    def chat(self, request: ChatRequest, timeout: float) -> ChatResponse:
+        with self.lock:
+            self.sent.append(request)
+        prompt = request.messages[-1][1]
+        text = "[1, 0, 1, 0, 1]" if "[" in prompt or "0" in prompt else "words w1 and w2"
+        if request.max_tokens <= 64:  # the explainer's answer is one short phrase
+            text = "the tokens w1 and w2"
+        return ChatResponse(text, prompt_tokens=len(prompt) // 4, completion_tokens=8)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    backends: list[FakeBackend] = []
+
+    def make(backend, model, base_url="", **kw):
+        backends.append(FakeBackend(model))
+        return backends[-1]
+
+    monkeypatch.setattr(factory, "make_backend", make)
+    return backends
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = random_feature_store(tmp_path / "features.db", n_features=12, seed=1)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"fake-model": {"input": 1000.0, "output": 1000.0}}))
+    return db
+
+
+def options(db, **kw):
+    base = {"db": str(db), "backend": "openai", "model": "fake-model", "progress": False}
+    return {**base, **kw}
+
+
+def test_explain_writes_rows_and_a_rerun_pays_nothing(fake, store):
+    first = run_explain(ExplainConfig(**options(store, features="0:6")))
+    assert first["done"] == 6 and first["calls_sent"] == 6
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT feature, status, explanation, cache_keys FROM explanations")
+    rows = rows.fetchall()
+    assert sorted(r[0] for r in rows) == list(range(6))
+    assert all(r[1] == "ok" and json.loads(r[3]) for r in rows)
+    explained = conn.execute("SELECT COUNT(*) FROM features WHERE explanation IS NOT NULL")
+    assert explained.fetchone()[0] == 6
+    again = run_explain(ExplainConfig(**options(store, features="0:6")))
+    assert again["done"] == 0 and again["already_done"] == 6 and again["calls_sent"] == 0
+    redo = run_explain(ExplainConfig(**options(store, features="0:6", overwrite=True)))
+    assert redo["calls_sent"] == 0 and redo["calls_cached"] == 6  # the cache answers
+
+
+def test_plan_spends_nothing(fake, store, tmp_path):
+    out = run_explain(
+        ExplainConfig(
+            **options(store, features="0:4", plan=True, prices=str(tmp_path / "prices.json"))
+        )
+    )
+    assert out["plan"]["calls"] == 4 and out["plan"]["estimated_usd"] > 0
+    assert fake[-1].sent == []
+    conn = sqlite3.connect(store)
+    assert conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0] == 0
+
+
+def test_budget_stops_cleanly_and_a_rerun_goes_on(fake, store, tmp_path):
+    prices = str(tmp_path / "prices.json")
+    plan = run_explain(ExplainConfig(**options(store, features="0:8", plan=True, prices=prices)))
+    per_call = plan["plan"]["estimated_usd"] / 8
+    cut = run_explain(
+        ExplainConfig(
+            **options(store, features="0:8", prices=prices, budget_usd=per_call * 3.5),
+            max_concurrency=1,
+        )
+    )
+    # Each call reserves its worst case (max_tokens) and is charged what it used: 3 to 7 fit.
+    assert cut["stopped_by_budget"] and 3 <= cut["done"] < 8
+    assert cut["spent_usd"] <= per_call * 3.5
+    rest = run_explain(ExplainConfig(**options(store, features="0:8", prices=prices)))
+    assert rest["done"] == 8 - cut["done"] and rest["calls_sent"] == 8 - cut["done"]
+
+
+def test_features_without_examples_are_skipped_and_listed(fake, store):
+    conn = sqlite3.connect(store)
+    with conn:
+        conn.execute("DELETE FROM examples WHERE feature = 2")
+    out = run_explain(ExplainConfig(**options(store, features="0:4")))
+    assert out["skipped_no_examples"] == [2] and out["done"] == 3
+
+
+def test_an_unfinished_store_is_refused(fake, store):
+    conn = sqlite3.connect(store)
+    with conn:
+        write_meta(conn, complete=False)
+    with pytest.raises(FeatureStoreError, match="has not finished"):
+        run_explain(ExplainConfig(**options(store)))
+    assert fake == []  # refused before a backend was made
+
+
+def test_score_writes_scores_and_skips_what_it_has(fake, store):
+    run_explain(ExplainConfig(**options(store, features="0:3")))
+    cfg = ScoreConfig(**options(store, features="0:5", hard_negatives=0))
+    out = run_score(cfg)
+    assert out["done"] == 3 and out["skipped_no_explanation"] == [3, 4]
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT feature, scorer, judge, status, details FROM scores").fetchall()
+    assert {(r[0], r[1]) for r in rows} == {
+        (f, s) for f in range(3) for s in ("detection", "fuzzing")
+    }
+    assert all(r[2] == "openai:fake-model" and json.loads(r[4]) for r in rows)
+    again = run_score(cfg)
+    assert again["done"] == 0 and again["already_done"] == 3 and again["calls_sent"] == 0
+
+
+def test_score_plan_and_bad_scorer(fake, store):
+    run_explain(ExplainConfig(**options(store, features="0:2")))
+    sent = len(fake[-1].sent)
+    out = run_score(ScoreConfig(**options(store, features="0:2", plan=True, hard_negatives=0)))
+    assert out["plan"]["calls"] > 0 and len(fake[-1].sent) == 0 and sent == 2
+    with pytest.raises(ValueError, match="--scorers"):
+        ScoreConfig(**options(store, scorers="detection,telepathy"))
