@@ -204,7 +204,7 @@ def run_score(cfg: ScoreConfig, lm=None) -> dict[str, Any]:
         summary = _summary(outcome, judges["llm"], skipped, judge_name(cfg), unparsable)
         summary["skipped_no_explanation"] = missing
         summary["already_done"] = n_asked - len(features)
-        summary["mean_scores"] = _mean_scores(conn, outcome.done, scorers, cfg, judges)
+        summary["mean_scores"] = _mean_scores(conn, explained, scorers, cfg, judges)
         return summary
     finally:
         conn.close()
@@ -267,21 +267,34 @@ def _negatives(
 
 
 def _mean_scores(
-    conn: sqlite3.Connection, done: list, scorers: list, cfg: ScoreConfig, judges: dict[str, Any]
+    conn: sqlite3.Connection,
+    explained: dict[int, dict[str, Any]],
+    scorers: list,
+    cfg: ScoreConfig,
+    judges: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Each scorer's mean headline score over the features this run scored."""
-    ids = [fx.feature for fx in done]
+    """Each scorer's mean headline score over the selected features' current explanations
+    (scored by this run or an earlier one)."""
     out = {}
     for scorer in scorers:
-        marks = ",".join("?" * len(ids))
-        values = [
-            s
-            for (s,) in conn.execute(
-                f"SELECT score FROM scores WHERE scorer = ? AND judge = ? AND feature IN ({marks}) "
-                "AND status = 'ok'",
-                (scorer.name, _judge_of(scorer.name, cfg, judges), *ids),
-            )
-        ]
+        values = []
+        for fid, row in explained.items():
+            found = conn.execute(
+                "SELECT score FROM scores WHERE feature = ? AND scorer = ? AND judge = ? AND "
+                "explainer = ? AND prompt_version = ? AND explanation = ? AND status = 'ok' "
+                "AND scorer_version = ?",
+                (
+                    fid,
+                    scorer.name,
+                    _judge_of(scorer.name, cfg, judges),
+                    row["explainer"],
+                    row["prompt_version"],
+                    row["text"],
+                    scorer.version,
+                ),
+            ).fetchone()
+            if found is not None and found[0] is not None:
+                values.append(found[0])
         if values:
             out[scorer.name] = {
                 "score": sum(values) / len(values),
