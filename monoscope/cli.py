@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _export_site(args: argparse.Namespace) -> None:
     from monoscope.serve import export_site
 
-    out = export_site(args.db, args.out, shard_size=args.shard_size)
+    out = export_site(args.db, args.out, shard_size=args.shard_size, similar=args.similar)
     print(f"wrote the static feature browser to {out}; open {out / 'index.html'}")
 
 
@@ -279,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_site.add_argument(
         "--shard-size", type=int, default=256, help="features per data file (default: %(default)s)"
+    )
+    export_site.add_argument(
+        "--similar",
+        type=int,
+        default=8,
+        help="nearest explanations by meaning kept per explained feature, embedded at export "
+        "time with the offline sentence embedder (0: none; default: %(default)s)",
     )
     export_site.set_defaults(func=_export_site)
 

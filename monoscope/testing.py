@@ -243,3 +243,110 @@ def max_act_feature_store(path: str | Path, n_features: int, complete: bool = Tr
     schema.write_meta(conn, complete=complete, sae=sae)
     conn.commit()
     return conn
+
+
+CHANCE = {"detection": 0.5, "fuzzing": 0.5, "simulation": 0.0, "embedding": 0.5}
+
+
+def write_interpretation(
+    path: str | Path,
+    explanations: dict[int, str],
+    scores: dict[int, dict[str, float]] | None = None,
+    unparsable: dict[int, str] | None = None,
+    explainer: str = "local:test",
+    judge: str = "local:test",
+    n_random: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Add interpret-stage rows (analyze/schema.py, version 2) to a store written by
+    `random_feature_store`: an ok explanation per entry of `explanations`, an unparsable one
+    (its raw answer) per entry of `unparsable`, and per entry of `scores` one row per
+    {scorer: score} whose details grade the feature's held-out windows (odd-ranked top and
+    later quantile examples, and non-firing 'random' windows, `n_random` of them added here
+    where the feature has none) with
+    answers drawn at random, simulation's with per-token `predicted` activations and fuzzing's
+    with the `marked` tokens. features.explanation / score are refreshed as the interpret stage
+    does. Returns `path`."""
+    import json
+
+    import numpy as np
+
+    from monoscope.analyze import schema
+    from monoscope.interpret.store import now, refresh_feature
+
+    rng = np.random.default_rng(seed)
+    conn = schema.create(path)
+    conn.executescript(schema.DDL_INTERPRET)  # the tables, whichever version created the store
+    prompt = "explain-test"
+    with conn:
+        for fid, text in explanations.items():
+            row = (fid, explainer, prompt, "ok", text, text, "[]", "[]", now())
+            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?,?,?,?,?,?,?,?,?)", row)
+        for fid, raw in (unparsable or {}).items():
+            row = (fid, f"{explainer}-2", prompt, "unparsable", None, raw, "[]", "[]", now())
+            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?,?,?,?,?,?,?,?,?)", row)
+        for fid, by_scorer in (scores or {}).items():
+            windows = _held_out_windows(conn, fid, n_random, rng)
+            for scorer, score in by_scorer.items():
+                details = [_judged(scorer, w, rng) for w in windows]
+                metrics = {"n": len(details), "n_unparsable": 0}
+                conn.execute(
+                    "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (fid, scorer, judge, explainer, prompt, f"{scorer}-test", "ok", score,
+                     CHANCE[scorer], explanations[fid], json.dumps(metrics),
+                     json.dumps(details), "[]", now()),
+                )  # fmt: skip
+        for fid in {*explanations, *(unparsable or {})}:
+            refresh_feature(conn, fid)
+    conn.close()
+    return Path(path)
+
+
+def _held_out_windows(conn, fid: int, n_random: int, rng) -> list[tuple]:
+    """[(kind, bucket, rank, acts)] held out for scoring; adds `n_random` non-firing windows
+    to a feature that has none."""
+    import json
+
+    window, n_vocab, n_had = conn.execute(
+        "SELECT (SELECT length(acts) - length(replace(acts, ',', '')) + 1 FROM examples "
+        "WHERE feature = ? LIMIT 1), (SELECT count(*) FROM vocab), "
+        "(SELECT count(*) FROM examples WHERE feature = ? AND kind = 'random')",
+        (fid, fid),
+    ).fetchone()
+    for rank in range(n_random if n_had == 0 else 0):
+        tokens = json.dumps(rng.integers(0, n_vocab, window).tolist())
+        conn.execute(
+            "INSERT OR REPLACE INTO examples VALUES (?, 'random', ?, NULL, 0, ?, ?, ?, ?, ?)",
+            (fid, rank, int(rng.integers(10**6)), window // 2, tokens, json.dumps([0.0] * window),
+             window // 2),
+        )  # fmt: skip
+    rows = conn.execute(
+        "SELECT kind, bucket, rank, acts FROM examples WHERE feature = ? AND ("
+        "(kind = 'top' AND rank % 2 = 1) OR (kind = 'quantile' AND rank > 0) OR kind = 'random')"
+        " ORDER BY kind, bucket, rank",
+        (fid,),
+    ).fetchall()
+    return [(kind, bucket, rank, json.loads(acts)) for kind, bucket, rank, acts in rows]
+
+
+def _judged(scorer: str, window: tuple, rng) -> dict:
+    """One held-out window graded by a judge that is right three times in four, in the shape
+    the scorers write (monoscope/interpret/scorers)."""
+    import numpy as np
+
+    kind, bucket, rank, acts = window
+    firing = int(kind != "random")
+    right = bool(rng.uniform() < 0.75)
+    judged = {"kind": kind, "bucket": bucket, "rank": rank, "truth": firing}
+    if scorer == "simulation":
+        top = max(acts) or 1.0
+        noise = rng.uniform(0, 3 if right else 10, len(acts))
+        predicted = np.minimum(10.0, 10 * np.array(acts) / top + noise).round(2).tolist()
+        return {**judged, "truth": [round(a, 3) for a in acts], "answer": predicted}
+    if scorer == "embedding":
+        return {**judged, "answer": round(float(rng.uniform(0.3, 0.6) if right else 0.2), 4)}
+    answer = firing if right else 1 - firing
+    if scorer == "fuzzing":
+        marked = int(np.argmax(acts)) if firing else int(rng.integers(len(acts)))
+        return {**judged, "answer": answer, "batch": 0, "marked": [marked]}
+    return {**judged, "answer": answer, "batch": 0}

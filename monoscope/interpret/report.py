@@ -54,3 +54,32 @@ def format_run(command: str, summary: dict[str, Any]) -> str:
     if summary.get("already_done"):
         lines.append(f"  already done (--overwrite redoes them): {summary['already_done']}")
     return "\n".join(lines)
+
+
+def format_specificity(report: dict[str, Any]) -> str:
+    """The pooled rubric grades per activation interval, as a small table."""
+    if "plan" in report:
+        text = format_plan("specificity", report["plan"])
+        return text + (f"\n  skipped: {len(report['skipped'])}" if report["skipped"] else "")
+    pooled = report["pooled"]
+    lines = [
+        f"specificity of {len(report['features'])} feature(s) judged by {report['judge']} "
+        f"({report['prompt_version']}); grades 0-3 per activation interval:",
+        f"  {'interval':>12}  {'n':>5}  " + " ".join(f"{g:>4}" for g in "0123") + "   mean"
+        "  unparsable",
+    ]
+    for label, row in pooled["intervals"].items():
+        mean = "-" if row["mean"] is None else f"{row['mean']:.2f}"
+        counts = " ".join(f"{c:>4}" for c in row["counts"])
+        lines.append(f"  {label:>12}  {row['n']:>5}  {counts}  {mean:>5}  {row['n_unparsable']}")
+    if pooled["n_unparsable"]:
+        lines.append(
+            f"  {pooled['n_unparsable']} answer(s) were not a grade (kept, with the raw text)"
+        )
+    run = report.get("run", {})
+    if run.get("stop_reason"):
+        lines.append(f"  stopped early: {run['stop_reason']} ({len(run['not_done'])} not done)")
+    if report["skipped"]:
+        lines.append(f"  skipped: {len(report['skipped'])} feature(s) (see the report)")
+    lines.append(f"  report: {report['out']}")
+    return "\n".join(lines)

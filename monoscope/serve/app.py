@@ -3,8 +3,16 @@
 GET  /                       the front end (static/index.html); /assets/* its files
 GET  /config.js              tells the front end it runs live, and the model endpoints' limits
 GET  /api/meta               meta record (records.py)
-GET  /api/features           ?query=&sort=id|density|max_act&order=asc|desc&offset=&limit=
+GET  /api/features           ?query=&sort=id|density|max_act|score&order=asc|desc&offset=&limit=
+                             (features without a score last in either order; 422 for a query
+                             over MAX_QUERY_CHARS)
 GET  /api/features/{id}      feature record; 404 for an id that is not 0..n_features-1
+GET  /api/features/{id}/similar  ?limit= -> {"items": [similar]}: the features whose
+                             explanations are nearest this one's (meaning.py); 503 without an
+                             embedding model
+POST /api/search-meaning     {query, offset, limit} -> the explained features ranked by the
+                             cosine of their explanation's embedding and the query's; 422
+                             empty, 413 over MAX_QUERY_CHARS, 503 without an embedding model
 GET  /api/map                map points
 POST /api/fires              {"text": ...} -> per-token top features (fires.py); 422 empty,
                              413 too long, 503 when the model or SAE cannot be loaded
@@ -26,6 +34,12 @@ from typing import Any, Literal
 from monoscope.analyze.schema import FeatureStoreError
 from monoscope.serve.catalog import ORDERS, SORTS
 from monoscope.serve.fires import FiresEngine, FiresInputError
+from monoscope.serve.meaning import (
+    MAX_QUERY_CHARS,
+    MeaningIndex,
+    MeaningQueryError,
+    MeaningUnavailable,
+)
 from monoscope.serve.model import ModelUnavailable
 from monoscope.serve.steering import SteerEngine
 from monoscope.serve.store import FeatureNotFound, FeatureStore
@@ -34,6 +48,8 @@ from monoscope.steer import SteeringError
 STATIC = Path(str(resources.files("monoscope.serve") / "static"))
 MAX_PAGE = 500
 """Most features one list request returns."""
+MAX_SIMILAR = 50
+"""Most similar explanations one request returns."""
 
 
 def require_server_extra() -> None:
@@ -55,18 +71,29 @@ def front_end_config(mode: str, **extra: Any) -> str:
 
 
 def create_app(
-    store: FeatureStore, fires: FiresEngine | None = None, steer: SteerEngine | None = None
+    store: FeatureStore,
+    fires: FiresEngine | None = None,
+    steer: SteerEngine | None = None,
+    meaning: MeaningIndex | None = None,
 ):
     """The FastAPI app over `store`; `fires` None disables POST /api/fires, `steer` None
-    POST /api/steer and /api/attribute (503)."""
+    POST /api/steer and /api/attribute (503); `meaning` defaults to the store's explanations
+    with the default embedding model (loaded on the first search)."""
     require_server_extra()
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
+
+    meaning = meaning or MeaningIndex(store.catalog)
 
     class FiresRequest(BaseModel):
         text: str
+
+    class MeaningRequest(BaseModel):
+        query: str
+        offset: int = Field(0, ge=0)
+        limit: int = Field(50, ge=1, le=MAX_PAGE)
 
     class SteerRequest(BaseModel):
         feature: int | str
@@ -91,6 +118,7 @@ def create_app(
         "live",
         fires={"max_tokens": fires.max_tokens} if fires is not None else None,
         steer=steer.limits() if steer is not None else None,
+        search={"max_query_chars": MAX_QUERY_CHARS},
     )
 
     @app.exception_handler(FeatureNotFound)
@@ -104,6 +132,14 @@ def create_app(
     @app.exception_handler(ModelUnavailable)
     def _no_model(request: Request, err: ModelUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(MeaningUnavailable)
+    def _no_embedder(request: Request, err: MeaningUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(MeaningQueryError)
+    def _bad_query(request: Request, err: MeaningQueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
 
     @app.exception_handler(FeatureStoreError)
     def _store_error(request: Request, err: FeatureStoreError) -> JSONResponse:
@@ -124,7 +160,7 @@ def create_app(
 
     @app.get("/api/features")
     def features(
-        query: str = "",
+        query: str = Query("", max_length=MAX_QUERY_CHARS),
         sort: Literal[SORTS] = "id",  # type: ignore[valid-type]
         order: Literal[ORDERS] = "asc",  # type: ignore[valid-type]
         offset: int = Query(0, ge=0),
@@ -135,6 +171,14 @@ def create_app(
     @app.get("/api/features/{feature_id}")
     def feature(feature_id: str) -> JSONResponse:
         return JSONResponse(store.feature(feature_id))
+
+    @app.get("/api/features/{feature_id}/similar")
+    def similar(feature_id: str, limit: int = Query(10, ge=1, le=MAX_SIMILAR)) -> JSONResponse:
+        return JSONResponse({"items": meaning.similar(store.feature_id(feature_id), limit)})
+
+    @app.post("/api/search-meaning")
+    def search_meaning(body: MeaningRequest) -> JSONResponse:
+        return JSONResponse(meaning.search(body.query, body.offset, body.limit))
 
     @app.get("/api/map")
     def feature_map() -> JSONResponse:

@@ -10,7 +10,8 @@ search gives the same features in both:
   which the feature fires in its top examples (the whole token, surrounding spaces ignored) or
   a substring of its explanation.
 
-Results are ordered by `sort` (id, density or max_act) in `order`, ties by id.
+Results are ordered by `sort` (id, density, max_act or score) in `order`, ties by id; features
+without a score come last in either order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from monoscope.analyze.schema import FeatureStoreError
 
-SORTS = ("id", "density", "max_act")
+SORTS = ("id", "density", "max_act", "score")
 ORDERS = ("asc", "desc")
 TOP_TOKENS = 4
 """Distinct max-activating tokens shown beside each feature in lists."""
@@ -62,6 +63,7 @@ class Catalog:
     def __post_init__(self) -> None:
         # Case-folded once: a search scans every explanation for each word.
         self._folded = [e.lower() if e else "" for e in self.explanation]
+        self._score = np.array([np.nan if s is None else s for s in self.score], dtype=np.float64)
 
     @property
     def n_features(self) -> int:
@@ -139,8 +141,10 @@ class Catalog:
             raise ValueError(f"sort must be one of {SORTS} and order one of {ORDERS}")
         ids = self.match(query)
         if sort != "id":
-            values = getattr(self, sort)[ids]
-            ids = ids[np.lexsort((ids, -values if order == "desc" else values))]
+            values = (self._score if sort == "score" else getattr(self, sort))[ids]
+            missing = np.isnan(values)
+            values = np.where(missing, 0.0, values)
+            ids = ids[np.lexsort((ids, -values if order == "desc" else values, missing))]
         elif order == "desc":
             ids = ids[::-1]
         page = ids[offset : offset + limit]

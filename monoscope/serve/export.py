@@ -5,13 +5,19 @@ calling `MS.receive(name, data)` (JSONP-style), which the front end loads by add
 tag. Layout of the site:
 
 index.html, assets/        the front end (the same files `monoscope serve` serves)
-config.js                  {"mode": "static", shard_size, shard_digits}
+config.js                  {"mode": "static", shard_size, shard_digits, similar}
 data/meta.js               meta record
 data/index.js              every feature's summary, column by column (the list and its sort)
 data/search.js             token -> feature ids (the search; loaded on the first search)
 data/map.js                map points
-data/features/NNNN.js      feature records shard_size*NNNN .. shard_size*(NNNN+1)-1
+data/features/NNNN.js      feature records shard_size*NNNN .. shard_size*(NNNN+1)-1, each
+                           with `similar`: its explanation's nearest explanations
 monoscope-site.json        marks the folder as a site, so a re-export may replace it
+
+Search by meaning needs the embedding model, which a static page cannot run; instead the export
+embeds the explanations (when an embedding model is installed; a warning says so when not) and
+stores each explained feature's nearest explanations. config.js's `similar` is
+{"k": k, "note": null}, or {"k": 0, "note": why there are none}.
 
 The site is built in a temp folder beside OUT and renamed into place; a folder that is not a
 site is never overwritten.
@@ -22,30 +28,47 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from monoscope.artifacts import temp_dir_beside
 from monoscope.serve.app import STATIC, front_end_config
+from monoscope.serve.meaning import Embedder, MeaningIndex, MeaningUnavailable
 from monoscope.serve.store import FeatureStore
 
 SITE_MARKER = "monoscope-site.json"
 SITE_FORMAT_VERSION = 1
 SHARD_SIZE = 256
+SIMILAR = 8
+"""Nearest explanations stored per explained feature."""
 
 
-def export_site(db: str | Path, out: str | Path, shard_size: int = SHARD_SIZE) -> Path:
-    """Write the static site of feature store `db` to folder `out`; returns `out`."""
+def export_site(
+    db: str | Path,
+    out: str | Path,
+    shard_size: int = SHARD_SIZE,
+    similar: int = SIMILAR,
+    embedder: Callable[[], Embedder] | None = None,
+) -> Path:
+    """Write the static site of feature store `db` to folder `out`; returns `out`.
+
+    similar: nearest explanations stored per explained feature (0: none), embedded by
+    `embedder()` (default: monoscope.interpret.embedding.SentenceEmbedder)."""
     if shard_size <= 0:
         raise ValueError(f"shard size must be a positive number of features, got {shard_size}")
+    if similar < 0:
+        raise ValueError(f"similar must be 0 or more explanations, got {similar}")
     out = Path(out)
     _check_target(out)
     store = FeatureStore(db)
+    table, note = _similar_explanations(store, similar, embedder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out)
     try:
-        _write_site(store, tmp, shard_size)
+        _write_site(store, tmp, shard_size, table, note)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,14 +90,38 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _write_site(store: FeatureStore, root: Path, shard_size: int) -> None:
+def _similar_explanations(
+    store: FeatureStore, k: int, embedder: Callable[[], Embedder] | None
+) -> tuple[dict[int, list[dict[str, Any]]] | None, str | None]:
+    """({feature: [similar]}, None), or (None, why there is no table)."""
+    if k == 0:
+        return None, "this site was exported without similar explanations (similar=0)"
+    index = MeaningIndex(store.catalog, embedder)
+    if not len(index.ids):
+        return {}, None
+    try:
+        return index.similar_table(k), None
+    except MeaningUnavailable as err:
+        warnings.warn(f"{err}; exporting without similar explanations", stacklevel=3)
+        return None, f"this site was exported without an embedding model ({err})"
+
+
+def _write_site(
+    store: FeatureStore,
+    root: Path,
+    shard_size: int,
+    similar: dict[int, list[dict[str, Any]]] | None,
+    note: str | None,
+) -> None:
     shutil.copytree(STATIC, root, dirs_exist_ok=True)
     n = store.n_features
     n_shards = -(-n // shard_size)
     digits = max(4, len(str(max(n_shards - 1, 0))))
-    (root / "config.js").write_text(
-        front_end_config("static", shard_size=shard_size, shard_digits=digits), encoding="utf-8"
+    k = max((len(v) for v in similar.values()), default=0) if similar else 0
+    config = front_end_config(
+        "static", shard_size=shard_size, shard_digits=digits, similar={"k": k, "note": note}
     )
+    (root / "config.js").write_text(config, encoding="utf-8")
     (root / "data" / "features").mkdir(parents=True)
     cat = store.catalog
     _write_data(root, "meta", store.meta_record())
@@ -95,6 +142,8 @@ def _write_site(store: FeatureStore, root: Path, shard_size: int) -> None:
     for shard in range(n_shards):
         start = shard * shard_size
         records = store.feature_range(start, min(start + shard_size, n))
+        for record in records:
+            record["similar"] = None if similar is None else similar.get(record["id"], [])
         _write_data(root, shard_name(shard, digits), {"first": start, "features": records})
     marker = {
         "format": "monoscope.site",

@@ -3,25 +3,55 @@
 The live API returns these dicts as JSON and the static site writes the same dicts into its
 data files, so the front end reads one shape either way:
 
-meta     the store's meta entries plus n_features, label, complete, has_explanations, has_map
+meta     the store's meta entries plus n_features, label, complete, has_explanations, has_map,
+         has_interpretation (the store has the interpret stage's tables: schema version 2)
+summary  {id, density, max_act, mean_act, explanation, score, top_tokens}: a list row
+         (explanation: the latest ok one; score: its headline score, null when unscored)
+list     {total, offset, limit, items: [summary]}; the meaning search's items add
+         `similarity` (cosine of the query's and the explanation's embeddings) and its answer
+         adds `model` (the embedding model)
 feature  {id, n_fired, density, max_act, mean_act, hist, logit_top, logit_bottom, map,
           explanation, score, top_tokens,
-          examples: {top: [example], quantile: [example]},
-          neighbours: [{id, cosine, cooccurrence, density, explanation, top_tokens}]}
-example  {activation, bucket, tokens: [text], acts: [float], centre, context, position}
+          examples: {top: [example], quantile: [example], random: [example]},
+          neighbours: [{id, cosine, cooccurrence, density, explanation, top_tokens}],
+          explanations: [explanation], scores: [score]}
+         examples.random holds only the non-firing windows some score's judge graded; the
+         static site's records add `similar` ([similar], or null when the export had no
+         embedding model), which the live server answers at /api/features/{id}/similar
+example  {kind, bucket, rank, activation, tokens: [text], acts: [float], centre, context,
+          position}
+explanation  {explainer, prompt_version, status ('ok' | 'unparsable'), explanation (null
+          unless ok), raw (the LLM's answer), created_at}; newest first
+score    {scorer, metric (what `score` is: 'balanced accuracy' for detection and fuzzing,
+          'Pearson r' for simulation, 'AUROC' for embedding), judge, explainer,
+          prompt_version, scorer_version, status, score, chance (the score of a judge
+          without information), explanation (the text scored), metrics: {...},
+          details: [judged], created_at}
+judged   {kind, bucket, rank, truth, answer, ...}: one held-out example and the judge's
+          answer, as the scorer wrote it; (kind, bucket, rank) names the window in
+          `examples`. detection, fuzzing: truth and answer 0/1 (answer null: unparsable);
+          embedding: truth 0/1, answer the cosine; simulation: truth and answer [window]
+          true and predicted activations per token; fuzzing adds `marked` ([token index]
+          the tokens the judge saw marked)
+similar  {id, similarity, explanation, score}: the features whose explanations are nearest
 map      {ids, x, y, density}: the features with map coordinates, column by column
+
+Floats are rounded to 4-6 significant digits; NaN in a scorer's JSON becomes null.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from monoscope.serve.catalog import Catalog, round_sig
+from monoscope.serve.interpretation import interpretation_records, judged_keys
 
 EXAMPLE_KINDS = ("top", "quantile")
-"""Kinds the browser shows; 'random' (non-firing) contexts are for the scorers."""
+"""Kinds the browser shows of every feature; of the 'random' (non-firing) contexts it shows the
+ones a scorer's judge graded."""
 
 
 def size_label(n_features: int) -> str:
@@ -34,7 +64,7 @@ def size_label(n_features: int) -> str:
     return str(n_features)
 
 
-def meta_record(meta: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+def meta_record(meta: dict[str, Any], catalog: Catalog, interpreted: bool) -> dict[str, Any]:
     return {
         **meta,
         "n_features": catalog.n_features,
@@ -42,13 +72,20 @@ def meta_record(meta: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
         "complete": bool(meta.get("complete", False)),
         "has_explanations": catalog.has_explanations,
         "has_map": catalog.has_map,
+        "has_interpretation": interpreted,
     }
 
 
 def feature_records(
-    conn: sqlite3.Connection, catalog: Catalog, vocab: list[str], start: int, stop: int
+    conn: sqlite3.Connection,
+    catalog: Catalog,
+    vocab: list[str],
+    start: int,
+    stop: int,
+    interpreted: bool = True,
 ) -> list[dict[str, Any]]:
-    """Records of features start..stop-1, from three range queries."""
+    """Records of features start..stop-1, from a few range queries; `interpreted` False for a
+    store without the interpret stage's tables (schema version 1)."""
     records: dict[int, dict[str, Any]] = {}
     for row in conn.execute(
         "SELECT id, n_fired, density, max_act, mean_act, hist, logit_top, logit_bottom, "
@@ -63,28 +100,56 @@ def feature_records(
             "logit_top": _logits(top),
             "logit_bottom": _logits(bottom),
             "map": None if x is None or y is None else [round_sig(x, 5), round_sig(y, 5)],
-            "examples": {kind: [] for kind in EXAMPLE_KINDS},
+            "examples": {kind: [] for kind in (*EXAMPLE_KINDS, "random")},
             "neighbours": [],
+            "explanations": [],
+            "scores": [],
         }
     kinds = ",".join(f"'{k}'" for k in EXAMPLE_KINDS)
-    for fid, kind, bucket, activation, context, position, tokens, acts, centre in conn.execute(
-        "SELECT feature, kind, bucket, activation, context, position, tokens, acts, centre "
-        f"FROM examples WHERE feature >= ? AND feature < ? AND kind IN ({kinds}) "
+    for fid, example in _examples(conn, vocab, start, stop, f"kind IN ({kinds})"):
+        if fid in records:
+            records[fid]["examples"][example["kind"]].append(example)
+    _add_neighbours(conn, catalog, records, start, stop)
+    if interpreted:
+        _add_interpretation(conn, vocab, records, start, stop)
+    return [records[fid] for fid in sorted(records)]
+
+
+def _examples(
+    conn: sqlite3.Connection, vocab: list[str], start: int, stop: int, where: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(feature, example record) of the example rows of features start..stop-1 matching
+    `where` (SQL over the examples table's columns)."""
+    for row in conn.execute(
+        "SELECT feature, kind, bucket, rank, activation, context, position, tokens, acts, "
+        f"centre FROM examples WHERE feature >= ? AND feature < ? AND {where} "
         "ORDER BY feature, kind, bucket, rank",
         (start, stop),
     ):
-        if fid in records:
-            records[fid]["examples"][kind].append(
-                {
-                    "activation": round_sig(activation, 4),
-                    "bucket": bucket,
-                    "tokens": [_text(vocab, t) for t in json.loads(tokens)],
-                    "acts": [round_sig(a, 4) for a in json.loads(acts)],
-                    "centre": centre,
-                    "context": context,
-                    "position": position,
-                }
-            )
+        fid, kind, bucket, rank, activation, context, position, tokens, acts, centre = row
+        yield (
+            fid,
+            {
+                "kind": kind,
+                "bucket": bucket,
+                "rank": rank,
+                "activation": round_sig(activation, 4),
+                "tokens": [_text(vocab, t) for t in json.loads(tokens)],
+                "acts": [round_sig(a, 4) for a in json.loads(acts)],
+                "centre": centre,
+                "context": context,
+                "position": position,
+            },
+        )
+
+
+def _add_neighbours(
+    conn: sqlite3.Connection,
+    catalog: Catalog,
+    records: dict[int, dict[str, Any]],
+    start: int,
+    stop: int,
+) -> None:
     for fid, neighbour, cosine, cooccurrence in conn.execute(
         "SELECT feature, neighbour, cosine, cooccurrence FROM neighbours "
         "WHERE feature >= ? AND feature < ? ORDER BY feature, rank",
@@ -102,7 +167,29 @@ def feature_records(
                     "top_tokens": brief["top_tokens"],
                 }
             )
-    return [records[fid] for fid in sorted(records)]
+
+
+def _add_interpretation(
+    conn: sqlite3.Connection,
+    vocab: list[str],
+    records: dict[int, dict[str, Any]],
+    start: int,
+    stop: int,
+) -> None:
+    """Explanations and scores, and the non-firing windows the scores' judges graded (the
+    firing ones are among the top and quantile examples already)."""
+    found = interpretation_records(conn, start, stop)
+    for fid, rows in found.items():
+        if fid in records:
+            records[fid].update(rows)
+    graded = {fid for fid, rows in found.items() if rows["scores"]}
+    if not graded:
+        return
+    judged = {fid: judged_keys(found[fid]["scores"]) for fid in graded}
+    for fid, example in _examples(conn, vocab, start, stop, "kind = 'random'"):
+        key = (example["kind"], example["bucket"], example["rank"])
+        if fid in records and key in judged.get(fid, ()):
+            records[fid]["examples"]["random"].append(example)
 
 
 def map_record(conn: sqlite3.Connection) -> dict[str, list]:

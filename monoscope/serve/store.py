@@ -17,6 +17,7 @@ from typing import Any
 
 from monoscope.analyze.schema import FeatureStoreError, open_readonly, read_meta
 from monoscope.serve.catalog import Catalog
+from monoscope.serve.interpretation import has_interpretation
 from monoscope.serve.records import feature_records, map_record, meta_record
 
 
@@ -35,6 +36,7 @@ class FeatureStore:
             self.meta: dict[str, Any] = read_meta(conn)
             self.vocab: list[str] = _read_vocab(conn)
             self.catalog = Catalog.load(conn, self.vocab)
+            self.interpreted = has_interpretation(conn)
         self.n_features = self.catalog.n_features
         self.complete = bool(self.meta.get("complete", False))
         if not self.complete and self.n_features == 0:
@@ -52,7 +54,7 @@ class FeatureStore:
         return conn
 
     def meta_record(self) -> dict[str, Any]:
-        return meta_record(self.meta, self.catalog)
+        return meta_record(self.meta, self.catalog, self.interpreted)
 
     def feature_id(self, text: str | int) -> int:
         """Parse and range-check a feature id; FeatureNotFound otherwise."""
@@ -66,13 +68,14 @@ class FeatureStore:
     def feature(self, fid: str | int) -> dict[str, Any]:
         """The full record of one feature (the feature page's data)."""
         fid = self.feature_id(fid)
-        with _clear_sqlite_errors(self.path):
-            return feature_records(self.connection(), self.catalog, self.vocab, fid, fid + 1)[0]
+        return self.feature_range(fid, fid + 1)[0]
 
     def feature_range(self, start: int, stop: int) -> list[dict[str, Any]]:
         """Records of features start..stop-1 (one shard of the static site)."""
         with _clear_sqlite_errors(self.path):
-            return feature_records(self.connection(), self.catalog, self.vocab, start, stop)
+            return feature_records(
+                self.connection(), self.catalog, self.vocab, start, stop, self.interpreted
+            )
 
     def map(self) -> dict[str, Any]:
         with _clear_sqlite_errors(self.path):

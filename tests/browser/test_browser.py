@@ -1,6 +1,7 @@
 """The feature browser in real headless Chromium, on a real (tiny) pipeline: a tiny random model
 -> harvest -> train an SAE -> analyze -> `monoscope serve` on a free 127.0.0.1 port, and the
-exported static site opened from file://.
+exported static site opened from file://; then the same store with explanations and scores
+(written as the interpret stage writes them), in both.
 
 Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and playwright's pip wheel
 (its driver only: no browser is downloaded). Without them the test is skipped, except in CI
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.serve import FeatureStore, export_site, open_app
 from monoscope.serve.server import background_server
+from monoscope.testing import write_interpretation
 from monoscope.train import TrainConfig
 from monoscope.train import run as train
 
@@ -299,3 +302,98 @@ def test_static_site_from_file_url(db, page, shots, tmp_path, capsys):
     shutil.rmtree(site)
     with capsys.disabled():
         print(f"\nbrowser screenshots: {shots}")
+
+
+XSS = '<img src=x onerror="window.__xss = 1">'
+
+
+@pytest.fixture(scope="module")
+def explained(db, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A copy of the store with three features explained (one of them by markup) and scored."""
+    path = tmp_path_factory.mktemp("explained") / "features.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"VACUUM INTO '{path}'")
+    store = FeatureStore(path)
+    alive = [i for i in range(store.n_features) if store.catalog.top_tokens[i]][:3]
+    texts = dict(zip(alive, [XSS, "dogs and puppies", "golden retrievers"], strict=True))
+    scores = {
+        alive[0]: {"detection": 0.8, "fuzzing": 0.65, "simulation": 0.42, "embedding": 0.7},
+        alive[1]: {"detection": 0.55},
+    }
+    return write_interpretation(path, texts, scores), alive
+
+
+def check_interpreted_feature(page, fid: int) -> None:
+    """The feature page of the markup-explained feature: the text shown literally, its four
+    scores with their chance levels, the judged examples (simulation's predictions too)."""
+    page.wait_for_selector("#judged-examples .judged")
+    assert page.inner_text("#explanation .explanation") == XSS
+    assert page.locator("#view img").count() == 0 and page.evaluate("window.__xss") is None
+    rows = page.locator("#explanations-panel .score-table tbody tr")
+    assert rows.count() == 4
+    assert page.eval_on_selector_all(
+        "#explanations-panel .score-table tbody tr", "rs => rs.map(r => r.dataset.scorer)"
+    ) == ["detection", "fuzzing", "simulation", "embedding"]
+    assert [t.strip() for t in page.locator(".score-value").all_inner_texts()] == [
+        "0.8",
+        "0.65",
+        "0.42",
+        "0.7",
+    ]
+    assert "detection 0.8 · chance 0.5" in page.inner_text("#headline-score")
+    detection = page.locator(".judged-score[data-scorer=detection] .judged")
+    assert detection.count() > 4
+    assert page.locator(".judged-score[data-scorer=detection] .verdict.right").count() > 0
+    assert page.locator(".judged-score[data-scorer=detection] .tok.on").count() > 0
+    assert "non-firing" in page.inner_text(".judged-score[data-scorer=detection]")
+    page.click(".judged-score[data-scorer=simulation] summary")
+    predicted = page.locator(".judged-score[data-scorer=simulation] .sim-row.predicted")
+    assert predicted.count() > 0 and predicted.first.is_visible()
+    page.wait_for_selector("#similar-explanations tr")
+    assert page.locator("#similar-explanations a.feature-link").count() == 2
+
+
+def test_live_explanations_scores_and_meaning(explained, page, shots):
+    db, alive = explained
+    store = FeatureStore(db)
+    app, _ = open_app(db)
+    with background_server(app) as url:
+        page.goto(url + "#/?sort=score&order=desc")
+        page.wait_for_selector("#feature-rows tr.feature-row")
+        expected = store.catalog.search(sort="score", order="desc", limit=50)["items"]
+        assert listed_ids(page)[:2] == alive[:2]  # the scored ones, best first
+        assert listed_ids(page) == [item["id"] for item in expected]
+
+        # Search by meaning: the rows the API ranks, nearest first.
+        page.check("#by-meaning")
+        page.fill("#search", "a dog")
+        page.wait_for_selector("#list-status:has-text('nearest in meaning')")
+        answer = page.request.post(url + "api/search-meaning", data={"query": "a dog"}).json()
+        assert listed_ids(page) == [item["id"] for item in answer["items"]]
+        assert set(listed_ids(page)[:2]) == {alive[1], alive[2]}
+        assert page.locator("#feature-rows .similarity").count() == 3
+        page.screenshot(path=shots / "7-meaning.png")
+
+        page.goto(url + f"#/feature/{alive[0]}")
+        check_interpreted_feature(page, alive[0])
+        page.screenshot(path=shots / "8-explained.png", full_page=True)
+
+
+def test_static_explanations_scores_and_similar(explained, page, shots, tmp_path):
+    db, alive = explained
+    store = FeatureStore(db)
+    site = export_site(db, tmp_path / "site", shard_size=32)
+    index = (site / "index.html").as_uri()
+    page.goto(f"{index}#/?sort=score&order=asc")
+    page.wait_for_selector("#feature-rows tr.feature-row")
+    expected = store.catalog.search(sort="score", order="asc", limit=50)["items"]
+    assert listed_ids(page) == [item["id"] for item in expected]
+    assert page.is_disabled("#by-meaning") and page.is_visible("#meaning-note")
+    page.fill("#search", "puppies")  # words of explanations work here
+    page.wait_for_selector("#list-status:has-text('puppies')")
+    assert listed_ids(page) == [alive[1]]
+
+    page.goto(f"{index}#/feature/{alive[0]}")
+    check_interpreted_feature(page, alive[0])
+    page.screenshot(path=shots / "9-static-explained.png", full_page=True)
+    shutil.rmtree(site)

@@ -71,6 +71,8 @@
     list: (q) => api("api/features?" + new URLSearchParams(q)),
     feature: (id) => api("api/features/" + encodeURIComponent(id)),
     map: once(() => api("api/map")),
+    searchMeaning: (q) => post("api/search-meaning", { query: q.query, offset: q.offset, limit: q.limit }),
+    similar: (f) => api("api/features/" + f.id + "/similar").then((r) => r.items),
     fires: (text) => post("api/fires", { text }),
     steer: (request) => post("api/steer", request),
     attribute: (request) => post("api/attribute", request),
@@ -97,10 +99,17 @@
       return data.features[n - data.first];
     },
     map: () => load("map"),
+    searchMeaning: () => Promise.reject(new Error(MS.MEANING_NEEDS_SERVER)),
+    // The export stored each explained feature's nearest explanations, or null and the reason.
+    similar: (f) => (f.similar ? Promise.resolve(f.similar)
+      : Promise.reject(new Error((config.similar && config.similar.note) || "no similar explanations in this site"))),
     fires: () => Promise.reject(new Error("“What fires” needs the live server: monoscope serve features.db")),
     steer: () => Promise.reject(new Error("Steering needs the live server: monoscope serve features.db")),
     attribute: () => Promise.reject(new Error("Attribution needs the live server: monoscope serve features.db")),
   };
+
+  MS.MEANING_NEEDS_SERVER = "Search by meaning needs the live server, which runs the embedding model: " +
+    "monoscope serve features.db. This static site searches the words of explanations and tokens.";
 
   MS.data = config.mode === "live" ? live : staticSite;
 })(window.MS);

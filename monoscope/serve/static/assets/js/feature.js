@@ -27,9 +27,17 @@
         }, "Steer ↓") : null),
       MS.h("div.explanation-slot", { id: "explanation" },
         f.explanation
-          ? [MS.h("span.explanation", {}, f.explanation),
-             f.score !== null && f.score !== undefined ? MS.h("span.score", { title: "explanation score" }, "score " + MS.fmt.num(f.score, 3)) : null]
-          : MS.h("span.muted", {}, "No explanation yet (the interpret stage fills this in).")));
+          ? [MS.h("span.explanation", {}, f.explanation), headlineScore(f)]
+          : MS.h("span.muted", {}, "No explanation yet (`monoscope explain` writes one).")));
+  }
+
+  // features.score with the scorer it comes from and that scorer's chance level.
+  function headlineScore(f) {
+    if (f.score === null || f.score === undefined) return null;
+    const s = (f.scores || []).find((x) => x.status === "ok" && x.score === f.score && x.explanation === f.explanation);
+    const text = s ? s.scorer + " " + MS.fmt.num(f.score, 3) + " · chance " + MS.fmt.num(s.chance, 2)
+      : "score " + MS.fmt.num(f.score, 3);
+    return MS.h("span.score", { id: "headline-score", title: s ? s.metric + " of the " + s.scorer + " scorer" : "explanation score" }, text);
   }
 
   async function mount(root, args) {

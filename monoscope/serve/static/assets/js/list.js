@@ -1,4 +1,5 @@
-// The feature list: search, sort, pages; with the store's overview on top.
+// The feature list: search (by tokens and explanation words, or by meaning on the live server),
+// sort, pages; with the store's overview on top.
 "use strict";
 (function (MS) {
   const PAGE = 50;
@@ -8,7 +9,10 @@
     ["max_act:asc", "Max activation ↑"],
     ["density:desc", "Density ↓"],
     ["density:asc", "Density ↑"],
+    ["score:desc", "Score ↓"],
+    ["score:asc", "Score ↑"],
   ];
+  const COLUMNS = 6;
 
   let els = null;
   let request = 0;
@@ -19,6 +23,7 @@
       sort: params.get("sort") || "id",
       order: params.get("order") || "asc",
       page: Math.max(1, parseInt(params.get("page") || "1", 10) || 1),
+      meaning: params.get("by") === "meaning",
     };
   }
 
@@ -28,6 +33,7 @@
       sort: state.sort === "id" ? "" : state.sort,
       order: state.order === "asc" ? "" : state.order,
       page: state.page > 1 ? state.page : "",
+      by: state.meaning ? "meaning" : "",
     });
     if (replace) {
       history.replaceState(null, "", hash);
@@ -66,12 +72,26 @@
 
   function row(item) {
     const go = () => { location.hash = "#/feature/" + item.id; };
+    const similarity = item.similarity !== undefined
+      ? MS.h("span.similarity", { title: "cosine of the query's and the explanation's embeddings" }, "≈ " + MS.fmt.num(item.similarity, 2))
+      : null;
     return MS.h("tr.feature-row", { onclick: go, dataset: { id: item.id } },
       MS.h("td.id-cell", {}, MS.featureLink(item.id, String(item.id), { onclick: (e) => e.stopPropagation() })),
       MS.h("td", {}, MS.chips(item.top_tokens)),
-      MS.h("td.explanation-cell", {}, item.explanation ? item.explanation : MS.h("span.muted", {}, "—")),
+      MS.h("td.explanation-cell", {}, item.explanation ? item.explanation : MS.h("span.muted", {}, "—"), similarity),
+      MS.h("td.num.score-cell", {}, MS.fmt.num(item.score, 3)),
       densityCell(item.density),
       MS.h("td.num", {}, MS.fmt.num(item.max_act, 3)));
+  }
+
+  // "by meaning": on the live server when the store has explanations; the static site says why not.
+  function meaningToggle(meta) {
+    const box = MS.h("input", { type: "checkbox", id: "by-meaning" });
+    const why = MS.data.mode !== "live" ? MS.MEANING_NEEDS_SERVER
+      : !meta.has_explanations ? "No feature has an explanation yet: run `monoscope explain` first." : null;
+    box.disabled = Boolean(why);
+    return MS.h("label.meaning-toggle", { title: why || "Rank the explained features by how close their explanation's meaning is to the query" },
+      box, "by meaning");
   }
 
   function pager(state, total) {
@@ -89,22 +109,26 @@
     const input = MS.h("input.search-input", {
       type: "search", id: "search", placeholder: "Search: a token (e.g. “ bridge”), words of an explanation, or #id",
       "aria-label": "Search features",
+      maxlength: MS.config.search ? MS.config.search.max_query_chars : null,
     });
     const select = MS.h("select.sort-select", { id: "sort", "aria-label": "Sort" },
       SORTS.map(([value, label]) => MS.h("option", { value }, label)));
+    const toggle = meaningToggle(meta);
+    const meaning = toggle.querySelector("input");
     const state = () => {
       const [sort, order] = select.value.split(":");
-      return { query: input.value, sort, order, page: 1 };
+      return { query: input.value, sort, order, page: 1, meaning: meaning.checked };
     };
+    meaning.addEventListener("change", () => setHash(state(), false));
     input.addEventListener("input", () => {
       clearTimeout(typing);
       typing = setTimeout(() => setHash(state(), true), 200);
     });
     select.addEventListener("change", () => setHash(state(), false));
     const form = MS.h("form.search-bar", { onsubmit: (e) => { e.preventDefault(); clearTimeout(typing); setHash(state(), false); } },
-      input, select);
+      input, toggle, select);
     els = {
-      input, select,
+      input, select, meaning,
       status: MS.h("div.list-status", { id: "list-status" }),
       body: MS.h("tbody", { id: "feature-rows" }),
       pager: MS.h("div"),
@@ -112,36 +136,49 @@
     const table = MS.h("table.feature-table", {},
       MS.h("thead", {}, MS.h("tr", {},
         MS.h("th", {}, "Feature"), MS.h("th", {}, "Top tokens"), MS.h("th", {}, "Explanation"),
+        MS.h("th.num", { title: "The explanation's headline score: detection's balanced accuracy when scored, else fuzzing, simulation, embedding" }, "Score"),
         MS.h("th.num", {}, "Density"), MS.h("th.num", {}, "Max act"))),
       els.body);
-    root.append(overview(meta), MS.h("section.card.list-card", {}, form, els.status, table, els.pager));
+    const note = MS.data.mode !== "live" && meta.has_explanations
+      ? MS.h("p.panel-note", { id: "meaning-note" }, MS.MEANING_NEEDS_SERVER) : null;
+    root.append(overview(meta), MS.h("section.card.list-card", {}, form, note, els.status, table, els.pager));
     await update(args, params);
   }
 
   async function update(args, params) {
     const state = readParams(params);
     if (document.activeElement !== els.input) els.input.value = state.query;
+    els.meaning.checked = state.meaning;
+    const byMeaning = state.meaning && state.query.trim() !== "";
     els.select.value = state.sort + ":" + state.order;
     if (!els.select.value) els.select.value = "id:asc";
+    els.select.disabled = byMeaning;  // ranked by similarity instead
     const mine = ++request;
-    els.status.textContent = "Searching…";
+    els.status.textContent = byMeaning ? "Searching by meaning (the first search loads the embedding model and embeds every explanation)…" : "Searching…";
+    const q = { query: state.query, sort: state.sort, order: state.order, offset: (state.page - 1) * PAGE, limit: PAGE };
     let result;
     try {
-      result = await MS.data.list({
-        query: state.query, sort: state.sort, order: state.order, offset: (state.page - 1) * PAGE, limit: PAGE,
-      });
+      result = await (byMeaning ? MS.data.searchMeaning(q) : MS.data.list(q));
     } catch (err) {
-      if (mine === request) { els.status.textContent = err.message; els.body.replaceChildren(); }
+      if (mine === request) { els.status.textContent = err.message; els.body.replaceChildren(); els.pager.replaceChildren(); }
       return;
     }
     if (mine !== request) return;
-    const what = state.query.trim() ? " matching “" + state.query.trim() + "”" : "";
-    els.status.textContent = MS.fmt.int(result.total) + " feature" + (result.total === 1 ? "" : "s") + what;
+    els.status.textContent = describe(state, result, byMeaning);
     els.body.replaceChildren(...result.items.map(row));
     if (!result.items.length) {
-      els.body.append(MS.h("tr", {}, MS.h("td.empty", { colspan: 5 }, "No feature matches. Search matches whole tokens the feature fires on in its top examples.")));
+      els.body.append(MS.h("tr", {}, MS.h("td.empty", { colspan: COLUMNS }, byMeaning
+        ? "No feature has an explanation to compare with."
+        : "No feature matches. Search matches whole tokens the feature fires on in its top examples, and words of explanations.")));
     }
     els.pager.replaceChildren(pager(state, result.total));
+  }
+
+  function describe(state, result, byMeaning) {
+    const query = "“" + state.query.trim() + "”";
+    const count = MS.fmt.int(result.total) + (byMeaning ? " explained" : "") + " feature" + (result.total === 1 ? "" : "s");
+    if (byMeaning) return count + ", nearest in meaning to " + query + " first" + (result.model ? " (" + result.model + ")" : "");
+    return count + (state.query.trim() ? " matching " + query : "");
   }
 
   MS.views.list = { mount, update };

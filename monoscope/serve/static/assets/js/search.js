@@ -49,8 +49,11 @@
       offset = Number(offset);
       limit = Number(limit);
       if (sort !== "id") {
+        // Features without a value (no score yet) last in either order, as the server does.
         const v = columns[sort];
-        ids.sort((a, b) => (order === "desc" ? v[b] - v[a] : v[a] - v[b]) || a - b);
+        const missing = (i) => (v[i] === null || v[i] === undefined ? 1 : 0);
+        ids.sort((a, b) => missing(a) - missing(b) ||
+          (missing(a) ? 0 : order === "desc" ? v[b] - v[a] : v[a] - v[b]) || a - b);
       } else if (order === "desc") {
         ids.reverse();
       }
