@@ -29,6 +29,13 @@ def tiny_tokenizer(bos: bool = True, eos: bool = True):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+"""A chat template for the tiny tokenizer, so a tiny model can stand in for a chat LLM."""
+
+
 def tiny_config(family: str, vocab_size: int, n_layers: int = 3, d_model: int = 32):
     """A transformers config of `family` with a few layers of width d_model."""
     from transformers import (

@@ -8,10 +8,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
 from monoscope.models import LanguageModel, load_model
 from monoscope.testing import TINY_FAMILIES, save_tiny_model
 
@@ -38,3 +40,37 @@ def corpus_file(tmp_path_factory) -> Path:
             text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10 + i % 13))
             f.write(json.dumps({"text": f"Document {i}: {text}."}) + "\n")
     return path
+
+
+@pytest.fixture
+def explain_and_score_over_http():
+    """Explain and score features of a store through an OpenAI-compatible endpoint; checks what a
+    user relies on: every feature gets a row, scores are in range, a rerun pays for nothing."""
+    return _explain_and_score_over_http
+
+
+def _explain_and_score_over_http(db, base_url: str, model: str, features: str) -> None:
+    """Explain and score `features` through an OpenAI-compatible endpoint; check what a user
+    relies on: every feature gets a row, scores are in range, and a rerun pays for nothing."""
+    common = {
+        "db": str(db),
+        "backend": "openai",
+        "model": model,
+        "base_url": base_url,
+        "features": features,
+        "progress": False,
+        "max_concurrency": 2,
+    }
+    explained = run_explain(ExplainConfig(**common))
+    assert explained["calls_sent"] == explained["done"] > 0
+    scored = run_score(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT feature, status, raw FROM explanations").fetchall()
+    assert len(rows) == explained["done"] and all(raw for _, _, raw in rows)
+    scores = conn.execute("SELECT scorer, status, score, details FROM scores").fetchall()
+    assert len(scores) == 2 * scored["done"]
+    assert all(s is None or 0 <= s <= 1 for _, _, s, _ in scores)
+    again = run_score(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
+    assert again["calls_sent"] == 0
+    redone = run_explain(ExplainConfig(**common, overwrite=True))
+    assert redone["calls_sent"] == 0 and redone["calls_cached"] == explained["done"]

@@ -69,7 +69,9 @@ scores(feature INTEGER,                      one row per feature x scorer x judg
     explainer TEXT, prompt_version TEXT,     the explanation scored (its explainer and prompt
                                              version), and the scorer's prompt version
     scorer_version TEXT,
-    status TEXT,                             'ok' | 'unparsable' (no usable answer at all)
+    status TEXT,                             'ok' | 'unparsable' (no usable answer at all) |
+                                             'undefined' (answers, but no headline: e.g. no
+                                             non-activating window)
     score REAL, chance REAL,                 the headline score (detection, fuzzing: balanced
                                              accuracy; simulation: Pearson r; embedding: AUROC)
                                              and what a judge without information scores
@@ -156,7 +158,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     """
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     found = None if row is None else json.loads(row[0])
-    if found == SCHEMA_VERSION:
+    if found == SCHEMA_VERSION and all(has_table(conn, t) for t in ("explanations", "scores")):
         return
     if found not in READABLE_VERSIONS:
         raise FeatureStoreError(

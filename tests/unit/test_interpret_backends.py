@@ -26,16 +26,13 @@ from monoscope.interpret.cache import CallCache
 from monoscope.interpret.calls import CallLimits, LLMClient, RetriesExhausted
 from monoscope.interpret.llm_server import openai_request, running_llm_server
 from monoscope.models import load_model
+from monoscope.testing import TINY_CHAT_TEMPLATE
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 pytest.importorskip("fastapi")
 
 KEY = "sk-test-7f3a9c-do-not-store"
-TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
 REQUEST = ChatRequest(
     messages=(("system", "Answer briefly."), ("user", "Which token fires?")),
     max_tokens=12,
@@ -47,7 +44,7 @@ REQUEST = ChatRequest(
 def chat_lm(tiny_model_dirs):
     """The tiny llama with a chat template (its own copy: the session fixture stays as is)."""
     lm = load_model(str(tiny_model_dirs["llama"]), device="cpu")
-    lm.tokenizer.chat_template = TEMPLATE
+    lm.tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return lm
 
 
