@@ -329,6 +329,6 @@ def _summary(
         "calls_cached": stats.n_cached,
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
-        "spent_usd": stats.spent_usd,
+        "spent_usd": stats.spent_usd if client.price is not None else None,
         "backend_s": stats.backend_s,
     }

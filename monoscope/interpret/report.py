@@ -10,6 +10,10 @@ def _ids(ids: list[int], limit: int = 12) -> str:
     return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
 
 
+def _cost(usd: float | None) -> str:
+    return "cost unknown (no price for this model: --prices)" if usd is None else f"${usd:.4f}"
+
+
 def format_plan(command: str, plan: dict[str, Any]) -> str:
     usd = plan["estimated_usd"]
     cost = "unknown (no price for this model: pass --prices)" if usd is None else f"${usd:.4f}"
@@ -32,7 +36,7 @@ def format_run(command: str, summary: dict[str, Any]) -> str:
             + (f", {summary['unparsable']} answer(s) unparsable" if summary["unparsable"] else "")
             + f"; {summary['calls_sent']} call(s) sent, {summary['calls_cached']} from the cache, "
             f"{summary['prompt_tokens']:,} + {summary['completion_tokens']:,} tokens, "
-            f"${summary['spent_usd']:.4f}"
+            + _cost(summary["spent_usd"])
         )
         for name, mean in summary.get("mean_scores", {}).items():
             lines.append(
@@ -43,6 +47,8 @@ def format_run(command: str, summary: dict[str, Any]) -> str:
                 f"  stopped at the budget: {len(summary['not_started'])} feature(s) left "
                 f"({_ids(summary['not_started'])}); raise --budget-usd and rerun to go on"
             )
+        if summary["stop_reason"] and not summary["stopped_by_budget"]:
+            lines.append(f"  stopped early: {summary['stop_reason']}")
         for fid, error in list(summary["failed"].items())[:5]:
             lines.append(f"  feature {fid} failed: {error}")
     for key, why in (
