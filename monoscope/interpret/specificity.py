@@ -7,17 +7,23 @@ between 0 and the feature's max, 0 lowest), the top examples (binned by their ow
 so a rarely firing feature's top windows land where their activation is rather than being
 forced into the top interval), and the non-firing random examples as the interval
 "not firing". Each window is shown as text with its centre token between << and >>.
+
+A judge whose backend returns logprobs answers with one token, and its grade is the most likely
+of '0'..'3' among that token's top alternatives (a small model that would write prose still
+grades; the expected grade and the four probabilities are kept too); another judge's grade is
+parsed from its text. Each record names its grade_source.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monoscope.interpret.backends.base import Caller, ChatRequest
+from monoscope.interpret.backends.base import Caller, ChatRequest, ChatResponse
 from monoscope.interpret.examples import Example, FeatureExamples
 from monoscope.interpret.formatting import marked_text
 from monoscope.interpret.options import LLMOptions
@@ -36,7 +42,9 @@ from monoscope.interpret.specificity_report import (
 
 PROMPT_VERSION = "specificity-v1"
 ANSWER_TOKENS = 8
-"""The judge answers one digit; a few tokens of slack for 'Score: 3'-style answers."""
+"""The judge answers one digit; a few tokens of slack for 'Score: 3'-style answers (text)."""
+TOP_LOGPROBS = 20
+"""First-token alternatives asked for when the grade is read from the logprobs."""
 _DIGIT = re.compile(r"(?<!\d)(\d)(?!\d)")
 
 
@@ -113,9 +121,16 @@ def highlight(example: Example) -> str:
     return marked_text(example.tokens, [i == example.centre for i in range(len(example.tokens))])
 
 
-def judge_request(prompt: Prompt, explanation: str, example: Example) -> ChatRequest:
-    """The judge's request for one window: the rubric (system), the explanation and the text."""
+def judge_request(
+    prompt: Prompt, explanation: str, example: Example, logprobs: bool = False
+) -> ChatRequest:
+    """The judge's request for one window: the rubric (system), the explanation and the text;
+    with logprobs, one answer token and its top alternatives."""
     messages = prompt.fill(explanation=explanation, text=highlight(example))
+    if logprobs:
+        return ChatRequest(
+            messages=messages, max_tokens=1, temperature=0.0, top_logprobs=TOP_LOGPROBS
+        )
     return ChatRequest(messages=messages, max_tokens=ANSWER_TOKENS, temperature=0.0)
 
 
@@ -129,14 +144,43 @@ def parse_grade(answer: str) -> int | None:
     return grade if grade in GRADES else None
 
 
+def grade_from_logprobs(response: ChatResponse) -> dict[str, Any]:
+    """{grade, expected_grade, grade_probs} from the first answer token's alternatives: the
+    probability of each grade (alternatives '0'..'3', whitespace stripped) renormalised over
+    the four, the most likely one and the mean; all None when no grade is among them."""
+    mass = [0.0] * len(GRADES)
+    for token, logprob in (response.logprobs or [[]])[0]:
+        grade = token.strip()
+        if grade.isdigit() and int(grade) in GRADES:
+            mass[int(grade)] += math.exp(logprob)
+    total = sum(mass)
+    if total == 0:
+        return {"grade": None, "expected_grade": None, "grade_probs": None}
+    probs = [m / total for m in mass]
+    return {
+        "grade": max(GRADES, key=probs.__getitem__),
+        "expected_grade": round(sum(g * p for g, p in zip(GRADES, probs, strict=True)), 4),
+        "grade_probs": [round(p, 4) for p in probs],
+    }
+
+
+def read_grade(response: ChatResponse, logprobs: bool) -> dict[str, Any]:
+    """The record's grade fields: from the logprobs, or parsed from the text."""
+    if logprobs:
+        return {"grade_source": "logprobs", **grade_from_logprobs(response)}
+    grade = parse_grade(response.text)
+    return {"grade_source": "text", "grade": grade, "expected_grade": None, "grade_probs": None}
+
+
 def grade_windows(caller: Caller, windows: list[Window], explanation: str) -> list[dict[str, Any]]:
     """Ask the judge about each window, in order: one record per window with the grade (None
-    when unparsable), the raw answer and the call's cache key."""
+    when unparsable) and how it was read, the raw answer and the call's cache key."""
     prompt = load_prompt(PROMPT_VERSION)
+    logprobs = caller.backend.capabilities.logprobs
     records = []
     for window in windows:
         e = window.example
-        result = caller.call(judge_request(prompt, explanation, e))
+        result = caller.call(judge_request(prompt, explanation, e, logprobs))
         records.append(
             {
                 "interval": window.label,
@@ -144,7 +188,7 @@ def grade_windows(caller: Caller, windows: list[Window], explanation: str) -> li
                 "bucket": e.bucket,
                 "rank": e.rank,
                 "activation": e.activation,
-                "grade": parse_grade(result.response.text),
+                **read_grade(result.response, logprobs),
                 "raw": result.response.text,
                 "key": result.key,
                 "cached": result.cached,

@@ -36,7 +36,13 @@ from monoscope.interpret.metrics import (
 )
 from monoscope.interpret.scorers import SCORERS, make_scorer
 from monoscope.interpret.scorers.base import pick
-from monoscope.interpret.scorers.binary import parse_binary
+from monoscope.interpret.scorers.binary import (
+    Asked,
+    Item,
+    binary_result,
+    parse_binary,
+    yes_probability,
+)
 from monoscope.interpret.scorers.simulation import parse_json_answer, parse_logprob_answer
 
 WORDS = [
@@ -406,6 +412,131 @@ def test_fuzzing_escapes_marks_in_the_text():
     prompt = dict(caller.requests[0].messages)["user"]
     assert "\\<\\<bridge\\>\\>" in prompt
     assert result.score == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- logprobs answers
+LOGPROBS = FakeBackend(Capabilities(logprobs=True))
+
+
+def one_window(user: str) -> str:
+    """The window of a one-window (logprobs mode) detection/fuzzing prompt."""
+    return re.search(r"^Text: (.*)$", user, re.MULTILINE).group(1)
+
+
+def first_token(probs: dict[str, float], text: str = "The") -> ChatResponse:
+    """A one-token answer `text` whose alternatives are `probs`, most likely first."""
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    return ChatResponse(text, 10, 1, logprobs=[[(t, math.log(p)) for t, p in ranked]])
+
+
+def yes_no_judge(rule, mode="rule", seed=0):
+    """Writes prose ('The' is its most likely first token) but puts 0.3 on the right digit and
+    0.1 on the wrong one ('1'/'0' with and without a space, 'Yes'/'no'); random: a random
+    share of the same mass; inverted: the wrong digit gets the 0.3."""
+    rng = random.Random(seed)
+
+    def answer(user: str) -> ChatResponse:
+        right = int(rule(one_window(user)))
+        p_yes = 0.75 if right else 0.25
+        if mode == "random":
+            p_yes = rng.random()
+        elif mode == "inverted":
+            p_yes = 1 - p_yes
+        yes, no = 0.4 * p_yes, 0.4 * (1 - p_yes)
+        return first_token({"The": 0.5, "1": yes / 2, " Yes": yes / 2, " 0": no / 2, "no": no / 2})
+
+    return answer
+
+
+def test_yes_probability_sums_the_alternatives_meaning_yes_and_no():
+    response = first_token({"I": 0.5, "1": 0.2, " YES": 0.1, "0": 0.1, "\nNo": 0.05, "2": 0.05})
+    assert yes_probability(response) == pytest.approx(0.3 / 0.45)
+    assert yes_probability(first_token({"I": 0.9, "2": 0.1})) is None
+    assert yes_probability(ChatResponse("1", 10, 1)) is None  # no logprobs came back
+
+
+@pytest.mark.parametrize("scorer", ["detection", "fuzzing"])
+# random: 100 vs 100 windows, the AUC's standard deviation is about 0.04
+@pytest.mark.parametrize(
+    ("mode", "low", "high"), [("rule", 0.99, 1.0), ("random", 0.35, 0.65), ("inverted", 0.0, 0.01)]
+)
+def test_logprob_answers_judges(big_feature, scorer, mode, low, high):
+    fx = big_feature
+    split = split_examples(fx)
+    rule = mentions_bridge if scorer == "detection" else marks_fit
+    caller = FakeCaller(yes_no_judge(rule, mode), LOGPROBS)
+    result = make_scorer(scorer).score(fx, split, "the word bridge", caller)
+    assert result.status == "ok" and result.version == f"{scorer}-v2"
+    assert result.metrics["answers"] == "logprobs"
+    assert result.metrics["prompt_version"] == f"{scorer}-one-v1"
+    assert low <= result.score <= high and low <= result.metrics["auc"] <= high
+    assert result.metrics["n_unparsable"] == 0
+    n = result.metrics["n"]
+    assert len(caller.requests) == len(result.cache_keys) == n  # one window a call
+    assert all(len(re.findall(r"^Text: ", dict(r.messages)["user"], re.MULTILINE)) == 1
+               for r in caller.requests)  # fmt: skip
+    assert {(r.top_logprobs, r.max_tokens, r.temperature) for r in caller.requests} == {(20, 1, 0)}
+    truth, p = [d["truth"] for d in result.details], [d["p"] for d in result.details]
+    assert result.metrics["auc"] == pytest.approx(auroc(truth, p), abs=1e-3)  # p: 6 decimals
+    if mode == "rule":
+        assert {d["p"] for d in result.details} == {0.75, 0.25}
+    json.dumps(result.details)
+
+
+def test_auc_ranks_the_probabilities_not_the_answers():
+    """Positives at p 0.9, 0.6, 0.3 and negatives at 0.7, 0.2: 4 of the 6 pairs are ordered
+    right (AUC 2/3), while the 0/1 answers (1, 1, 0 / 1, 0) would give 3.5/6; an unparsable
+    window counts in neither."""
+    fx = bridge_feature(n_top=6, per_bucket=0, n_random=0)
+    truth = [True, True, True, False, False, True]
+    items = [Item(e, "", t) for e, t in zip(fx.top, truth, strict=True)]
+    p_yes = [0.9, 0.6, 0.3, 0.7, 0.2, None]
+    answers = [None if p is None else int(p > 0.5) for p in p_yes]
+    asked = Asked(items, answers, list(range(6)), ["k"] * 6, [{"call": 5}], "logprobs", "x",
+                  p_yes=p_yes)  # fmt: skip
+    result = binary_result("detection", "detection-v2", asked)
+    assert result.metrics["auc"] == pytest.approx(4 / 6)
+    assert result.score == pytest.approx(0.5 * (2 / 3 + 1 / 2))
+    assert result.metrics["n_unparsable"] == 1 and result.details[5]["p"] is None
+    text = Asked(items, answers, [0] * 6, ["k"], [], "text", "x")
+    assert binary_result("detection", "v", text).metrics["auc"] == pytest.approx(3.5 / 6)
+
+
+def test_logprob_answers_without_a_yes_or_no_are_unparsable():
+    fx = bridge_feature()
+    split = split_examples(fx)
+    prose = FakeCaller(lambda user: first_token({"The": 0.6, "I": 0.3, "2": 0.1}), LOGPROBS)
+    result = make_scorer("detection").score(fx, split, "bridges", prose)
+    assert result.status == "unparsable" and result.score is None
+    assert result.metrics["n_unparsable"] == result.metrics["n"] == len(prose.requests)
+    first = result.metrics["unparsable_answers"][0]
+    assert first["raw"] == "The" and first["alternatives"] == ["The", "I", "2"]
+    assert all(d["answer"] is None and d["p"] is None for d in result.details)
+
+
+def test_answer_mode_follows_the_judge_unless_chosen():
+    fx = bridge_feature()
+    split = split_examples(fx)
+    text_judge = FakeCaller(binary_judge(mentions_bridge), LOGPROBS)
+    result = make_scorer("detection", answers="text").score(fx, split, "bridges", text_judge)
+    assert (
+        result.metrics["answers"] == "text" and result.metrics["prompt_version"] == "detection-v1"
+    )
+    assert len(text_judge.requests) == 8 and result.score == pytest.approx(1.0)
+    plain = FakeCaller(binary_judge(mentions_bridge))  # no logprobs: auto asks in batches
+    assert make_scorer("fuzzing").score(fx, split, "b", plain).metrics["answers"] == "text"
+    with pytest.raises(ValueError, match="answers"):
+        make_scorer("detection", answers="vibes")
+
+
+def test_logprob_requests_are_deterministic_per_seed():
+    fx = bridge_feature()
+    split = split_examples(fx)
+    keys = []
+    for seed in (0, 0, 1):
+        caller = FakeCaller(yes_no_judge(marks_fit), LOGPROBS)
+        keys.append(make_scorer("fuzzing").score(fx, split, "b", caller, rng_seed=seed).cache_keys)
+    assert keys[0] == keys[1] != keys[2]
 
 
 # ----------------------------------------------------------------------------- simulation

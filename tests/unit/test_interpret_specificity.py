@@ -4,6 +4,7 @@ counted, the report and its stacked histogram written."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from monoscope.interpret.specificity import (
     SpecificityConfig,
     gather_windows,
     grade_features,
+    grade_from_logprobs,
     highlight,
     interval_of,
     parse_grade,
@@ -80,7 +82,7 @@ class StubJudge:
     """A fake Caller: answers by the highlighted token, records every request."""
 
     def __init__(self, answer=None):
-        self.backend = None
+        self.backend = RuleBackend()  # no logprobs: grades parsed from the text
         self.requests: list[ChatRequest] = []
         self.answer = answer or (lambda token: ANSWERS[token])
         self.lock = threading.Lock()
@@ -348,3 +350,69 @@ def test_local_backend_grades_or_counts_every_window(tmp_path):
     assert sum(v["n"] for v in pooled.values()) == 11 == report["calls"]["n"]
     assert all(v["n"] == 1 for v in pooled.values())
     assert all(g["raw"] is not None for g in report["features"][0]["grades"])
+
+
+# ----------------------------------------------------------------------------- logprobs grades
+def alternatives(probs: dict[str, float]) -> list[list[tuple[str, float]]]:
+    """One answer token's alternatives, most likely first, as a backend returns them."""
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    return [[(token, math.log(p)) for token, p in ranked]]
+
+
+class LogprobJudge(StubJudge):
+    """A fake Caller whose backend returns logprobs: it writes prose ('The'), but puts the
+    rubric grade of the highlighted token (ANSWERS' digit) among the first token's alternatives
+    with probability 0.5 and 0.1 on each other grade; 'hat' gets no digit at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.backend = RuleBackend(capabilities=Capabilities(logprobs=True))
+
+    def call(self, request: ChatRequest) -> CallResult:
+        with self.lock:
+            self.requests.append(request)
+        token = re.search(r"<<(\w+)>>", request.messages[-1][1]).group(1)
+        grade = parse_grade(ANSWERS[token])
+        probs = {"The": 0.2, " I": 0.1}
+        if grade is not None:
+            probs |= {str(g): 0.5 if g == grade else 0.1 for g in range(4)}
+        response = ChatResponse("The", 100, 1, logprobs=alternatives(probs))
+        return CallResult(response, f"key-{len(self.requests)}", False, 0.0, 0)
+
+
+def test_grade_from_logprobs_takes_the_most_likely_rubric_digit():
+    got = grade_from_logprobs(ChatResponse("The", 1, 1, alternatives(
+        {"The": 0.6, " 2": 0.2, "3": 0.1, "7": 0.05, "0": 0.05}
+    )))  # fmt: skip
+    assert got["grade"] == 2
+    assert got["grade_probs"] == pytest.approx([0.05 / 0.35, 0, 0.2 / 0.35, 0.1 / 0.35], abs=1e-4)
+    assert got["expected_grade"] == pytest.approx((2 * 0.2 + 3 * 0.1) / 0.35, abs=1e-4)
+    nothing = grade_from_logprobs(ChatResponse("I", 1, 1, alternatives({"I": 0.9, "10": 0.1})))
+    assert nothing == {"grade": None, "expected_grade": None, "grade_probs": None}
+    assert grade_from_logprobs(ChatResponse("3", 1, 1))["grade"] is None  # no logprobs at all
+
+
+def test_a_judge_with_logprobs_is_graded_from_them():
+    judge = LogprobJudge()
+    report = grade_features(judge, [feature(0)], {0: "cats"}, n_intervals=N_INTERVALS)
+    grades = {(g["kind"], g["rank"], g["bucket"]): g for g in report["features"][0]["grades"]}
+    assert all(r.top_logprobs == 20 and r.max_tokens == 1 for r in judge.requests)
+    assert all(r.temperature == 0.0 for r in judge.requests)
+    assert {g["grade_source"] for g in grades.values()} == {"logprobs"}
+    assert grades[("top", 0, None)]["grade"] == 3 and grades[("top", 2, None)]["grade"] == 2
+    assert grades[("quantile", 0, 0)]["grade"] == 1 and grades[("random", 0, None)]["grade"] == 0
+    hat = grades[("random", 1, None)]
+    assert hat["grade"] is None and hat["raw"] == "The"
+    cat = grades[("top", 0, None)]
+    assert cat["grade_probs"] == pytest.approx([0.125, 0.125, 0.125, 0.625])
+    assert cat["expected_grade"] == pytest.approx((0 + 1 + 2) * 0.125 + 3 * 0.625)
+    assert report["pooled"]["n_unparsable"] == 1
+
+
+def test_a_judge_without_logprobs_is_graded_from_its_text():
+    judge = StubJudge()
+    report = grade_features(judge, [feature(0)], {0: "cats"}, n_intervals=N_INTERVALS)
+    records = report["features"][0]["grades"]
+    assert {g["grade_source"] for g in records} == {"text"}
+    assert all(g["grade_probs"] is None for g in records)
+    assert all(r.top_logprobs == 0 and r.max_tokens == 8 for r in judge.requests)

@@ -1,22 +1,34 @@
-"""A yes/no judge over numbered windows in batches, the engine of detection and fuzzing: each
-batch is one call answered by a list of 0s and 1s, parsed leniently; a batch that does not parse
-is recorded (answers None, its raw text kept) and counted, never raised."""
+"""A yes/no judge over windows, the engine of detection and fuzzing, in one of two answer modes:
+- text: the windows in numbered batches, each batch one call answered by a list of 0s and 1s,
+  parsed leniently;
+- logprobs: one window a call, answered by one token; the answer is read from that token's top
+  alternatives (p1: the probability of those meaning yes, '1' or 'yes'; p0: no), so a judge that
+  writes prose still answers, and p1 / (p0 + p1) is a score for a real AUROC.
+An answer that does not parse is recorded (answer None, its raw text kept) and counted, never
+raised."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from monoscope.interpret.backends.base import Caller, ChatRequest
+from monoscope.interpret.backends.base import Caller, ChatRequest, ChatResponse
 from monoscope.interpret.examples import Example
-from monoscope.interpret.metrics import binary_metrics, group_accuracy
+from monoscope.interpret.metrics import auroc, binary_metrics, group_accuracy
 from monoscope.interpret.prompts import load_prompt
 from monoscope.interpret.scorers.base import ScoreResult, group, identity
 
+MODES = ("auto", "text", "logprobs")
+"""How the judge answers: auto is logprobs when its backend returns them, else text."""
 RAW_KEPT = 500
 """Characters of an unparsable answer kept in the metrics."""
+TOP_LOGPROBS = 20
+"""First-token alternatives asked for in logprobs mode (OpenAI's maximum)."""
+ALTERNATIVES_KEPT = 5
+"""Alternatives of an unparsable one-token answer kept in the metrics, to see what it said."""
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _NUMBERING = re.compile(r"^\W*(?:(?:example|excerpt)\s*)?\d+\s*[.):\-]\s*", re.IGNORECASE)
@@ -32,6 +44,26 @@ class Item:
     truth: bool
     extra: dict[str, Any] = field(default_factory=dict)
     """Kept in the details (e.g. fuzzing's marked positions)."""
+
+
+@dataclass
+class Asked:
+    """The judge's answers to the items, in the order asked."""
+
+    items: list[Item]
+    answers: list[int | None]
+    """1, 0, or None where the answer did not parse."""
+    calls: list[int]
+    """Each item's call: its batch (text mode) or its own call (logprobs mode)."""
+    keys: list[str]
+    """The calls' cache keys."""
+    unparsable: list[dict[str, Any]]
+    """The raw answers of the calls that did not parse."""
+    mode: str
+    prompt: str
+    """The prompt version asked with."""
+    p_yes: list[float | None] | None = None
+    """logprobs mode: each item's p1 / (p0 + p1) (None where unparsable); text mode: None."""
 
 
 def parse_binary(text: str, n: int) -> list[int] | None:
@@ -56,6 +88,34 @@ def parse_binary(text: str, n: int) -> list[int] | None:
     return None
 
 
+def check_answers(answers: str) -> None:
+    """A scorer's answers option must be one of MODES."""
+    if answers not in MODES:
+        raise ValueError(f"answers must be one of {', '.join(MODES)}, got {answers!r}")
+
+
+def answer_mode(answers: str, caller: Caller) -> str:
+    """'text' or 'logprobs' for an answers option of MODES and this judge."""
+    if answers == "auto":
+        return "logprobs" if caller.backend.capabilities.logprobs else "text"
+    return answers
+
+
+def ask(
+    caller: Caller,
+    mode: str,
+    prompts: tuple[str, str],
+    explanation: str,
+    items: list[Item],
+    batch_size: int,
+    rng: random.Random,
+) -> Asked:
+    """Ask in `mode` ('text' or 'logprobs'), with prompts (text mode's, logprobs mode's)."""
+    if mode == "logprobs":
+        return ask_one_by_one(caller, prompts[1], explanation, items)
+    return ask_in_batches(caller, prompts[0], explanation, items, batch_size, rng)
+
+
 def ask_in_batches(
     caller: Caller,
     version: str,
@@ -63,17 +123,13 @@ def ask_in_batches(
     items: list[Item],
     batch_size: int,
     rng: random.Random,
-) -> tuple[list[Item], list[int | None], list[int], list[str], list[dict[str, Any]]]:
-    """Shuffle the items, ask about them `batch_size` at a time. Returns the items in the order
-    asked, each one's answer (None: its batch did not parse), its batch index, the calls' cache
-    keys, and the unparsable batches' raw answers."""
+) -> Asked:
+    """Shuffle the items, ask about them `batch_size` at a time, each batch answered by a list;
+    a batch that does not parse leaves its items' answers None."""
     items = list(items)
     rng.shuffle(items)
     prompt = load_prompt(version)
-    answers: list[int | None] = []
-    batches: list[int] = []
-    keys: list[str] = []
-    unparsable: list[dict[str, Any]] = []
+    asked = Asked(items, [], [], [], [], "text", version)
     for b, start in enumerate(range(0, len(items), batch_size)):
         batch = items[start : start + batch_size]
         listing = "\n\n".join(f"Example {i}: {item.text}" for i, item in enumerate(batch, 1))
@@ -83,37 +139,86 @@ def ask_in_batches(
             temperature=0.0,
         )
         result = caller.call(request)
-        keys.append(result.key)
+        asked.keys.append(result.key)
         parsed = parse_binary(result.response.text, len(batch))
         if parsed is None:
-            unparsable.append({"batch": b, "raw": result.response.text[:RAW_KEPT]})
-        answers += parsed if parsed is not None else [None] * len(batch)
-        batches += [b] * len(batch)
-    return items, answers, batches, keys, unparsable
+            asked.unparsable.append({"batch": b, "raw": result.response.text[:RAW_KEPT]})
+        asked.answers += parsed if parsed is not None else [None] * len(batch)
+        asked.calls += [b] * len(batch)
+    return asked
 
 
-def binary_result(
-    name: str,
-    version: str,
-    items: list[Item],
-    answers: list[int | None],
-    batches: list[int],
-    keys: list[str],
-    unparsable: list[dict[str, Any]],
-) -> ScoreResult:
+def ask_one_by_one(caller: Caller, version: str, explanation: str, items: list[Item]) -> Asked:
+    """Ask about each item in its own call of one answer token with its top alternatives; the
+    answer is 1 where p1 > p0 (see yes_probability)."""
+    prompt = load_prompt(version)
+    p_yes: list[float | None] = []
+    asked = Asked(list(items), [], [], [], [], "logprobs", version, p_yes=p_yes)
+    for i, item in enumerate(items):
+        request = ChatRequest(
+            messages=prompt.fill(explanation=explanation, text=item.text),
+            max_tokens=1,
+            temperature=0.0,
+            top_logprobs=TOP_LOGPROBS,
+        )
+        result = caller.call(request)
+        asked.keys.append(result.key)
+        p = yes_probability(result.response)
+        if p is None:
+            asked.unparsable.append(unparsable_token(i, result.response))
+        p_yes.append(p)
+        asked.answers.append(None if p is None else int(p > 0.5))
+        asked.calls.append(i)
+    return asked
+
+
+def yes_probability(response: ChatResponse) -> float | None:
+    """p1 / (p0 + p1) over the first generated token's alternatives, p1 the total probability
+    of those meaning yes ('1', 'yes', 'true' in any case, whitespace around), p0 of those
+    meaning no; None when neither is among them (or no logprobs came back)."""
+    if not response.logprobs:
+        return None
+    mass = [0.0, 0.0]
+    for token, logprob in response.logprobs[0]:
+        value = _WORDS.get(token.strip().lower())
+        if value is not None:
+            mass[value] += math.exp(logprob)
+    total = mass[0] + mass[1]
+    return mass[1] / total if total > 0 else None
+
+
+def unparsable_token(call: int, response: ChatResponse) -> dict[str, Any]:
+    """The record of a one-token answer without a yes/no alternative: its text and its most
+    likely alternatives."""
+    alternatives = [t for t, _ in (response.logprobs or [[]])[0][:ALTERNATIVES_KEPT]]
+    return {"call": call, "raw": response.text[:RAW_KEPT], "alternatives": alternatives}
+
+
+def binary_result(name: str, version: str, asked: Asked) -> ScoreResult:
     """Balanced accuracy as the headline (chance 0.5), Delphi's metrics over the answered items,
-    accuracy per group (top, each quantile, non-activating kinds), and the details."""
-    answered = [(it, a) for it, a in zip(items, answers, strict=True) if a is not None]
-    truth = [it.truth for it, _ in answered]
-    pred = [bool(a) for _, a in answered]
+    accuracy per group (top, each quantile, non-activating kinds), and the details. In logprobs
+    mode the AUC ranks the items by p_yes (in text mode it ranks the 0/1 answers)."""
+    answered = [i for i, a in enumerate(asked.answers) if a is not None]
+    truth = [asked.items[i].truth for i in answered]
+    pred = [bool(asked.answers[i]) for i in answered]
     metrics: dict[str, Any] = binary_metrics(truth, pred) if answered else {}
-    metrics["per_quantile"] = group_accuracy([group(it.example) for it, _ in answered], truth, pred)
-    metrics |= {"n": len(items), "n_unparsable": len(items) - len(answered)}
-    metrics["unparsable_answers"] = unparsable
+    if asked.p_yes is not None and answered:
+        metrics["auc"] = auroc(truth, [asked.p_yes[i] for i in answered])
+    groups = [group(asked.items[i].example) for i in answered]
+    metrics["per_quantile"] = group_accuracy(groups, truth, pred)
+    metrics |= {"n": len(asked.items), "n_unparsable": len(asked.items) - len(answered)}
+    metrics |= {"answers": asked.mode, "prompt_version": asked.prompt}
+    metrics["unparsable_answers"] = asked.unparsable
     score = metrics.get("balanced_accuracy")
-    status = "ok" if score is not None else "unparsable" if items and not answered else "undefined"
-    details = [
-        identity(it.example) | {"truth": int(it.truth), "answer": a, "batch": b} | it.extra
-        for it, a, b in zip(items, answers, batches, strict=True)
-    ]
-    return ScoreResult(name, version, status, score, 0.5, metrics, details, keys)
+    status = (
+        "ok" if score is not None else "unparsable" if asked.items and not answered else "undefined"
+    )
+    details = []
+    for i, it in enumerate(asked.items):
+        record = identity(it.example) | {"truth": int(it.truth), "answer": asked.answers[i]}
+        if asked.p_yes is not None:
+            p = asked.p_yes[i]
+            record["p"] = None if p is None else round(p, 6)
+        record["batch" if asked.mode == "text" else "call"] = asked.calls[i]
+        details.append(record | it.extra)
+    return ScoreResult(name, version, status, score, 0.5, metrics, details, asked.keys)

@@ -1,7 +1,9 @@
 """Detection (Delphi): does the feature fire anywhere in this window? Held-out activating
 windows from every activation interval and non-activating ones (random contexts, plus any hard
-negatives) are shuffled and shown a batch at a time without marks; the judge answers 0/1 each.
-Headline: balanced accuracy (chance 0.5), with accuracy per activation quantile."""
+negatives) are shown without marks; the judge answers 0/1 each, a shuffled batch at a time
+(text mode) or one window a call read from the answer token's logprobs (logprobs mode, which also
+gives each window a probability and so a real AUROC; see binary.py). Headline: balanced accuracy
+(chance 0.5), with accuracy per activation quantile."""
 
 from __future__ import annotations
 
@@ -12,19 +14,28 @@ from monoscope.interpret.backends.base import Caller
 from monoscope.interpret.examples import Example, FeatureExamples, Split
 from monoscope.interpret.formatting import plain_text
 from monoscope.interpret.scorers.base import ScoreResult, feature_rng, pick
-from monoscope.interpret.scorers.binary import Item, ask_in_batches, binary_result
+from monoscope.interpret.scorers.binary import Item, answer_mode, ask, binary_result, check_answers
 
 
 @dataclass
 class DetectionScorer:
     batch_size: int = 5
-    """Windows per call (Delphi asks about a handful at once)."""
+    """Windows per call in text mode (Delphi asks about a handful at once)."""
     max_activating: int | None = None
     """Held-out activating windows used at most (None: all), spread over the intervals."""
     max_non_activating: int | None = None
-    version: str = "detection-v1"
+    answers: str = "auto"
+    """text, logprobs, or auto: logprobs when the judge's backend returns them."""
+    version: str = "detection-v2"
+    """The scorer's version, stored with every score (v2: the answer modes; v1 asked in batches
+    only). A new prompt below means a new version."""
+    text_prompt: str = "detection-v1"
+    logprobs_prompt: str = "detection-one-v1"
     name: str = "detection"
     chance: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_answers(self.answers)
 
     def score(
         self,
@@ -40,5 +51,7 @@ class DetectionScorer:
         negatives = pick([*split.non_activating, *hard_negatives], self.max_non_activating, rng)
         items = [Item(e, plain_text(e.tokens), True) for e in positives]
         items += [Item(e, plain_text(e.tokens), False) for e in negatives]
-        asked = ask_in_batches(judge, self.version, explanation, items, self.batch_size, rng)
-        return binary_result(self.name, self.version, *asked)
+        mode = answer_mode(self.answers, judge)
+        prompts = (self.text_prompt, self.logprobs_prompt)
+        asked = ask(judge, mode, prompts, explanation, items, self.batch_size, rng)
+        return binary_result(self.name, self.version, asked)

@@ -2,7 +2,8 @@
 activating window is shown once, marked either correctly (its activating tokens) or, for a
 random half, at as many random non-activating tokens as an activating window has on average
 (n_incorrect = ceil(mean active tokens), Delphi's rule). The judge answers 0/1 per window, in
-batches. Headline: balanced accuracy (chance 0.5)."""
+batches (text mode) or one window a call read from the answer token's logprobs (logprobs mode;
+see binary.py). Headline: balanced accuracy (chance 0.5)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,27 @@ from monoscope.interpret.backends.base import Caller
 from monoscope.interpret.examples import Example, FeatureExamples, Split
 from monoscope.interpret.formatting import active, marked_text
 from monoscope.interpret.scorers.base import ScoreResult, feature_rng, pick
-from monoscope.interpret.scorers.binary import Item, ask_in_batches, binary_result
+from monoscope.interpret.scorers.binary import Item, answer_mode, ask, binary_result, check_answers
 
 
 @dataclass
 class FuzzingScorer:
     batch_size: int = 5
+    """Windows per call in text mode."""
     max_activating: int | None = None
     """Held-out activating windows used at most (None: all), spread over the intervals."""
-    version: str = "fuzzing-v1"
+    answers: str = "auto"
+    """text, logprobs, or auto: logprobs when the judge's backend returns them."""
+    version: str = "fuzzing-v2"
+    """The scorer's version, stored with every score (v2: the answer modes; v1 asked in batches
+    only). A new prompt below means a new version."""
+    text_prompt: str = "fuzzing-v1"
+    logprobs_prompt: str = "fuzzing-one-v1"
     name: str = "fuzzing"
     chance: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_answers(self.answers)
 
     def score(
         self,
@@ -41,8 +52,10 @@ class FuzzingScorer:
         rng = feature_rng(fx, rng_seed)
         windows = pick(split.activating, self.max_activating, rng)
         items = fuzz(windows, fx.max_act, rng)
-        asked = ask_in_batches(judge, self.version, explanation, items, self.batch_size, rng)
-        return binary_result(self.name, self.version, *asked)
+        mode = answer_mode(self.answers, judge)
+        prompts = (self.text_prompt, self.logprobs_prompt)
+        asked = ask(judge, mode, prompts, explanation, items, self.batch_size, rng)
+        return binary_result(self.name, self.version, asked)
 
 
 def fuzz(windows: list[Example], max_act: float, rng: random.Random) -> list[Item]:
