@@ -18,7 +18,8 @@ not defined on them (e.g. no non-activating example, so no balanced accuracy).""
 class ScoreResult:
     scorer: str
     version: str
-    """The scorer's version: its prompt file's name for the LLM scorers."""
+    """The scorer's version (e.g. 'detection-v2'): a new version whenever what it asks or how it
+    scores changes, so rows of an older version are scored again."""
     status: str
     score: float | None
     """The headline (detection, fuzzing: balanced accuracy; simulation: Pearson r; embedding:
