@@ -46,7 +46,7 @@ class DemoConfig:
     explain: bool = True
     """Explain and score a sample of features with the built-in model as the LLM, so the
     browser shows explanations (--no-explain skips it)."""
-    explain_features: int = 16
+    explain_features: int = 12
     """Features the demo explains and scores (a random sample of those that fired)."""
     overwrite: bool = False
     """Start over instead of reusing what OUT holds."""
@@ -115,7 +115,8 @@ def explain_features(db: Path, lm: LanguageModel, n: int) -> None:
     print(f"[5/5] explain and score {n} random features with the local {MODEL} -> {db}")
     common = {"db": str(db), "features": f"random:{n}", "progress": False}
     print(format_run("explain", run_explain(ExplainConfig(**common), lm=lm)))
-    print(format_run("score", run_score(ScoreConfig(**common, scorers=SCORERS), lm=lm)))
+    caps = {"max_activating": 8, "max_non_activating": 8}  # a few minutes on 2 CPU cores
+    print(format_run("score", run_score(ScoreConfig(**common, scorers=SCORERS, **caps), lm=lm)))
     print(f"      stronger explainers: monoscope explain {db} --backend openai --model NAME ...")
 
 

