@@ -7,12 +7,13 @@ import torch
 from monoscope.sae.base import SparseAutoencoder
 from monoscope.sae.batchtopk import BatchTopKSAE
 from monoscope.sae.config import SAEConfig
+from monoscope.sae.identity import NeuronDictionary
 from monoscope.sae.jumprelu import JumpReLUSAE
 from monoscope.sae.relu import ReluSAE
 from monoscope.sae.topk import TopKSAE
 
 SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.arch: cls for cls in (ReluSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+    cls.arch: cls for cls in (ReluSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, NeuronDictionary)
 }
 
 

@@ -15,6 +15,9 @@ SAE_FORMAT = "monoscope.sae"
 SAE_FORMAT_VERSION = 1
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+FIXED_DICTIONARIES = ("neurons",)
+"""Dictionaries that are not trained, only read like an SAE: 'neurons' is a layer's MLP neurons
+(monoscope/sae/identity.py)."""
 
 # "f*||W_dec_i||": features are reported as f_i times the decoder row norm, as Scaling
 # Monosemanticity reports them; the other architectures report f itself.
@@ -23,19 +26,27 @@ DEFAULT_CONVENTION = {
     "topk": "f",
     "batchtopk": "f",
     "jumprelu": "f",
+    "neurons": "f",
 }
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Gao et al. 2024 subtract b_dec before encoding; the April 2024 update (relu) and Gemma Scope
 # (jumprelu) do not.
-DEFAULT_SUBTRACT_B_DEC = {"relu": False, "topk": True, "batchtopk": True, "jumprelu": False}
+DEFAULT_SUBTRACT_B_DEC = {
+    "relu": False,
+    "topk": True,
+    "batchtopk": True,
+    "jumprelu": False,
+    "neurons": False,
+}
 
 
 @dataclass
 class SAEConfig:
     arch: str
-    """Architecture: relu, topk, batchtopk or jumprelu."""
+    """Architecture: relu, topk, batchtopk or jumprelu (or neurons, a fixed identity
+    dictionary)."""
     d_in: int
     """Width of the activations the SAE reads."""
     n_features: int
@@ -69,7 +80,7 @@ class SAEConfig:
     """Free-form summary written by the trainer (tokens, steps, final metrics) or the importer."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if self.arch not in (*ARCHITECTURES, *FIXED_DICTIONARIES):
             raise ValueError(
                 f"unknown SAE architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
             )
