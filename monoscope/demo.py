@@ -110,13 +110,20 @@ def explain_features(db: Path, lm: LanguageModel, n: int) -> None:
     """Step 5: explanations and scores of a few features, the built-in model as the LLM (a
     135M explainer is weak: this shows the pipeline a stronger model plugs into)."""
     from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+    from monoscope.interpret.embedding import EmbedderMissingError, default_model_dir
     from monoscope.interpret.report import format_run
 
     print(f"[5/5] explain and score {n} random features with the local {MODEL} -> {db}")
+    scorers = SCORERS
+    try:
+        default_model_dir()
+    except EmbedderMissingError as err:
+        print(f"      no embedding scorer: {err}")
+        scorers = "detection"
     common = {"db": str(db), "features": f"random:{n}", "progress": False}
     print(format_run("explain", run_explain(ExplainConfig(**common), lm=lm)))
     caps = {"max_activating": 8, "max_non_activating": 8}  # a few minutes on 2 CPU cores
-    print(format_run("score", run_score(ScoreConfig(**common, scorers=SCORERS, **caps), lm=lm)))
+    print(format_run("score", run_score(ScoreConfig(**common, scorers=scorers, **caps), lm=lm)))
     print(f"      stronger explainers: monoscope explain {db} --backend openai --model NAME ...")
 
 

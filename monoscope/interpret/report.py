@@ -89,3 +89,38 @@ def format_specificity(report: dict[str, Any]) -> str:
         lines.append(f"  skipped: {len(report['skipped'])} feature(s) (see the report)")
     lines.append(f"  report: {report['out']}")
     return "\n".join(lines)
+
+
+def _side_by_side(name: str, entry: dict[str, Any]) -> str:
+    features, neurons = entry["features"], entry["neurons"]
+
+    def mean(side: dict[str, Any]) -> str:
+        return "-" if side["mean"] is None else f"{side['mean']:.3f}"
+
+    beat = entry.get("p_features_beat_neurons")
+    test = "" if beat is None else f"; P(feature > neuron) {beat:.2f}, p {entry['p_value']:.2g}"
+    return (
+        f"  {name}: features {mean(features)} (n {features['n']}), neurons {mean(neurons)} "
+        f"(n {neurons['n']}){test}"
+    )
+
+
+def format_comparison(report: dict[str, Any]) -> str:
+    """Features vs neurons: the correlation result, then the scores side by side."""
+    corr = report["correlation"]
+    lines = [
+        f"features vs neurons over {corr['tokens']:,} tokens: {corr['n_sampled']} random features, "
+        f"max |r| with any MLP neuron of layers {corr['layers'][0]}-{corr['layers'][-1]}: "
+        f"median {corr['median_max_r']:.3f}; {100 * corr['fraction_at_most_threshold']:.1f}% "
+        f"have max r <= {corr['threshold']} (Scaling Monosemanticity: "
+        f"{100 * corr['paper_fraction']:.0f}%)"
+    ]
+    for name, entry in report.get("scores", {}).items():
+        lines.append(_side_by_side(name, entry))
+    if report.get("specificity"):
+        lines.append(
+            _side_by_side("specificity (mean grade of firing windows)", report["specificity"])
+        )
+    lines.extend(f"  note: {line}" for line in report.get("missing", []))
+    lines.append(f"  report: {report['config']['out']}")
+    return "\n".join(line for line in lines if line)
