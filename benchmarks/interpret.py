@@ -13,7 +13,8 @@ scores of its explanations against two baselines scored in the same run.
 The store is copied into a temporary folder (the original is not touched); the model is loaded
 once, outside every timing.
 
-    python benchmarks/interpret.py [--db runs/demo/features.db] [--features 20] [--json OUT]
+    python benchmarks/interpret.py [--db runs/demo/features.db] [--features 20] [--max-windows 10]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,11 +46,17 @@ def overhead(summary: dict, wall: float) -> float:
     return (wall - summary["backend_s"]) / summary["backend_s"]
 
 
-def first_run(db: Path, lm, n: int, cache: Path) -> dict:
+def options(db: Path, n: int, cache: Path, caps: dict) -> tuple[dict, dict]:
+    """The explain options and the score options of one run."""
     common = {"db": str(db), "features": f"random:{n}", "cache": str(cache), "progress": False}
+    return common, {**common, **caps}
+
+
+def first_run(db: Path, lm, n: int, cache: Path, caps: dict) -> dict:
+    common, scoring = options(db, n, cache, caps)
     explain, t_explain = timed(run_explain, ExplainConfig(**common), lm=lm)
-    detect, t_detect = timed(run_score, ScoreConfig(**common, scorers="detection"), lm=lm)
-    embed, t_embed = timed(run_score, ScoreConfig(**common, scorers="embedding"), lm=lm)
+    detect, t_detect = timed(run_score, ScoreConfig(**scoring, scorers="detection"), lm=lm)
+    embed, t_embed = timed(run_score, ScoreConfig(**scoring, scorers="embedding"), lm=lm)
     return {
         "features": explain["done"],
         "unparsable_explanations": explain["unparsable"],
@@ -68,11 +75,11 @@ def first_run(db: Path, lm, n: int, cache: Path) -> dict:
     }
 
 
-def replay(db: Path, lm, n: int, cache: Path) -> dict:
-    common = {"db": str(db), "features": f"random:{n}", "cache": str(cache), "progress": False}
+def replay(db: Path, lm, n: int, cache: Path, caps: dict) -> dict:
+    common, scoring = options(db, n, cache, {**caps, "replay_only": True})
     common["replay_only"] = True
     explain, t_explain = timed(run_explain, ExplainConfig(**common), lm=lm)
-    detect, t_detect = timed(run_score, ScoreConfig(**common, scorers="detection"), lm=lm)
+    detect, t_detect = timed(run_score, ScoreConfig(**scoring, scorers="detection"), lm=lm)
     assert explain["calls_sent"] == detect["calls_sent"] == 0, "the replay sent calls"
     return {"explain_s": t_explain, "detection_s": t_detect, "features": explain["done"]}
 
@@ -101,12 +108,12 @@ def add_baselines(db: Path, seed: int) -> None:
     conn.close()
 
 
-def baselines(db: Path, lm, n: int, cache: Path, seed: int) -> dict:
+def baselines(db: Path, lm, n: int, cache: Path, caps: dict, seed: int) -> dict:
     add_baselines(db, seed)
-    common = {"db": str(db), "features": f"random:{n}", "cache": str(cache), "progress": False}
+    _, scoring = options(db, n, cache, caps)
     out = {}
     for name in ("local:smollm2-135m", "baseline:shuffled", "baseline:top-token"):
-        cfg = ScoreConfig(**common, scorers="detection,embedding", explainer=name)
+        cfg = ScoreConfig(**scoring, scorers="detection,embedding", explainer=name)
         out[name] = run_score(cfg, lm=lm)["mean_scores"]
     return out
 
@@ -116,6 +123,12 @@ def main() -> None:
     parser.add_argument("--db", default="runs/demo/features.db")
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-windows",
+        type=int,
+        default=10,
+        help="held-out activating and non-activating windows per feature (each; 0: all)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -127,9 +140,12 @@ def main() -> None:
             (root / name).mkdir()
             shutil.copy(args.db, root / name / "features.db")
         cache = root / "llm_cache.sqlite"
-        first = first_run(root / "first" / "features.db", lm, args.features, cache)
-        again = replay(root / "replay" / "features.db", lm, args.features, cache)
-        compared = baselines(root / "first" / "features.db", lm, args.features, cache, args.seed)
+        caps = {"max_activating": args.max_windows, "max_non_activating": args.max_windows}
+        first = first_run(root / "first" / "features.db", lm, args.features, cache, caps)
+        again = replay(root / "replay" / "features.db", lm, args.features, cache, caps)
+        compared = baselines(
+            root / "first" / "features.db", lm, args.features, cache, caps, args.seed
+        )
     speedup = (first["explain_s"] + first["detection_s"]) / (
         again["explain_s"] + again["detection_s"]
     )

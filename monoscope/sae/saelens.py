@@ -44,6 +44,11 @@ _IMPORT_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 def export_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
     """Write `sae` to folder/cfg.json + folder/sae_weights.safetensors for SAELens."""
     cfg = sae.cfg
+    if cfg.arch not in _EXPORT_ARCH:
+        raise ValueError(
+            f"a {cfg.arch!r} dictionary is not an SAE SAELens loads (monoscope's own format "
+            "keeps it: --to monoscope)"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     s = cfg.input_scale

@@ -318,3 +318,13 @@ def test_compare_neurons_reports_missing_scores_then_the_scores(
     assert (tmp_path / "cmp" / "scores.png").is_file() and (
         tmp_path / "cmp" / "specificity.png"
     ).is_file()
+
+
+def test_a_neurons_dictionary_is_refused_by_the_saelens_export(tmp_path):
+    from monoscope.sae import convert
+    from monoscope.sae.identity import NeuronDictionary, neuron_config
+
+    dictionary = NeuronDictionary(neuron_config(8))
+    dictionary.save(tmp_path / "neurons")
+    with pytest.raises(ValueError, match="not an SAE SAELens loads"):
+        convert(tmp_path / "neurons", to="saelens", out=tmp_path / "out")
