@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from monoscope.interpret.backends.base import Caller, ChatRequest, ChatResponse
-from monoscope.interpret.examples import Example
+from monoscope.interpret.examples import Example, FeatureExamples, Split
 from monoscope.interpret.metrics import auroc, binary_metrics, group_accuracy
 from monoscope.interpret.prompts import load_prompt
-from monoscope.interpret.scorers.base import ScoreResult, group, identity
+from monoscope.interpret.scorers.base import ScoreResult, feature_rng, group, identity
 
 MODES = ("auto", "text", "logprobs")
 """How the judge answers: auto is logprobs when its backend returns them, else text."""
@@ -222,3 +223,48 @@ def binary_result(name: str, version: str, asked: Asked) -> ScoreResult:
         record["batch" if asked.mode == "text" else "call"] = asked.calls[i]
         details.append(record | it.extra)
     return ScoreResult(name, version, status, score, 0.5, metrics, details, asked.keys)
+
+
+@dataclass
+class BinaryScorer:
+    """A scorer whose judge answers 0/1 per window (detection, fuzzing): the options they
+    share, and `score`; a subclass says which windows are asked about (`items`)."""
+
+    batch_size: int = 5
+    """Windows per call in text mode (Delphi asks about a handful at once)."""
+    max_activating: int | None = None
+    """Held-out activating windows used at most (None: all), spread over the intervals."""
+    answers: str = "auto"
+    """text, logprobs, or auto: logprobs when the judge's backend returns them."""
+    version: str = ""
+    """The scorer's version, stored with every score: a new prompt means a new version."""
+    text_prompt: str = ""
+    """The prompt of text mode (a batch of windows a call)."""
+    logprobs_prompt: str = ""
+    """The prompt of logprobs mode (one window a call, a one-token answer)."""
+    name: str = ""
+    chance: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_answers(self.answers)
+
+    def items(
+        self, fx: FeatureExamples, split: Split, rng: random.Random, hard_negatives: Sequence
+    ) -> list[Item]:
+        raise NotImplementedError
+
+    def score(
+        self,
+        fx: FeatureExamples,
+        split: Split,
+        explanation: str,
+        judge: Caller,
+        rng_seed: int = 0,
+        hard_negatives: Sequence[Example] = (),
+    ) -> ScoreResult:
+        rng = feature_rng(fx, rng_seed)
+        items = self.items(fx, split, rng, hard_negatives)
+        mode = answer_mode(self.answers, judge)
+        prompts = (self.text_prompt, self.logprobs_prompt)
+        asked = ask(judge, mode, prompts, explanation, items, self.batch_size, rng)
+        return binary_result(self.name, self.version, asked)

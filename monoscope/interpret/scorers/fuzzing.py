@@ -12,50 +12,29 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from monoscope.interpret.backends.base import Caller
 from monoscope.interpret.examples import Example, FeatureExamples, Split
 from monoscope.interpret.formatting import active, marked_text
-from monoscope.interpret.scorers.base import ScoreResult, feature_rng, pick
-from monoscope.interpret.scorers.binary import Item, answer_mode, ask, binary_result, check_answers
+from monoscope.interpret.scorers.base import pick
+from monoscope.interpret.scorers.binary import BinaryScorer, Item
 
 
 @dataclass
-class FuzzingScorer:
-    batch_size: int = 5
-    """Windows per call in text mode."""
-    max_activating: int | None = None
-    """Held-out activating windows used at most (None: all), spread over the intervals."""
-    answers: str = "auto"
-    """text, logprobs, or auto: logprobs when the judge's backend returns them."""
-    version: str = "fuzzing-v2"
-    """The scorer's version, stored with every score (v2: the answer modes; v1 asked in batches
-    only). A new prompt below means a new version."""
+class FuzzingScorer(BinaryScorer):
+    version: str = "fuzzing-v2"  # v2: the answer modes; v1 asked in batches only
     text_prompt: str = "fuzzing-v1"
     logprobs_prompt: str = "fuzzing-one-v1"
     name: str = "fuzzing"
-    chance: float = 0.5
 
-    def __post_init__(self) -> None:
-        check_answers(self.answers)
-
-    def score(
+    def items(
         self,
         fx: FeatureExamples,
         split: Split,
-        explanation: str,
-        judge: Caller,
-        rng_seed: int = 0,
-        hard_negatives: Sequence[Example] = (),
-    ) -> ScoreResult:
+        rng: random.Random,
+        hard_negatives: Sequence[Example],
+    ) -> list[Item]:
         """hard_negatives are not used: a wrong marking needs this feature's activations on
         every token of the window, which only the held-out activating windows carry."""
-        rng = feature_rng(fx, rng_seed)
-        windows = pick(split.activating, self.max_activating, rng)
-        items = fuzz(windows, fx.max_act, rng)
-        mode = answer_mode(self.answers, judge)
-        prompts = (self.text_prompt, self.logprobs_prompt)
-        asked = ask(judge, mode, prompts, explanation, items, self.batch_size, rng)
-        return binary_result(self.name, self.version, asked)
+        return fuzz(pick(split.activating, self.max_activating, rng), fx.max_act, rng)
 
 
 def fuzz(windows: list[Example], max_act: float, rng: random.Random) -> list[Item]:
