@@ -80,70 +80,60 @@ def create_app(
     POST /api/steer and /api/attribute (503); `meaning` defaults to the store's explanations
     with the default embedding model (loaded on the first search)."""
     require_server_extra()
-    from fastapi import FastAPI, HTTPException, Query, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, Field
-
-    meaning = meaning or MeaningIndex(store.catalog)
-
-    class FiresRequest(BaseModel):
-        text: str
-
-    class MeaningRequest(BaseModel):
-        query: str
-        offset: int = Field(0, ge=0)
-        limit: int = Field(50, ge=1, le=MAX_PAGE)
-
-    class SteerRequest(BaseModel):
-        feature: int | str
-        prompt: str
-        strength: float | str = 5.0
-        relative: bool = True
-        mode: str = "clamp"
-        positions: str = "all"
-        max_new_tokens: int = 32
-        temperature: float = 0.7
-        seed: int = 0
-        chat: bool | None = None
-
-    class AttributeRequest(BaseModel):
-        prompt: str
-        target: str | None = None
-        top: int = 20
-        chat: bool = False
 
     app = FastAPI(title="monoscope", docs_url=None, redoc_url=None, openapi_url=None)
+    _error_handlers(app)
     config_js = front_end_config(
         "live",
         fires={"max_tokens": fires.max_tokens} if fires is not None else None,
         steer=steer.limits() if steer is not None else None,
         search={"max_query_chars": MAX_QUERY_CHARS},
     )
+    _browse_routes(app, store, meaning or MeaningIndex(store.catalog), config_js)
+    _model_routes(app, store, fires, steer)
+    # StaticFiles resolves each path and refuses any that leaves the folder (../, %2e%2e).
+    app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
+    return app
 
-    @app.exception_handler(FeatureNotFound)
-    def _not_found(request: Request, err: FeatureNotFound) -> JSONResponse:
-        return JSONResponse({"detail": err.args[0]}, status_code=404)
 
-    @app.exception_handler(SteeringError)
-    def _bad_request(request: Request, err: SteeringError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+ERROR_STATUS = {
+    FeatureNotFound: 404,
+    SteeringError: 422,
+    ModelUnavailable: 503,
+    MeaningUnavailable: 503,
+    FeatureStoreError: 503,
+}
+"""HTTP status of each error the engines raise (MeaningQueryError carries its own)."""
 
-    @app.exception_handler(ModelUnavailable)
-    def _no_model(request: Request, err: ModelUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503)
 
-    @app.exception_handler(MeaningUnavailable)
-    def _no_embedder(request: Request, err: MeaningUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503)
+def _error_handlers(app) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
-    @app.exception_handler(MeaningQueryError)
-    def _bad_query(request: Request, err: MeaningQueryError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=err.status)
+    def handler(status: int | None):
+        def respond(request: Request, err: Exception) -> JSONResponse:
+            detail = err.args[0] if isinstance(err, FeatureNotFound) else str(err)
+            return JSONResponse({"detail": detail}, status_code=status or err.status)
 
-    @app.exception_handler(FeatureStoreError)
-    def _store_error(request: Request, err: FeatureStoreError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503)
+        return respond
+
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, handler(status))
+    app.add_exception_handler(MeaningQueryError, handler(None))
+
+
+def _browse_routes(app, store: FeatureStore, meaning: MeaningIndex, config_js: str) -> None:
+    """The page, its config, and the read-only JSON API over the store."""
+    from fastapi import Query
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from pydantic import BaseModel, Field
+
+    class MeaningRequest(BaseModel):
+        query: str
+        offset: int = Field(0, ge=0)
+        limit: int = Field(50, ge=1, le=MAX_PAGE)
 
     @app.get("/")
     def index() -> FileResponse:
@@ -184,6 +174,36 @@ def create_app(
     def feature_map() -> JSONResponse:
         return JSONResponse(store.map())
 
+
+def _model_routes(
+    app, store: FeatureStore, fires: FiresEngine | None, steer: SteerEngine | None
+) -> None:
+    """The endpoints that run the model: what fires on a text, steering, attribution."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel
+
+    class FiresRequest(BaseModel):
+        text: str
+
+    class SteerRequest(BaseModel):
+        feature: int | str
+        prompt: str
+        strength: float | str = 5.0
+        relative: bool = True
+        mode: str = "clamp"
+        positions: str = "all"
+        max_new_tokens: int = 32
+        temperature: float = 0.7
+        seed: int = 0
+        chat: bool | None = None
+
+    class AttributeRequest(BaseModel):
+        prompt: str
+        target: str | None = None
+        top: int = 20
+        chat: bool = False
+
     @app.post("/api/fires")
     def fires_on_text(body: FiresRequest) -> JSONResponse:
         if fires is None:
@@ -208,7 +228,3 @@ def create_app(
         if steer is None:
             raise HTTPException(503, "this server runs without a model")
         return JSONResponse(steer.attribute(**body.model_dump()))
-
-    # StaticFiles resolves each path and refuses any that leaves the folder (../, %2e%2e).
-    app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
-    return app
