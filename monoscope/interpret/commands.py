@@ -101,6 +101,17 @@ class PlanningCaller:
         }
 
 
+def _plan(
+    client, features: dict[int, FeatureExamples], job, listed: dict[str, Any]
+) -> dict[str, Any]:
+    """--plan: run `job(fx, caller)` for every feature against a PlanningCaller, so the plan
+    counts exactly the requests the run would send; nothing is sent or written."""
+    planner = PlanningCaller(client)
+    for fx in features.values():
+        job(fx, planner)
+    return {"plan": planner.summary(len(features)), **listed}
+
+
 def _selected(
     conn: sqlite3.Connection, opts: LLMOptions
 ) -> tuple[dict[int, FeatureExamples], list[int]]:
@@ -138,10 +149,7 @@ def run_explain(cfg: ExplainConfig, lm=None) -> dict[str, Any]:
             )
 
         if cfg.plan:
-            planner = PlanningCaller(client)
-            for fx in features.values():
-                explain(fx, planner)
-            return {"plan": planner.summary(len(features)), "skipped_no_examples": skipped}
+            return _plan(client, features, explain, {"skipped_no_examples": skipped})
         outcome = run_jobs(
             list(features.values()),
             explain,
@@ -190,15 +198,8 @@ def run_score(cfg: ScoreConfig, lm=None) -> dict[str, Any]:
             ]
 
         if cfg.plan:
-            planner = PlanningCaller(judges["llm"])
-            for fx in features.values():
-                score(fx, planner)
-            return {
-                "plan": planner.summary(len(features)),
-                "skipped_no_examples": skipped,
-                "skipped_no_explanation": missing,
-            }
-
+            listed = {"skipped_no_examples": skipped, "skipped_no_explanation": missing}
+            return _plan(judges["llm"], features, score, listed)
         unparsable = []
 
         def write(fx: FeatureExamples, results: list) -> None:
