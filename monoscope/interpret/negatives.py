@@ -21,6 +21,9 @@ from monoscope.harvest import ActivationStore
 from monoscope.interpret.examples import Example, FeatureExamples, load_features
 from monoscope.sae import load_sae
 
+ENCODE_ROWS = 2048
+"""Rows encoded at a time (their dense codes: 2048 x n_features floats)."""
+
 
 class WindowEncoder:
     """A feature's activations on any window of the activation store (the store and SAE named
@@ -45,16 +48,27 @@ class WindowEncoder:
         self.site = meta["acts"]["site"]
         self.context = int(self.store.manifest["context"])
 
-    def feature_acts(self, feature: int, examples: list[Example]) -> list[Tensor]:
-        """The feature's activation on every token of each example's window, [len(tokens)]."""
+    def feature_acts(self, pairs: list[tuple[int, Example]]) -> list[Tensor]:
+        """For each (feature, example), the feature's activation on every token of the
+        example's window, [len(tokens)]. One pass over the store's shards for all of them
+        (a shard is read and checked once), each distinct token encoded once."""
         locs = [
             e.context * self.context + e.position - e.centre + torch.arange(len(e.token_ids))
-            for e in examples
+            for _, e in pairs
         ]
         if not locs:
             return []
-        rows = read_rows(self.store, self.site, torch.cat(locs), self.context)
-        values = encode(self.sae, rows)[:, feature]
+        unique, slot = torch.unique(torch.cat(locs), return_inverse=True)
+        rows = read_rows(self.store, self.site, unique, self.context)  # [u, d_in]
+        wanted = torch.cat(
+            [torch.full((len(loc),), f) for (f, _), loc in zip(pairs, locs, strict=True)]
+        )
+        values = torch.zeros(slot.numel())  # [total tokens]
+        # Encoded a block of rows at a time: the dense codes of every row would be u x F.
+        for start in range(0, len(unique), ENCODE_ROWS):
+            inside = (slot >= start) & (slot < start + ENCODE_ROWS)
+            codes = encode(self.sae, rows[start : start + ENCODE_ROWS])
+            values[inside] = codes[slot[inside] - start, wanted[inside]]
         return list(values.split([len(loc) for loc in locs]))
 
 
@@ -70,19 +84,20 @@ def hard_negatives(
     from the nearest neighbours first."""
     wanted = sorted({n for fx in features.values() for n in fx.neighbours} - set(features))
     pool = {**features, **load_features(conn, wanted, vocab)} if wanted else dict(features)
-    out: dict[int, list[Example]] = {}
+    candidates: dict[int, list[Example]] = {}
     for fid, fx in features.items():
         own = {(e.context, e.position) for e in fx.top + fx.quantile}
-        candidates = [
+        candidates[fid] = [
             replace(e, kind="neighbour", bucket=n, activation=0.0)
             for n in fx.neighbours
             if n in pool
             for e in pool[n].top
             if (e.context, e.position) not in own
         ][: 3 * per_feature]
-        kept = []
-        for example, acts in zip(candidates, windows.feature_acts(fid, candidates), strict=True):
-            if float(acts.max()) <= 0 and len(kept) < per_feature:
-                kept.append(replace(example, acts=[0.0] * len(example.acts)))
-        out[fid] = kept
+    pairs = [(fid, e) for fid, found in candidates.items() for e in found]
+    silent = iter(float(acts.max()) <= 0 for acts in windows.feature_acts(pairs))
+    out: dict[int, list[Example]] = {}
+    for fid, found in candidates.items():
+        kept = [replace(e, acts=[0.0] * len(e.acts)) for e in found if next(silent)]
+        out[fid] = kept[:per_feature]
     return out
