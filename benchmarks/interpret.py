@@ -49,6 +49,9 @@ def overhead(summary: dict, wall: float) -> float:
 def options(db: Path, n: int, cache: Path, caps: dict) -> tuple[dict, dict]:
     """The explain options and the score options of one run."""
     common = {"db": str(db), "features": f"random:{n}", "cache": str(cache), "progress": False}
+    # One call at a time, as the local backend runs them anyway: a call's latency is then the
+    # backend's own time, not time queued behind another thread's generation.
+    common["max_concurrency"] = 1
     return common, {**common, **caps}
 
 
