@@ -118,7 +118,21 @@ def baselines(db: Path, lm, n: int, cache: Path, caps: dict, seed: int) -> dict:
     for name in ("local:smollm2-135m", "baseline:shuffled", "baseline:top-token"):
         cfg = ScoreConfig(**scoring, scorers="detection,embedding", explainer=name)
         out[name] = run_score(cfg, lm=lm)["mean_scores"]
+        out[name]["detection_auc"] = mean_auc(db, name)
     return out
+
+
+def mean_auc(db: Path, explainer: str) -> dict:
+    """Detection's AUROC from the judge's p(yes) per window (logprobs answers), averaged over
+    the features: threshold-free, where the balanced accuracy needs the judge's 0/1 to vary."""
+    conn = sqlite3.connect(db)
+    rows = conn.execute(
+        "SELECT metrics FROM scores WHERE scorer = 'detection' AND explainer = ? AND status = 'ok'",
+        (explainer,),
+    )
+    aucs = [m["auc"] for (text,) in rows if (m := json.loads(text)).get("auc") is not None]
+    conn.close()
+    return {"score": sum(aucs) / len(aucs) if aucs else float("nan"), "n": len(aucs)}
 
 
 def main() -> None:
