@@ -4,8 +4,13 @@ rows written, nothing paid twice, the plan, the budget, skips and refusals."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -150,3 +155,47 @@ def test_score_plan_and_bad_scorer(fake, store):
     assert out["plan"]["calls"] > 0 and len(fake[-1].sent) == 0 and sent == 2
     with pytest.raises(ValueError, match="--scorers"):
         ScoreConfig(**options(store, scorers="detection,telepathy"))
+
+
+CHILD = """
+import sys, time
+from monoscope.interpret.backends import factory
+from monoscope.interpret.backends.base import Capabilities, ChatResponse
+from monoscope.interpret.commands import ExplainConfig, run_explain
+
+class Slow:
+    name, capabilities = "fake", Capabilities()
+    def __init__(self, model):
+        self.model = model
+    def chat(self, request, timeout):
+        time.sleep(0.3)
+        return ChatResponse("the tokens w1 and w2", 10, 5)
+    def count_tokens(self, text):
+        return len(text) // 4
+
+factory.make_backend = lambda backend, model, base_url="", **kw: Slow(model)
+run_explain(ExplainConfig(db=sys.argv[1], backend="openai", model="fake-model",
+                          features="0:8", progress=False, max_concurrency=1))
+"""
+
+
+def test_kill_9_mid_run_then_a_rerun_pays_only_for_the_rest(fake, store, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), str(store)])
+    conn = sqlite3.connect(store, timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0] >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    before = conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0]
+    assert 3 <= before < 8
+    rerun = run_explain(ExplainConfig(**options(store, features="0:8")))
+    assert rerun["already_done"] == before and rerun["done"] == 8 - before
+    # a call answered before the kill but not yet written is answered from the cache
+    assert rerun["calls_sent"] + rerun["calls_cached"] == 8 - before
+    rows = conn.execute("SELECT feature FROM explanations ORDER BY feature").fetchall()
+    assert [r[0] for r in rows] == list(range(8))
