@@ -18,9 +18,12 @@ MAX_CHARS = 200
 LOGIT_TOKENS = 10
 
 _PREFIX = re.compile(
-    r"^(?:(?:explanation|answer|phrase)\s*[:\-]|(?:the|this) feature (?:detects|fires on)\s*:?)\s*",
+    r"^(?:(?:explanation|answer|phrase)\s*[:\-]|(?:the|this) feature (?:detects|fires on)\s*:?"
+    r"|that (?:the|this) feature (?:is|detects)\s+)\s*",
     re.IGNORECASE,
 )
+_MARKS = re.compile(r"<<|>>|\\(?=[<>])")
+"""The prompt's activation marks and their escapes, which a small explainer copies."""
 _QUOTES = "\"'`“”‘’"
 
 
@@ -60,10 +63,11 @@ def explain_request(
 
 def parse_explanation(text: str) -> str | None:
     """The phrase in an answer: its first non-empty line without a label such as
-    'Explanation:', list bullets, quotes or a final full stop; None when nothing readable is
-    left or the line is a paragraph (over MAX_CHARS)."""
+    'Explanation:', list bullets, the prompt's <<marks>> (an unescaped << or >> is taken for
+    one, as the prompt writes a literal < as \\<), quotes or a final full stop; None when
+    nothing readable is left or the line is a paragraph (over MAX_CHARS)."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = line.lstrip("-•>#").strip()
+    line = _MARKS.sub("", line.lstrip("-•>#")).strip()
     while True:
         stripped = _unwrap(_PREFIX.sub("", line))
         if stripped == line:

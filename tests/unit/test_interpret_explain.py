@@ -167,3 +167,15 @@ def test_explain_feature_ok_and_unparsable():
     garbage = explain_feature(FakeCaller("..."), fx)
     assert garbage.status == "unparsable" and garbage.explanation is None
     assert garbage.raw == "..."
+
+
+@pytest.mark.parametrize(
+    ("answer", "phrase"),
+    [
+        ("This feature detects that the feature is a member descriptor.", "a member descriptor"),
+        ("pairs of (option, value<<)>>", "pairs of (option, value)"),
+        ("the tag \\<b\\>", "the tag <b>"),
+    ],
+)
+def test_parse_drops_copied_marks_and_self_reference(answer, phrase):
+    assert parse_explanation(answer) == phrase
