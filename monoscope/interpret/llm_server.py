@@ -271,22 +271,22 @@ def serve_llm(
 ) -> None:
     """Serve `backend` until interrupted."""
     from monoscope.serve.app import require_server_extra
+    from monoscope.serve.server import base_url, listening_socket, run_on
 
     require_server_extra()
-    import uvicorn
-
+    sock = listening_socket(host, port)  # before saying where: a taken port is one line
     if host not in LOOPBACK:
         print(
             f"warning: listening on {host}: anyone who can reach it can use the model",
             file=sys.stderr,
         )
-    shown = f"[{host}]" if ":" in host else host
+    url = base_url(sock)
     print(
-        f"serving {backend.name} model {backend.model!r} at http://{shown}:{port}/v1 "
-        f"(OpenAI chat completions; Anthropic messages at http://{shown}:{port})"
+        f"serving {backend.name} model {backend.model!r} at {url}v1 "
+        f"(OpenAI chat completions; Anthropic messages at {url})"
     )
     print("Ctrl+C stops the server")
-    uvicorn.run(create_llm_app(backend, api_key), host=host, port=port, log_level="warning")
+    run_on(create_llm_app(backend, api_key), sock)
 
 
 def run_llm_server(cfg: LLMServerConfig) -> None:

@@ -3,6 +3,7 @@ and attribution."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 import threading
@@ -33,8 +34,6 @@ def serve(
 ) -> None:
     """Serve the browser for `db` until interrupted."""
     require_server_extra()
-    import uvicorn
-
     app, store = open_app(db, model)
     if not store.complete:
         print(
@@ -42,12 +41,44 @@ def serve(
             "tokens so far); the browser shows what is there",
             file=sys.stderr,
         )
+    sock = listening_socket(host, port)  # before saying where: a taken port is one line
     if host not in LOOPBACK:
         print(f"warning: listening on {host}: anyone who can reach it can browse", file=sys.stderr)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"browsing {store.n_features:,} features of {db} at http://{shown}:{port}/")
+    print(f"browsing {store.n_features:,} features of {db} at {base_url(sock)}")
     print("Ctrl+C stops the server")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_on(app, sock)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a ValueError / OSError saying in one line why not (a
+    port out of range, one in use, an address this machine does not have)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port is a number from 0 to 65535")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # As uvicorn does: a restarted server may bind while the old one's connections linger.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        in_use = err.errno == errno.EADDRINUSE
+        why = "it is in use (another server? choose another --port)" if in_use else err.strerror
+        raise OSError(f"cannot listen on {host}:{port}: {why}") from None
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    """http://HOST:PORT/ of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def run_on(app, sock: socket.socket) -> None:
+    """Serve `app` with uvicorn on the bound socket until interrupted."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 @contextmanager
@@ -58,8 +89,7 @@ def background_server(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[s
     require_server_extra()
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.bind((host, port))
+    sock = listening_socket(host, port)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -340,3 +340,34 @@ def test_a_locked_store_is_named_as_such(tmp_path):
     finally:
         writer.rollback()
         writer.close()
+
+
+# -- ports: one line, and the address printed only once it is bound ------------------------------
+
+
+@pytest.mark.parametrize("port", ["80000", "-1"])
+def test_a_port_out_of_range_is_one_line(db, port, capsys):
+    from monoscope.cli import main
+
+    assert main(["serve", str(db), "--port", port]) == 2
+    out, err = capsys.readouterr()
+    assert "browsing" not in out
+    assert err.count("\n") == 1 and "0 to 65535" in err
+
+
+def test_a_port_in_use_is_one_line_and_nothing_says_browsing(db, capsys):
+    import socket
+
+    from monoscope.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(db), "--port", port]) == 2
+    finally:
+        taken.close()
+    out, err = capsys.readouterr()
+    assert "browsing" not in out
+    assert f"cannot listen on 127.0.0.1:{port}: it is in use" in err
