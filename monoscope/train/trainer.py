@@ -422,11 +422,19 @@ def _check_sparsity(cfg: TrainConfig, n_features: int, tokens: int) -> None:
         check_refit_memory(tokens, codes)
 
 
+LOCATION_SETTINGS = ("acts", "out")
+"""TrainConfig fields that say where things are, not what the run computes."""
+
+
 def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
     """The settings in which a checkpoint's run differs from `cfg`, as 'name: saved -> now'.
     A setting the checkpoint lacks (one added since it was written) matches only at its
     default: then the run it belongs to behaves the same under this version."""
     current = asdict(cfg) | {"overwrite": False, "progress": False}
+    # Where the data and the run live is recorded, not compared: a store reached by another
+    # path, moved or copied is the same data, which `data_fingerprint` checks by content.
+    saved = {k: v for k, v in saved.items() if k not in LOCATION_SETTINGS}
+    current = {k: v for k, v in current.items() if k not in LOCATION_SETTINGS}
     defaults = asdict(TrainConfig())
     # The same schedule whether the decay is left to its default or given as that default.
     current["decay_fraction"] = _decay(current)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -801,3 +802,16 @@ def test_a_decoder_refit_too_large_is_refused_before_training(low_rank_npy, tmp_
     with pytest.raises(ValueError, match=r"3,072 tokens at ~4 codes each need ~0 MiB, more than"):
         run(cfg(low_rank_npy, tmp_path / "sae", refit_decoder=0.01))
     assert not (tmp_path / "sae" / "checkpoint.json").exists()
+
+
+def test_a_copied_data_file_and_a_moved_run_folder_resume(low_rank_npy, tmp_path, monkeypatch):
+    """The data is identified by its content, not its path (issue 22, point 2)."""
+    reference = run(cfg(low_rank_npy, tmp_path / "ref"))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
+    copy = tmp_path / "elsewhere" / "copy.npy"
+    copy.parent.mkdir()
+    shutil.copy(low_rank_npy, copy)
+    (tmp_path / "sae").rename(tmp_path / "moved")
+    resumed = run(cfg(copy, tmp_path / "moved"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
