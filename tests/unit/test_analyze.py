@@ -542,3 +542,36 @@ def test_config_validation():
     cfg = AnalyzeConfig(window=32)
     assert cfg.window_before + 1 + cfg.window_after == 32
     assert "out" not in cfg.params() and "top_n" in cfg.params()
+
+
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_a_corrupt_progress_file_is_named_not_resumed(
+    sae, store, tiny_llama, tmp_path, monkeypatch, where
+):
+    """Issue 22, point 5: a flipped byte in the progress checkpoint is a clear error."""
+    from monoscope.analyze.checkpoint import CorruptCheckpointError
+
+    options = dict(OPTIONS, batch_size=128, checkpoint_every=3)
+    out = tmp_path / "features.db"
+    real_encode, calls = analyze_runner.encode, []
+
+    def dying(sae_, x):
+        calls.append(1)
+        if len(calls) == 11:
+            raise Killed
+        return real_encode(sae_, x)
+
+    with monkeypatch.context() as m:
+        m.setattr(analyze_runner, "encode", dying)
+        with pytest.raises(Killed):
+            analyze(sae, store, model=tiny_llama, out=out, **options)
+    progress = tmp_path / "features.db.progress.safetensors"
+    data = bytearray(progress.read_bytes())
+    data[-5 if where == "data" else 20] ^= 0x55
+    progress.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=r"progress\.safetensors .*delete"):
+        analyze(sae, store, model=tiny_llama, out=out, **options)
+    progress.unlink()  # as the message says: the pass starts over
+    reference = analyze(sae, store, model=tiny_llama, out=tmp_path / "ref.db", **options)
+    analyze(sae, store, model=tiny_llama, out=out, **options)
+    assert dump(out) == dump(reference)
