@@ -11,14 +11,14 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from monoscope.interpret.backends.base import CallResult, ChatResponse
 from monoscope.interpret.examples import FeatureExamples, load_features, read_vocab, split_examples
 from monoscope.interpret.options import LLMOptions
+from monoscope.interpret.scorers import SCORERS, make_scorer
+from monoscope.interpret.scorers.binary import check_answers
 from monoscope.interpret.selection import select_features
 from monoscope.interpret.session import judge_name, open_client, open_store
 from monoscope.interpret.store import latest_explanations, write_explanation, write_score
-
-SCORER_NAMES = ("detection", "fuzzing", "simulation", "embedding")
-ANSWER_MODES = ("auto", "text", "logprobs")
 
 
 @dataclass
@@ -54,13 +54,12 @@ class ScoreConfig(LLMOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.answers not in ANSWER_MODES:
-            raise ValueError(f"answers must be one of {', '.join(ANSWER_MODES)}")
+        check_answers(self.answers)
         if self.max_activating < 0 or self.max_non_activating < 0:
             raise ValueError("max_activating and max_non_activating must be >= 0")
-        unknown = set(self.scorer_list()) - set(SCORER_NAMES)
+        unknown = set(self.scorer_list()) - set(SCORERS)
         if unknown or not self.scorer_list():
-            raise ValueError(f"--scorers takes {', '.join(SCORER_NAMES)}; got {self.scorers!r}")
+            raise ValueError(f"--scorers takes {', '.join(SCORERS)}; got {self.scorers!r}")
         if self.hard_negatives < 0:
             raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
 
@@ -78,8 +77,6 @@ class PlanningCaller:
         self.usd: float | None = 0.0
 
     def call(self, request):
-        from monoscope.interpret.backends.base import CallResult, ChatResponse
-
         prompt, completion, usd, cached = self.client.estimate(request)
         self.calls += 1
         if cached:
@@ -229,7 +226,6 @@ def _scorers(cfg: ScoreConfig, lm) -> tuple[list, dict[str, Any]]:
     """The scorers asked for, and their judges: the LLM client (built even when only the
     embedding scorer runs, so --plan and the summary have one) and the sentence embedder."""
     from monoscope.interpret.embedding import SentenceEmbedder
-    from monoscope.interpret.scorers import make_scorer
 
     names = cfg.scorer_list()
     judges: dict[str, Any] = {"llm": open_client(cfg, lm), "embedding": None}

@@ -494,12 +494,12 @@ def test_auc_ranks_the_probabilities_not_the_answers():
     answers = [None if p is None else int(p > 0.5) for p in p_yes]
     asked = Asked(items, answers, list(range(6)), ["k"] * 6, [{"call": 5}], "logprobs", "x",
                   p_yes=p_yes)  # fmt: skip
-    result = binary_result("detection", "detection-v2", asked)
+    result = binary_result("detection", "detection-v2", 0.5, asked)
     assert result.metrics["auc"] == pytest.approx(4 / 6)
     assert result.score == pytest.approx(0.5 * (2 / 3 + 1 / 2))
     assert result.metrics["n_unparsable"] == 1 and result.details[5]["p"] is None
     text = Asked(items, answers, [0] * 6, ["k"], [], "text", "x")
-    assert binary_result("detection", "v", text).metrics["auc"] == pytest.approx(3.5 / 6)
+    assert binary_result("detection", "v", 0.5, text).metrics["auc"] == pytest.approx(3.5 / 6)
 
 
 def test_logprob_answers_without_a_yes_or_no_are_unparsable():

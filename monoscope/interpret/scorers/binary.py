@@ -9,6 +9,7 @@ raised."""
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 import re
@@ -102,21 +103,6 @@ def answer_mode(answers: str, caller: Caller) -> str:
     return answers
 
 
-def ask(
-    caller: Caller,
-    mode: str,
-    prompts: tuple[str, str],
-    explanation: str,
-    items: list[Item],
-    batch_size: int,
-    rng: random.Random,
-) -> Asked:
-    """Ask in `mode` ('text' or 'logprobs'), with prompts (text mode's, logprobs mode's)."""
-    if mode == "logprobs":
-        return ask_one_by_one(caller, prompts[1], explanation, items)
-    return ask_in_batches(caller, prompts[0], explanation, items, batch_size, rng)
-
-
 def ask_in_batches(
     caller: Caller,
     version: str,
@@ -195,7 +181,7 @@ def unparsable_token(call: int, response: ChatResponse) -> dict[str, Any]:
     return {"call": call, "raw": response.text[:RAW_KEPT], "alternatives": alternatives}
 
 
-def binary_result(name: str, version: str, asked: Asked) -> ScoreResult:
+def binary_result(name: str, version: str, chance: float, asked: Asked) -> ScoreResult:
     """Balanced accuracy as the headline (chance 0.5), Delphi's metrics over the answered items,
     accuracy per group (top, each quantile, non-activating kinds), and the details. In logprobs
     mode the AUC ranks the items by p_yes (in text mode it ranks the 0/1 answers)."""
@@ -222,11 +208,11 @@ def binary_result(name: str, version: str, asked: Asked) -> ScoreResult:
             record["p"] = None if p is None else round(p, 6)
         record["batch" if asked.mode == "text" else "call"] = asked.calls[i]
         details.append(record | it.extra)
-    return ScoreResult(name, version, status, score, 0.5, metrics, details, asked.keys)
+    return ScoreResult(name, version, status, score, chance, metrics, details, asked.keys)
 
 
 @dataclass
-class BinaryScorer:
+class BinaryScorer(abc.ABC):
     """A scorer whose judge answers 0/1 per window (detection, fuzzing): the options they
     share, and `score`; a subclass says which windows are asked about (`items`)."""
 
@@ -248,10 +234,11 @@ class BinaryScorer:
     def __post_init__(self) -> None:
         check_answers(self.answers)
 
+    @abc.abstractmethod
     def items(
         self, fx: FeatureExamples, split: Split, rng: random.Random, hard_negatives: Sequence
     ) -> list[Item]:
-        raise NotImplementedError
+        """The windows to ask about, each with its right answer."""
 
     def score(
         self,
@@ -264,7 +251,9 @@ class BinaryScorer:
     ) -> ScoreResult:
         rng = feature_rng(fx, rng_seed)
         items = self.items(fx, split, rng, hard_negatives)
-        mode = answer_mode(self.answers, judge)
-        prompts = (self.text_prompt, self.logprobs_prompt)
-        asked = ask(judge, mode, prompts, explanation, items, self.batch_size, rng)
-        return binary_result(self.name, self.version, asked)
+        if answer_mode(self.answers, judge) == "logprobs":
+            asked = ask_one_by_one(judge, self.logprobs_prompt, explanation, items)
+        else:
+            prompt = self.text_prompt
+            asked = ask_in_batches(judge, prompt, explanation, items, self.batch_size, rng)
+        return binary_result(self.name, self.version, self.chance, asked)
