@@ -18,7 +18,12 @@ from monoscope.interpret.scorers import SCORERS, make_scorer
 from monoscope.interpret.scorers.binary import check_answers
 from monoscope.interpret.selection import select_features
 from monoscope.interpret.session import judge_name, open_client, open_store
-from monoscope.interpret.store import latest_explanations, write_explanation, write_score
+from monoscope.interpret.store import (
+    explained_ids,
+    latest_explanations,
+    write_explanation,
+    write_score,
+)
 
 
 @dataclass
@@ -131,7 +136,7 @@ def run_explain(cfg: ExplainConfig, lm=None) -> dict[str, Any]:
         explainer = judge_name(cfg)
         n_asked = len(features)
         if not cfg.overwrite:
-            done = latest_explanations(conn, list(features), explainer)
+            done = explained_ids(conn, explainer, cfg.prompt_version)
             features = {f: fx for f, fx in features.items() if f not in done}
         client = open_client(cfg, lm)
         unparsable: list[int] = []
@@ -177,7 +182,7 @@ def run_score(cfg: ScoreConfig, lm=None) -> dict[str, Any]:
         if not cfg.overwrite:
             wanted = {(s.name, s.version, _judge_of(s.name, cfg, judges)) for s in scorers}
             features = _unscored(conn, features, explained, wanted)
-        negatives = _negatives(conn, cfg, features) if not cfg.plan else {}
+        negatives = _negatives(conn, cfg, features)
 
         def score(fx: FeatureExamples, caller=judges["llm"]) -> list:
             split = split_examples(fx)

@@ -90,6 +90,16 @@ def latest_explanations(
     return out
 
 
+def explained_ids(conn: sqlite3.Connection, explainer: str, prompt_version: str) -> set[int]:
+    """Features with an ok explanation from this explainer and prompt version."""
+    rows = conn.execute(
+        "SELECT feature FROM explanations WHERE status = 'ok' AND explainer = ? "
+        "AND prompt_version = ?",
+        (explainer, prompt_version),
+    )
+    return {fid for (fid,) in rows}
+
+
 def refresh_feature(conn: sqlite3.Connection, feature: int) -> None:
     """features.explanation: the newest ok explanation; features.score: that explanation's
     headline score (HEADLINE_ORDER), newest judge first."""

@@ -199,3 +199,19 @@ def test_kill_9_mid_run_then_a_rerun_pays_only_for_the_rest(fake, store, tmp_pat
     assert rerun["calls_sent"] + rerun["calls_cached"] == 8 - before
     rows = conn.execute("SELECT feature FROM explanations ORDER BY feature").fetchall()
     assert [r[0] for r in rows] == list(range(8))
+
+
+def test_another_prompt_version_explains_again(fake, store, monkeypatch):
+    from monoscope.interpret import explainer, prompts
+
+    run_explain(ExplainConfig(**options(store, features="0:2")))
+    real = prompts.load_prompt
+    monkeypatch.setattr(
+        explainer, "load_prompt", lambda v: real("explain-v1" if v == "explain-v9" else v)
+    )
+    again = run_explain(
+        ExplainConfig(**options(store, features="0:2"), prompt_version="explain-v9")
+    )
+    assert again["done"] == 2 and again["already_done"] == 0
+    versions = sqlite3.connect(store).execute("SELECT DISTINCT prompt_version FROM explanations")
+    assert {v for (v,) in versions} == {"explain-v1", "explain-v9"}
