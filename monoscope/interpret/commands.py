@@ -103,7 +103,7 @@ class PlanningCaller:
         }
 
 
-def _plan(
+def plan_requests(
     client, features: dict[int, FeatureExamples], job, listed: dict[str, Any]
 ) -> dict[str, Any]:
     """--plan: run `job(fx, caller)` for every feature against a PlanningCaller, so the plan
@@ -151,7 +151,7 @@ def run_explain(cfg: ExplainConfig, lm=None) -> dict[str, Any]:
             )
 
         if cfg.plan:
-            return _plan(client, features, explain, {"skipped_no_examples": skipped})
+            return plan_requests(client, features, explain, {"skipped_no_examples": skipped})
         outcome = run_jobs(
             list(features.values()),
             explain,
@@ -201,7 +201,7 @@ def run_score(cfg: ScoreConfig, lm=None) -> dict[str, Any]:
 
         if cfg.plan:
             listed = {"skipped_no_examples": skipped, "skipped_no_explanation": missing}
-            return _plan(judges["llm"], features, score, listed)
+            return plan_requests(judges["llm"], features, score, listed)
         unparsable = []
 
         def write(fx: FeatureExamples, results: list) -> None:

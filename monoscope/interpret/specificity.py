@@ -28,6 +28,7 @@ from monoscope.interpret.examples import Example, FeatureExamples
 from monoscope.interpret.formatting import marked_text
 from monoscope.interpret.options import LLMOptions
 from monoscope.interpret.prompts import Prompt, load_prompt
+from monoscope.interpret.scorers.binary import TOP_LOGPROBS
 from monoscope.interpret.specificity_report import (
     GRADES,
     NOT_FIRING,
@@ -43,8 +44,6 @@ from monoscope.interpret.specificity_report import (
 PROMPT_VERSION = "specificity-v1"
 ANSWER_TOKENS = 8
 """The judge answers one digit; a few tokens of slack for 'Score: 3'-style answers (text)."""
-TOP_LOGPROBS = 20
-"""First-token alternatives asked for when the grade is read from the logprobs."""
 _DIGIT = re.compile(r"(?<!\d)(\d)(?!\d)")
 
 
@@ -294,7 +293,7 @@ def run_specificity(cfg: SpecificityConfig, lm=None) -> dict[str, Any]:
     holds the features finished and lists the rest (a rerun answers them from the cache).
     `lm`: a loaded LanguageModel the local backend may use."""
     from monoscope.interpret.calls import run_jobs
-    from monoscope.interpret.commands import PlanningCaller
+    from monoscope.interpret.commands import plan_requests
     from monoscope.interpret.session import judge_name, open_client
 
     if cfg.plot and not cfg.plan:
@@ -314,10 +313,9 @@ def run_specificity(cfg: SpecificityConfig, lm=None) -> dict[str, Any]:
         }
 
     if cfg.plan:
-        planner = PlanningCaller(client)
-        for fx in gradable:
-            grade(fx, planner)
-        return {"plan": planner.summary(len(gradable)), "skipped": skipped}
+        return plan_requests(
+            client, {fx.feature: fx for fx in gradable}, grade, {"skipped": skipped}
+        )
     entries: dict[int, dict[str, Any]] = {}
     outcome = run_jobs(
         gradable,

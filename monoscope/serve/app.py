@@ -114,8 +114,7 @@ def _error_handlers(app) -> None:
 
     def handler(status: int | None):
         def respond(request: Request, err: Exception) -> JSONResponse:
-            detail = err.args[0] if isinstance(err, FeatureNotFound) else str(err)
-            return JSONResponse({"detail": detail}, status_code=status or err.status)
+            return JSONResponse({"detail": str(err)}, status_code=status or err.status)
 
         return respond
 

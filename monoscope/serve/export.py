@@ -97,8 +97,6 @@ def _similar_explanations(
     if k == 0:
         return None, "this site was exported without similar explanations (similar=0)"
     index = MeaningIndex(store.catalog, embedder)
-    if not len(index.ids):
-        return {}, None
     try:
         return index.similar_table(k), None
     except MeaningUnavailable as err:

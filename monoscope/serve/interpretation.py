@@ -11,10 +11,9 @@ import sqlite3
 from typing import Any
 
 from monoscope.analyze.schema import FeatureStoreError, has_table
+from monoscope.interpret.store import HEADLINE_ORDER
 from monoscope.serve.catalog import round_sig
 
-SCORER_ORDER = ("detection", "fuzzing", "simulation", "embedding")
-"""How a feature page lists its scores (the order features.score picks its headline in)."""
 SCORER_METRICS = {
     "detection": "balanced accuracy",
     "fuzzing": "balanced accuracy",
@@ -34,7 +33,7 @@ def interpretation_records(
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """{feature: {"explanations": [...], "scores": [...]}} for the features start..stop-1 that
     have rows; shapes in records.py. Explanations newest first; scores grouped by the
-    explanation they score, then in SCORER_ORDER."""
+    explanation they score, then in HEADLINE_ORDER."""
     out: dict[int, dict[str, list[dict[str, Any]]]] = {}
 
     def entry(fid: int) -> dict[str, list[dict[str, Any]]]:
@@ -56,7 +55,7 @@ def interpretation_records(
                 "created_at": created,
             }
         )
-    rank = {name: i for i, name in enumerate(SCORER_ORDER)}
+    rank = {name: i for i, name in enumerate(HEADLINE_ORDER)}
     rows = conn.execute(
         "SELECT feature, scorer, judge, explainer, prompt_version, scorer_version, status, "
         "score, chance, explanation, metrics, details, created_at FROM scores "

@@ -24,6 +24,9 @@ from monoscope.serve.records import feature_records, map_record, meta_record
 class FeatureNotFound(KeyError):
     """A feature id outside 0..n_features-1 (or not a number)."""
 
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0])
+
 
 class FeatureStore:
     """Read-only view of one feature store (see monoscope/analyze/schema.py)."""

@@ -57,7 +57,7 @@
       // Scores of an explanation no longer in the store keep the text they scored.
       for (const rest of byKey.values()) {
         const s = rest[0];
-        blocks.push(explanationBlock({ ...s, status: "ok", explanation: s.explanation, created_at: null }, rest));
+        blocks.push(explanationBlock({ ...s, status: "ok", created_at: null }, rest));
       }
       return MS.h("div.explanations", { id: "explanations-panel" },
         MS.h("p.panel-note", {}, "Chance: what a judge without the explanation scores (balanced accuracy and AUROC 0.5, Pearson r 0)."),
