@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
+from collections import Counter
 from pathlib import Path
 from statistics import mean, median
 
 from monoscope.analyze.schema import has_table
+from monoscope.interpret.metrics import auroc
 from monoscope.interpret.specificity_report import REPORT_FILE, feature_means
 
 
@@ -67,18 +69,9 @@ def rank_test(a: list[float], b: list[float]) -> tuple[float, float]:
     n_a, n_b = len(a), len(b)
     if not n_a or not n_b:
         return math.nan, math.nan
-    pooled = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    ranks, ties, i = [0.0] * len(pooled), 0.0, 0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[k] = (i + j) / 2 + 1
-        ties += (j - i + 1) ** 3 - (j - i + 1)
-        i = j + 1
-    u = sum(r for r, (_, side) in zip(ranks, pooled, strict=True) if side == 0)
-    u -= n_a * (n_a + 1) / 2
+    # U / (n_a n_b) is the AUROC of a against b, ties counting one half.
+    u = auroc([True] * n_a + [False] * n_b, a + b) * n_a * n_b
+    ties = sum(c**3 - c for c in Counter(a + b).values())
     n = n_a + n_b
     variance = n_a * n_b / 12 * ((n + 1) - ties / (n * (n - 1)))
     z = (u - n_a * n_b / 2) / math.sqrt(variance) if variance > 0 else 0.0

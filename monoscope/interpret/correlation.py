@@ -10,7 +10,6 @@ no activation outlives its batch.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,8 +20,8 @@ from tqdm import tqdm
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.interpret.neurons import neuron_site
 from monoscope.models import LanguageModel
+from monoscope.models.sites import SITE_PATTERN
 
-_SITE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 BEFORE_THE_MLP = ("hook_resid_pre", "hook_attn_out")
 """Sites of layer L that the MLP of layer L does not feed (its neurons come after them)."""
 
@@ -30,7 +29,7 @@ BEFORE_THE_MLP = ("hook_resid_pre", "hook_attn_out")
 def upstream_layers(site: str) -> list[int]:
     """The layers whose MLP neurons precede `site` ("all preceding layers"): 0..L, or 0..L-1
     for a site before layer L's MLP."""
-    match = _SITE.match(site)
+    match = SITE_PATTERN.match(site)
     if match is None:
         raise ValueError(f"cannot tell the layer of site {site!r} (expected blocks.L.<hook>)")
     layer = int(match.group(1))

@@ -32,7 +32,6 @@ from monoscope.interpret.backends.base import (
     RetryableError,
 )
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_TOKENS = 256
 ERROR_TYPES = {
     # kind: (OpenAI's error type, its code; Anthropic's error type)
@@ -271,7 +270,7 @@ def serve_llm(
 ) -> None:
     """Serve `backend` until interrupted."""
     from monoscope.serve.app import require_server_extra
-    from monoscope.serve.server import base_url, listening_socket, run_on
+    from monoscope.serve.server import LOOPBACK, base_url, listening_socket, run_on
 
     require_server_extra()
     sock = listening_socket(host, port)  # before saying where: a taken port is one line

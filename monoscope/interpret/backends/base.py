@@ -8,7 +8,7 @@ here: a backend makes exactly one attempt per `chat` call.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -16,7 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 class Capabilities:
     """What a backend can do beyond plain chat."""
 
-    chat: bool = True
     json_output: bool = False
     """It can be asked for a JSON object (OpenAI's response_format, or a constrained decoder)."""
     logprobs: bool = False
@@ -105,16 +104,6 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int:
         """Tokens `text` costs this model's prompt (an estimate where no tokenizer is at hand)."""
         ...
-
-
-@dataclass
-class BackendSpec:
-    """How the user chose a backend on the command line; `make_backend` turns it into one."""
-
-    backend: str = "local"
-    model: str = ""
-    base_url: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monoscope.interpret.backends.base import Backend, BackendSpec
+from monoscope.interpret.backends.base import Backend
 
 BACKEND_NAMES = ("local", "openai", "anthropic")
 
@@ -30,8 +30,3 @@ def make_backend(backend: str, model: str, base_url: str = "", **kw: Any) -> Bac
 
         return AnthropicBackend(model, base_url, **kw)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
-
-
-def backend_from_spec(spec: BackendSpec) -> Backend:
-    """`make_backend` for a BackendSpec (its `extra` passed as keyword arguments)."""
-    return make_backend(spec.backend, spec.model, spec.base_url, **spec.extra)

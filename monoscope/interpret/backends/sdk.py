@@ -70,7 +70,7 @@ def status_error(
 ) -> BackendError | RetryableError:
     """The protocol's error for an HTTP error status, its message naming what to fix."""
     head = f"{backend} backend, model {model!r} at {where}: HTTP {status}"
-    if status == 429 or status >= 500 or status in RETRYABLE_STATUS:
+    if status >= 500 or status in RETRYABLE_STATUS:
         return RetryableError(f"{head}: {detail}", status, retry_after_s(headers))
     if status in (401, 403):
         fix = f"the key was refused; check {key_var} (and that it may use this model)"
