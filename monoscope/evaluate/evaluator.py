@@ -24,7 +24,6 @@ are null.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass
@@ -33,11 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope.artifacts import atomic_write_json
 from monoscope.evaluate.metrics import ReconstructionStats
 from monoscope.evaluate.splice import heldout_contexts, run_sae, splice_metrics
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
+from monoscope.plotting import save_png
 from monoscope.runtime import configure_threads
 from monoscope.train.sources import ArraySource
 
@@ -262,10 +262,7 @@ def plot_density(report: dict, path: Path) -> None:
         f"{report['sae']['site'] or 'SAE'}: {report['sae']['n_features']:,} features, "
         f"{hist['dead']:,} dead over {n_tokens:,} tokens"
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None = None) -> dict:

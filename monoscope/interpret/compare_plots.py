@@ -6,29 +6,16 @@ written atomically.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
-from monoscope.artifacts import atomic_write_bytes
+from monoscope import plotting
 
 FEATURE_COLOUR, NEURON_COLOUR = "#1f77b4", "#d62728"
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "compare-neurons plots need matplotlib: pip install 'monoscope[plots]' "
-            "(or pass --no-plots)"
-        ) from None
-
-
-def _save(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    plotting.require_matplotlib("compare-neurons plots", "pass --no-plots")
 
 
 def plot_correlation_histogram(correlation: dict, path: Path) -> None:
@@ -51,7 +38,7 @@ def plot_correlation_histogram(correlation: dict, path: Path) -> None:
         f"{correlation['n_sampled']} random features, {correlation['tokens']:,} tokens: "
         f"{correlation['fraction_at_most_threshold']:.0%} have max |r| ≤ {threshold:g}"
     )
-    _save(fig, path)
+    plotting.save_png(fig, path)
 
 
 def plot_side_by_side(groups: dict[str, dict], path: Path, ylabel: str, seed: int = 0) -> None:
@@ -76,4 +63,4 @@ def plot_side_by_side(groups: dict[str, dict], path: Path, ylabel: str, seed: in
             ax.legend(fontsize=7)
         ax.set_title(name)
         ax.set_ylabel(ylabel)
-    _save(fig, path)
+    plotting.save_png(fig, path)

@@ -4,14 +4,14 @@ grade per feature for the features-vs-neurons comparison."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope import plotting
+from monoscope.artifacts import atomic_write_json
 
 GRADES = (0, 1, 2, 3)
 NOT_FIRING = "not firing"
@@ -84,12 +84,7 @@ def write_report(report: dict[str, Any], out: Path, plot: bool = True) -> list[P
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "the specificity plot needs matplotlib: pip install 'monoscope[plots]' (or --no-plot)"
-        ) from None
+    plotting.require_matplotlib("the specificity plot", "--no-plot")
 
 
 def plot_histogram(report: dict[str, Any], path: Path) -> None:
@@ -124,9 +119,7 @@ def plot_histogram(report: dict[str, Any], path: Path) -> None:
         f"Specificity of {len(report['features'])} features' explanations, "
         f"judge {report.get('judge', 'unnamed')} ({report['prompt_version']})"
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    plotting.save_png(fig, path)
 
 
 def _tick(label: str, n_intervals: int) -> str:
