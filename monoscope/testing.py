@@ -252,9 +252,6 @@ def max_act_feature_store(path: str | Path, n_features: int, complete: bool = Tr
     return conn
 
 
-CHANCE = {"detection": 0.5, "fuzzing": 0.5, "simulation": 0.0, "embedding": 0.5}
-
-
 def write_interpretation(
     path: str | Path,
     explanations: dict[int, str],
@@ -274,37 +271,30 @@ def write_interpretation(
     answers drawn at random, simulation's with per-token `predicted` activations and fuzzing's
     with the `marked` tokens. features.explanation / score are refreshed as the interpret stage
     does. Returns `path`."""
-    import json
-
     import numpy as np
 
     from monoscope.analyze import schema
-    from monoscope.interpret.store import now, refresh_feature
+    from monoscope.interpret.explainer import ExplanationResult
+    from monoscope.interpret.scorers import SCORERS, ScoreResult
+    from monoscope.interpret.store import write_explanation, write_score
 
     rng = np.random.default_rng(seed)
-    conn = schema.create(path)
-    conn.executescript(schema.DDL_INTERPRET)  # the tables, whichever version created the store
+    conn = schema.create(path)  # migrates a store another version created
     prompt = "explain-test"
-    with conn:
-        for fid, text in explanations.items():
-            row = (fid, explainer, prompt, "ok", text, text, "[]", "[]", now())
-            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?,?,?,?,?,?,?,?,?)", row)
-        for fid, raw in (unparsable or {}).items():
-            row = (fid, f"{explainer}-2", prompt, "unparsable", None, raw, "[]", "[]", now())
-            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?,?,?,?,?,?,?,?,?)", row)
-        for fid, by_scorer in (scores or {}).items():
-            windows = _held_out_windows(conn, fid, n_random, rng)
-            for scorer, score in by_scorer.items():
-                details = [_judged(scorer, w, rng) for w in windows]
-                metrics = {"n": len(details), "n_unparsable": 0}
-                conn.execute(
-                    "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (fid, scorer, judge, explainer, prompt, f"{scorer}-test", "ok", score,
-                     CHANCE[scorer], explanations[fid], json.dumps(metrics),
-                     json.dumps(details), "[]", now()),
-                )  # fmt: skip
-        for fid in {*explanations, *(unparsable or {})}:
-            refresh_feature(conn, fid)
+    for fid, text in explanations.items():
+        write_explanation(conn, fid, explainer, ExplanationResult("ok", text, text, [], [], prompt))
+    for fid, raw in (unparsable or {}).items():
+        result = ExplanationResult("unparsable", None, raw, [], [], prompt)
+        write_explanation(conn, fid, f"{explainer}-2", result)
+    for fid, by_scorer in (scores or {}).items():
+        windows = _held_out_windows(conn, fid, n_random, rng)
+        scored = {"explainer": explainer, "prompt_version": prompt, "text": explanations[fid]}
+        for scorer, score in by_scorer.items():
+            details = [_judged(scorer, w, rng) for w in windows]
+            metrics = {"n": len(details), "n_unparsable": 0}
+            chance = SCORERS[scorer].chance
+            result = ScoreResult(scorer, f"{scorer}-test", "ok", score, chance, metrics, details)
+            write_score(conn, fid, judge, scored, result)
     conn.close()
     return Path(path)
 
