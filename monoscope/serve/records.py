@@ -182,13 +182,15 @@ def _add_interpretation(
     for fid, rows in found.items():
         if fid in records:
             records[fid].update(rows)
-    graded = {fid for fid, rows in found.items() if rows["scores"]}
-    if not graded:
+    judged = {fid: judged_keys(rows["scores"]) for fid, rows in found.items() if rows["scores"]}
+    if not judged:
         return
-    judged = {fid: judged_keys(found[fid]["scores"]) for fid in graded}
-    for fid, example in _examples(conn, vocab, start, stop, "kind = 'random'"):
+    graded = ",".join(str(int(fid)) for fid in judged)  # only their rows are decoded
+    for fid, example in _examples(
+        conn, vocab, start, stop, f"kind = 'random' AND feature IN ({graded})"
+    ):
         key = (example["kind"], example["bucket"], example["rank"])
-        if fid in records and key in judged.get(fid, ()):
+        if fid in records and key in judged[fid]:
             records[fid]["examples"]["random"].append(example)
 
 
