@@ -112,6 +112,8 @@ class _Analysis:
     out: Path
     identity: dict
     conn: sqlite3.Connection
+    logit_directions: Tensor | None = None
+    """[n_features, d_model] residual directions for the logit effects (default: W_dec)."""
     seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -173,7 +175,8 @@ class _Analysis:
         with self._timed("logits"):
             logits = None
             if self.lm is not None and self.cfg.logits:
-                logits = LogitEffects(*logit_effects(directions, self.lm, self.cfg.logit_tokens))
+                towards = directions if self.logit_directions is None else self.logit_directions
+                logits = LogitEffects(*logit_effects(towards, self.lm, self.cfg.logit_tokens))
             vocab = token_texts(self.lm.tokenizer, vocab_size(self.lm)) if self.lm else []
         with self._timed("map"):
             coords = None
@@ -296,9 +299,12 @@ def run(
     sae: nn.Module | None = None,
     store: ActivationStore | None = None,
     lm: LanguageModel | None = None,
+    logit_directions: Tensor | None = None,
 ) -> Path:
     """Analyse as `cfg` says (objects given are used instead of loading cfg.sae, cfg.acts,
-    cfg.model); resume an interrupted store at cfg.out; returns its path."""
+    cfg.model); resume an interrupted store at cfg.out; returns its path. `logit_directions`
+    [n_features, d_model]: what each feature writes to the residual stream, for dictionaries
+    whose decoder rows are not residual directions (MLP neurons); default W_dec."""
     configure_threads()
     if cfg.map:
         require_umap()  # before the pass, not after it
@@ -322,7 +328,7 @@ def run(
             lm = _model(cfg, store, lm)  # before anything is written: a missing model fails fast
             conn = create_store(out, ident)
             try:
-                _Analysis(cfg, sae, store, site, lm, out, ident, conn).run()
+                _Analysis(cfg, sae, store, site, lm, out, ident, conn, logit_directions).run()
             finally:
                 conn.close()
         checkpoint_path(out).unlink(missing_ok=True)  # also one a kill left after the commit

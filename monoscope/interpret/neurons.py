@@ -6,21 +6,20 @@ existing stages run on it unchanged: harvest -> out/acts, the dictionary -> out/
 out/features.db. explain, score and specificity then read that store like any other, which is
 what the features-vs-neurons comparison needs (Templeton et al. 2024, METHODS.md §5.3).
 
-Analyze runs with three of its options changed, because a neuron's decoder row is a one-hot
-vector of the MLP's hidden space, not a direction of the residual stream:
+Analyze runs with two of its options changed and its logit directions given, because a
+neuron's decoder row is a one-hot vector of the MLP's hidden space, not a direction of the
+residual stream:
 - no decoder-cosine neighbours (every pair is orthogonal: the list would be arbitrary; and
   counting co-occurrence over a code that fires on half the units is the pass's dearest part);
 - no UMAP map (orthogonal one-hot directions lay out as noise);
-- no direct logit effects from W_dec, which is not a residual direction: `run_neurons` writes
-  them itself, from each neuron's output direction (its column of the MLP's output projection;
-  minus that for the negative side), so the explainer sees a neuron's output tokens as it sees
-  a feature's (Templeton et al. compare features and neurons with the same pipeline).
+- the direct logit effects not from W_dec but from each neuron's output direction (its
+  column of the MLP's output projection; minus that for the negative side), given to analyze,
+  so the explainer sees a neuron's output tokens as it sees a feature's (Templeton et al.
+  compare features and neurons with the same pipeline).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from torch import Tensor
 
 from monoscope.analyze import AnalyzeConfig
 from monoscope.analyze import run as run_analyze
-from monoscope.analyze.logits import logit_effects, token_texts, vocab_size
-from monoscope.analyze.tables import significant
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as run_harvest
 from monoscope.models import LanguageModel, load_model
@@ -115,6 +112,11 @@ def run_neurons(cfg: NeuronsConfig, lm: LanguageModel | None = None) -> Path:
     width = lm.site(cfg.site).width
     sae = NeuronDictionary(neuron_config(width, cfg.signs, site=cfg.site, model=lm.name))
     sae.save(out / SAE)
+    # A neuron writes to the residual stream through its column of the MLP's output
+    # projection, not through its identity decoder row: the logit effects follow that.
+    directions = output_directions(lm, cfg.site)
+    if cfg.signs == "both":
+        directions = torch.cat([directions, -directions])
     analyze_cfg = AnalyzeConfig(
         sae=str(out / SAE),
         acts=str(out / ACTS),
@@ -122,17 +124,12 @@ def run_neurons(cfg: NeuronsConfig, lm: LanguageModel | None = None) -> Path:
         batch_size=cfg.batch_size,
         neighbours=0,
         map=False,
-        logits=False,
+        logit_tokens=cfg.logit_tokens,
         seed=cfg.seed,
         overwrite=cfg.overwrite,
         progress=cfg.progress,
     )
-    db = run_analyze(analyze_cfg, sae=sae, store=store, lm=lm)
-    directions = output_directions(lm, cfg.site)
-    if cfg.signs == "both":
-        directions = torch.cat([directions, -directions])
-    write_logit_effects(db, directions, lm, cfg.logit_tokens)
-    return db
+    return run_analyze(analyze_cfg, sae=sae, store=store, lm=lm, logit_directions=directions)
 
 
 @torch.no_grad()
@@ -144,34 +141,3 @@ def output_directions(lm: LanguageModel, site: str) -> Tensor:
     param = next(resolved.module.parameters())
     eye = torch.eye(resolved.width, device=param.device, dtype=param.dtype)
     return (resolved.module(eye) - resolved.module(torch.zeros_like(eye[:1]))).float().cpu()
-
-
-def write_logit_effects(db: Path, directions: Tensor, lm: LanguageModel, n: int) -> None:
-    """Set features.logit_top / logit_bottom of the store's features from their residual
-    directions [n_features, d_model], in analyze's JSON form [[token_id, text, effect], ...]."""
-    top_ids, top, bottom_ids, bottom = logit_effects(directions, lm, n)
-    vocab = token_texts(lm.tokenizer, vocab_size(lm))
-
-    def listed(ids: list[int], effects: list[float]) -> str:
-        return json.dumps([[t, vocab[t], e] for t, e in zip(ids, effects, strict=True)])
-
-    rows = [
-        (listed(ti, te), listed(bi, be), i)
-        for i, (ti, te, bi, be) in enumerate(
-            zip(
-                top_ids.tolist(),
-                significant(top).tolist(),
-                bottom_ids.tolist(),
-                significant(bottom).tolist(),
-                strict=True,
-            )
-        )
-    ]
-    conn = sqlite3.connect(db)
-    try:
-        with conn:
-            conn.executemany(
-                "UPDATE features SET logit_top = ?, logit_bottom = ? WHERE id = ?", rows
-            )
-    finally:
-        conn.close()
