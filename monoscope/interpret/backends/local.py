@@ -40,6 +40,7 @@ class LocalBackend:
                 "use an instruction-tuned (chat) model, e.g. the built-in smollm2-135m"
             )
         self._lock = threading.Lock()
+        self._eos = self._end_of_turn_ids()
 
     def count_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -63,7 +64,8 @@ class LocalBackend:
             elapsed = time.monotonic() - start
         return self._response(ids, new, logits, request, elapsed, timeout)
 
-    def _eos_ids(self) -> set[int]:
+    def _end_of_turn_ids(self) -> set[int]:
+        """The ids that end an answer: the generation config's EOS ids and the tokenizer's."""
         eos = self.lm.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.lm.tokenizer.eos_token_id is not None:
@@ -73,7 +75,7 @@ class LocalBackend:
     def _generate(self, ids: torch.Tensor, request: ChatRequest, max_time: float):
         """(new token ids [n], raw logits [n, vocab] or None) for one request."""
         tokenizer = self.lm.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos_ids())
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         options: dict = {"do_sample": False}
         if request.temperature > 0:
             options = {
@@ -91,7 +93,7 @@ class LocalBackend:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=request.max_tokens,
-                eos_token_id=sorted(self._eos_ids()) or None,
+                eos_token_id=sorted(self._eos) or None,
                 pad_token_id=pad,
                 max_time=max_time,
                 return_dict_in_generate=True,
@@ -104,7 +106,7 @@ class LocalBackend:
 
     def _response(self, ids, new, logits, request, elapsed, timeout) -> ChatResponse:
         tokenizer = self.lm.tokenizer
-        eos = self._eos_ids()
+        eos = self._eos
         tokens = new.tolist()
         stop = next((i for i, t in enumerate(tokens) if t in eos), None)
         if stop is not None:
