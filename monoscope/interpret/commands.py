@@ -288,7 +288,7 @@ def _negatives(
     wants = {"detection", "embedding"} & set(cfg.scorer_list())
     if not cfg.hard_negatives or not wants or not features:
         return {}
-    encoder = WindowEncoder(read_meta(conn))
+    encoder = WindowEncoder(read_meta(conn), cfg.db)
     return hard_negatives(conn, features, read_vocab(conn), cfg.hard_negatives, encoder)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from monoscope.analyze.recorded import locate
 from monoscope.analyze.schema import FeatureStoreError, open_readonly, read_meta
 from monoscope.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
 from monoscope.harvest import ActivationStore, StoreError
@@ -98,26 +99,14 @@ def _read_store(path: str) -> tuple[dict, dict[str, dict], list[int]]:
     return meta, scores, live
 
 
-def _locate(recorded: str, override: str, db: Path, option: str) -> Path:
-    """A folder the feature store recorded: the override, else as recorded, else the folder of
-    that name next to the store (a run folder moved or read from elsewhere)."""
-    if override:
-        return Path(override)
-    for candidate in (Path(recorded), db.parent / Path(recorded).name):
-        if recorded and candidate.exists():
-            return candidate
-    raise FileNotFoundError(
-        f"{db} was analysed with {recorded!r}, which is neither there nor next to it: "
-        f"pass {option} FOLDER"
-    )
-
-
 def _open_inputs(cfg: CompareNeuronsConfig, meta: dict) -> tuple[nn.Module, ActivationStore]:
     from monoscope.sae import load_sae
 
     db = Path(cfg.features_db)
-    sae = load_sae(_locate(meta["sae"]["path"], cfg.sae, db, "--sae"))
-    store = ActivationStore(_locate(meta["acts"]["path"], cfg.acts, db, "--acts"))
+    sae = load_sae(cfg.sae or locate(meta["sae"]["path"], db, "SAE", "--sae"))
+    store = ActivationStore(
+        cfg.acts or locate(meta["acts"]["path"], db, "activation store", "--acts")
+    )
     if sha256_file(store.path / MANIFEST) != meta["acts"]["manifest_sha256"]:
         raise StoreError(f"{store.path} is not the activation store {db} was analysed from")
     if (sae.cfg.n_features, sae.cfg.site) != (meta["sae"]["n_features"], meta["sae"]["site"]):

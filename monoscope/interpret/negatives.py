@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from monoscope.analyze.recorded import locate
 from monoscope.analyze.runner import encode
 from monoscope.analyze.windows import read_rows
 from monoscope.harvest import ActivationStore
@@ -29,21 +31,16 @@ class WindowEncoder:
     """A feature's activations on any window of the activation store (the store and SAE named
     in the feature store's meta)."""
 
-    def __init__(self, meta: dict) -> None:
+    def __init__(self, meta: dict, db: str | Path) -> None:
         sae_path, acts_path = meta["sae"].get("path"), meta["acts"].get("path")
-        if not sae_path or not acts_path:
-            raise ValueError(
-                "hard negatives need the SAE and activation store this feature store was "
-                "analysed from, and its meta names none (pass --hard-negatives 0)"
-            )
         try:
-            self.sae = load_sae(sae_path)
-            self.store = ActivationStore(acts_path)
+            self.sae = load_sae(locate(sae_path, db, "SAE"))
+            self.store = ActivationStore(locate(acts_path, db, "activation store"))
         except (OSError, ValueError) as err:
             raise ValueError(
-                f"hard negatives re-encode windows with the SAE {sae_path} and the activation "
-                f"store {acts_path}, which could not be opened ({err}); pass --hard-negatives 0 "
-                "to score without them"
+                f"hard negatives re-encode windows with the SAE and the activation store this "
+                f"feature store was analysed from, and they could not be opened ({err}); pass "
+                "--hard-negatives 0 to score without them"
             ) from err
         self.site = meta["acts"]["site"]
         self.context = int(self.store.manifest["context"])

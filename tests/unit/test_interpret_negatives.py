@@ -45,15 +45,15 @@ def analysed(tiny_llama, corpus_file, tmp_path_factory):
         window=16,
         progress=False,
     )
-    return sqlite3.connect(db), sae, store
+    return sqlite3.connect(db), sae, store, db
 
 
 def test_kept_windows_are_silent_and_come_from_neighbours(analysed):
-    conn, sae, store = analysed
+    conn, sae, store, db = analysed
     vocab = read_vocab(conn)
     ids = [fid for (fid,) in conn.execute("SELECT id FROM features WHERE n_fired > 0 LIMIT 12")]
     features = load_features(conn, ids, vocab)
-    found = hard_negatives(conn, features, vocab, 4, WindowEncoder(read_meta(conn)))
+    found = hard_negatives(conn, features, vocab, 4, WindowEncoder(read_meta(conn), db))
     assert sum(map(len, found.values())) > 0
     context = int(store.manifest["context"])
     xs, locs = [], []
@@ -75,8 +75,8 @@ def test_kept_windows_are_silent_and_come_from_neighbours(analysed):
 
 
 def test_no_sae_path_names_the_way_out(analysed):
-    conn, _, _ = analysed
+    conn, _, _, db = analysed
     meta = read_meta(conn)
     meta["sae"]["path"] = None
     with pytest.raises(ValueError, match="--hard-negatives 0"):
-        WindowEncoder(meta)
+        WindowEncoder(meta, db)
