@@ -4,9 +4,11 @@ unfinished one of the same run is continued."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import sqlite3
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:
     """Whether `out` already holds this run's complete store. A store of another SAE, store or
     parameters (or any other file) is refused unless `overwrite`, which deletes it."""
     if overwrite:
-        for path in (out, out.with_name(out.name + "-journal"), checkpoint_path(out)):
+        for path in (out, schema.journal_path(out), checkpoint_path(out)):
             path.unlink(missing_ok=True)
     if not out.exists():
         return False
@@ -76,6 +78,8 @@ def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:
             meta = schema.read_meta(conn)
         finally:
             conn.close()
+    except schema.UnfinishedWriteError:
+        raise  # the store is intact: --overwrite is not the answer
     except schema.FeatureStoreError as err:
         raise schema.FeatureStoreError(
             f"{out} exists and is not a feature store this monoscope writes ({err}); pass "
@@ -109,3 +113,25 @@ def create_store(out: Path, identity: dict) -> sqlite3.Connection:
             monoscope_version=version("monoscope"),
         )
     return conn
+
+
+@contextlib.contextmanager
+def store_for_writing(out: Path, identity: dict) -> Iterator[sqlite3.Connection]:
+    """`create_store`'s connection, closed on exit. Should the run fail before its first
+    progress checkpoint, a store it created is removed again: it holds no features and nothing
+    to resume from (a store that existed before the run is always kept)."""
+    fresh = not out.exists()
+    conn = None
+    try:
+        conn = create_store(out, identity)
+        yield conn
+    except BaseException:
+        if conn is not None:
+            conn.close()  # rolls back what the run left uncommitted
+        if fresh and not checkpoint_path(out).exists():
+            for path in (out, schema.journal_path(out)):
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        if conn is not None:
+            conn.close()

@@ -31,7 +31,7 @@ from monoscope.analyze.layout import feature_map, require_umap
 from monoscope.analyze.lock import writer_lock
 from monoscope.analyze.logits import logit_effects, token_texts, vocab_size
 from monoscope.analyze.neighbours import cosine_neighbours
-from monoscope.analyze.opening import create_store, existing_is_complete, identity
+from monoscope.analyze.opening import existing_is_complete, identity, store_for_writing
 from monoscope.analyze.tables import (
     Examples,
     LogitEffects,
@@ -45,6 +45,7 @@ from monoscope.analyze.tables import (
 from monoscope.analyze.windows import WindowReader, read_rows
 from monoscope.evaluate.evaluator import check_compatible
 from monoscope.evaluate.metrics import density_histogram
+from monoscope.folders import made_folder
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
 from monoscope.runtime import configure_threads, intra_op_threads
@@ -319,18 +320,15 @@ def run(
     if cfg.split == "heldout" and store.heldout_fraction <= 0:
         raise StoreError(f"store {store.path} has no held-out split (heldout_fraction 0)")
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(out):
+    # A run that fails early (a corrupt shard, a missing model) leaves no folder or empty store.
+    with made_folder(out.parent), writer_lock(out):
         ident = identity(cfg, sae, store, site)
         if existing_is_complete(out, ident, cfg.overwrite):
             print(f"feature store {out} is already complete", file=sys.stderr)
         else:
             lm = _model(cfg, store, lm)  # before anything is written: a missing model fails fast
-            conn = create_store(out, ident)
-            try:
+            with store_for_writing(out, ident) as conn:
                 _Analysis(cfg, sae, store, site, lm, out, ident, conn, logit_directions).run()
-            finally:
-                conn.close()
         checkpoint_path(out).unlink(missing_ok=True)  # also one a kill left after the commit
     if cfg.export == "parquet":
         export_parquet(out)

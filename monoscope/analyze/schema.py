@@ -90,6 +90,7 @@ features.explanation and features.score hold the latest ok explanation and its h
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,11 @@ class FeatureStoreError(ValueError):
     """A feature store that is missing, of another schema version, or incomplete."""
 
 
+class UnfinishedWriteError(FeatureStoreError):
+    """A store whose last write is unfinished and cannot be undone now: its writer is still at
+    work, or the file or its folder is read-only. The store itself is intact (no --overwrite)."""
+
+
 def create(path: str | Path) -> sqlite3.Connection:
     """Open (creating if needed) a feature store for writing, with the schema in place."""
     conn = sqlite3.connect(path)
@@ -171,11 +177,52 @@ def migrate(conn: sqlite3.Connection) -> None:
         write_meta(conn, schema_version=SCHEMA_VERSION)
 
 
+def journal_path(db: Path) -> Path:
+    """The rollback journal SQLite keeps beside `db` while a transaction writes it."""
+    return db.with_name(db.name + "-journal")
+
+
+def roll_back_unfinished(path: Path) -> None:
+    """Undo the transaction of a writer killed mid-write, should one have left its journal.
+
+    A read-only connection cannot roll a hot journal back (it refuses the whole file), so one
+    read-write connection reads the store first: SQLite rolls the journal back on that read,
+    returning the store to its last commit. A live writer's journal is left alone: SQLite only
+    rolls back a journal whose writer no longer holds the store's lock.
+    """
+    journal = journal_path(path)
+    if not journal.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        if "locked" in str(err):
+            raise UnfinishedWriteError(
+                f"{path} is locked by another process writing it; try again when it has finished"
+            ) from None
+        if not all(os.access(p, os.W_OK) for p in (path, journal, path.parent)):
+            raise UnfinishedWriteError(
+                f"{path} holds the unfinished write of a killed process, which cannot be rolled "
+                f"back here because the file or its folder is read-only: open it once where it "
+                f"can be written (or copy it with {journal.name} to a writable folder) to get "
+                "the store as of its last commit"
+            ) from None
+        raise FeatureStoreError(
+            f"{path}: the unfinished write in {journal} cannot be rolled back: {err}"
+        ) from err
+
+
 def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """Open an existing feature store read-only; FeatureStoreError if it is not one."""
+    """Open an existing feature store read-only, after rolling back the unfinished write of a
+    killed writer; FeatureStoreError if it is not a store."""
     path = Path(path)
     if not path.is_file():
         raise FeatureStoreError(f"{path}: no such feature store (run `monoscope analyze` first)")
+    roll_back_unfinished(path)
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from monoscope.analyze.schema import write_meta
+from monoscope.analyze.schema import open_readonly, write_meta
 from monoscope.analyze.windows import Windows
 from monoscope.artifacts import temp_file_beside
 
@@ -190,7 +190,7 @@ def export_parquet(db: Path, rows_per_batch: int = 1 << 16) -> list[Path]:
 
     arrow_types = {"INTEGER": pa.int64(), "REAL": pa.float64(), "TEXT": pa.string()}
     written = []
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    conn = open_readonly(db)
     try:
         for table in TABLES:
             columns = [

@@ -202,6 +202,7 @@ class TrainConfig:
         # A batch's FVU (topk's loss, the divergence check) needs its centred variance.
         _at_least("batch_size", self.batch_size, 2, "a batch's FVU needs two rows or more")
         _at_least("k", self.k, 0, "0 means 32")
+        _at_least("lr", self.lr, 0, "0 means the architecture's default")
         _at_least("tokens", self.tokens, 0, "0 means one epoch")
         _at_least("target_l0", self.target_l0, 0, "0: off")
         _at_least("grad_clip", self.grad_clip, 0, "0: off")

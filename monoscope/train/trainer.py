@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from monoscope.folders import first_missing, remove_empty_folders
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
 from monoscope.sae.files import formats_in
@@ -105,10 +106,23 @@ def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch
             )
 
 
+RUN_MARKS = (POINTER, "train_log.jsonl")
+"""Files that make a folder a training run (with a trained SAE's files, `formats_in`)."""
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
     held = formats_in(out) if out.is_dir() else []
+    foreign = out.is_dir() and not held and not any((out / m).exists() for m in RUN_MARKS)
+    if foreign and any(out.iterdir()):
+        # Not even --overwrite: it would delete a folder monoscope did not write.
+        found = sorted(p.name for p in out.iterdir())
+        names = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise FileExistsError(
+            f"{out} exists and is not a training run this monoscope writes (it holds {names}, "
+            f"and no {POINTER} or trained SAE); choose another --out, or a new or empty folder"
+        )
     if held and not (out / POINTER).exists():
         if not overwrite:
             raise FileExistsError(
@@ -119,6 +133,22 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     elif overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _removed_if_failed_early(out: Path) -> Iterator[None]:
+    """If the body fails before a checkpoint or the SAE is written to `out`, and `out` is a
+    folder this run created, remove it (and the parents it created): nothing in it could be
+    resumed. A folder that existed before the run is left as it is."""
+    created = first_missing(out)
+    try:
+        yield
+    except BaseException:
+        kept = (out / POINTER).exists() or formats_in(out)
+        if created is not None and out.is_dir() and not kept:
+            shutil.rmtree(out, ignore_errors=True)  # the error that got us here matters more
+            remove_empty_folders(out.parent, created)
+        raise
 
 
 def _init_sample(source, max_norm: float | None) -> torch.Tensor:
@@ -192,7 +222,13 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
     _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
     out = Path(cfg.out)
-    _prepare_out(out, cfg.overwrite)
+    with _removed_if_failed_early(out):
+        _prepare_out(out, cfg.overwrite)
+        return _train(cfg, source, out, total_steps)
+
+
+def _train(cfg: TrainConfig, source, out: Path, total_steps: int) -> SparseAutoencoder:
+    """The run itself, in the prepared folder `out`: new or resumed, trained, saved."""
     median = source.median_norm()
     max_norm = cfg.outlier_multiple * median if cfg.outlier_multiple > 0 else None
 
@@ -467,13 +503,12 @@ def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> No
         else f"batch FVU became {float(result.fvu):.4g} (over --divergence-fvu {limit:g})"
     )
     kept = (
-        "the last good checkpoint is kept in"
+        f"the last good checkpoint is kept in {out}"
         if (out / POINTER).exists()
-        else "no checkpoint was written yet in"
+        else "no checkpoint was written yet"
     )
     raise TrainingDivergedError(
-        f"{what} at step {step}: the run diverged; {kept} {out} "
-        "(lower --lr, or check the activations)"
+        f"{what} at step {step}: the run diverged; {kept} (lower --lr, or check the activations)"
     )
 
 
