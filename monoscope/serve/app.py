@@ -22,6 +22,11 @@ POST /api/steer              {feature, prompt, strength, relative, mode, positio
                              bad input, 503 no model
 POST /api/attribute          {prompt, target, top, chat} -> attribution and ablation of the
                              prompt's features to the next token (steering.py); 422, 503
+
+Every request is bounded before its route runs (security.py: path, query string, body size;
+414, 413), and every response carries the security headers. Errors are short JSON
+{"detail": ...}: a validation error lists where and what, without echoing the input. The
+Host header is checked by the server once its socket is bound (server.host_guarded).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
@@ -29,7 +34,7 @@ POST /api/attribute          {prompt, target, top, chat} -> attribution and abla
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from monoscope.analyze.schema import FeatureStoreError
 from monoscope.serve.catalog import ORDERS, SORTS
@@ -41,6 +46,7 @@ from monoscope.serve.meaning import (
     MeaningUnavailable,
 )
 from monoscope.serve.model import ModelUnavailable
+from monoscope.serve.security import Guard
 from monoscope.serve.steering import SteerEngine
 from monoscope.serve.store import FeatureNotFound, FeatureStore
 from monoscope.steer import SteeringError
@@ -50,6 +56,13 @@ MAX_PAGE = 500
 """Most features one list request returns."""
 MAX_SIMILAR = 50
 """Most similar explanations one request returns."""
+MAX_ID_CHARS = 20
+"""Longest feature id text looked up (ids are below 2**63)."""
+CHARS_PER_TOKEN = 16
+"""Characters allowed per token of a text's token limit, checked before the model's lock is
+taken and the text tokenized: English averages about 4."""
+MAX_OFFSET = 2**31
+"""Largest list offset: past the end a page is empty; a bigger number is a 422."""
 
 
 def require_server_extra() -> None:
@@ -84,6 +97,7 @@ def create_app(
     from fastapi.staticfiles import StaticFiles
 
     app = FastAPI(title="monoscope", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard)
     _error_handlers(app)
     config_js = front_end_config(
         "live",
@@ -110,6 +124,7 @@ ERROR_STATUS = {
 
 def _error_handlers(app) -> None:
     from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     def handler(status: int | None):
@@ -118,9 +133,39 @@ def _error_handlers(app) -> None:
 
         return respond
 
+    def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes each bad value, which may be most of a 64 kB body.
+        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, handler(status))
     app.add_exception_handler(MeaningQueryError, handler(None))
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+def checked_id(store: FeatureStore, text: str | int) -> int:
+    """store.feature_id, refusing an id too long to be one before parsing it (Python refuses
+    to parse integers of over 4,300 digits) and without echoing all of it."""
+    if isinstance(text, str) and len(text) > MAX_ID_CHARS:
+        raise FeatureNotFound(
+            f"no feature {text[:MAX_ID_CHARS]}… ({len(text):,} characters): "
+            f"this store has ids 0..{store.n_features - 1}"
+        )
+    return store.feature_id(text)
+
+
+def check_chars(text: str, max_tokens: int, what: str) -> None:
+    """HTTP 413 for a text too long to be max_tokens tokens, before anything tokenizes it."""
+    limit = max_tokens * CHARS_PER_TOKEN
+    if len(text) > limit:
+        from fastapi import HTTPException
+
+        raise HTTPException(
+            413,
+            f"the {what} is {len(text):,} characters long; the limit is {limit:,} "
+            f"(and {max_tokens} tokens)",
+        )
 
 
 def _browse_routes(app, store: FeatureStore, meaning: MeaningIndex, config_js: str) -> None:
@@ -131,7 +176,7 @@ def _browse_routes(app, store: FeatureStore, meaning: MeaningIndex, config_js: s
 
     class MeaningRequest(BaseModel):
         query: str
-        offset: int = Field(0, ge=0)
+        offset: int = Field(0, ge=0, le=MAX_OFFSET)
         limit: int = Field(50, ge=1, le=MAX_PAGE)
 
     @app.get("/")
@@ -152,18 +197,18 @@ def _browse_routes(app, store: FeatureStore, meaning: MeaningIndex, config_js: s
         query: str = Query("", max_length=MAX_QUERY_CHARS),
         sort: Literal[SORTS] = "id",  # type: ignore[valid-type]
         order: Literal[ORDERS] = "asc",  # type: ignore[valid-type]
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=MAX_PAGE),
     ) -> JSONResponse:
         return JSONResponse(store.catalog.search(query, sort, order, offset, limit))
 
     @app.get("/api/features/{feature_id}")
     def feature(feature_id: str) -> JSONResponse:
-        return JSONResponse(store.feature(feature_id))
+        return JSONResponse(store.feature(checked_id(store, feature_id)))
 
     @app.get("/api/features/{feature_id}/similar")
     def similar(feature_id: str, limit: int = Query(10, ge=1, le=MAX_SIMILAR)) -> JSONResponse:
-        return JSONResponse({"items": meaning.similar(store.feature_id(feature_id), limit)})
+        return JSONResponse({"items": meaning.similar(checked_id(store, feature_id), limit)})
 
     @app.post("/api/search-meaning")
     def search_meaning(body: MeaningRequest) -> JSONResponse:
@@ -180,7 +225,9 @@ def _model_routes(
     """The endpoints that run the model: what fires on a text, steering, attribution."""
     from fastapi import HTTPException
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
+
+    Word = Annotated[str, Field(max_length=64)]  # bounded, as the errors quote the value
 
     class FiresRequest(BaseModel):
         text: str
@@ -188,10 +235,10 @@ def _model_routes(
     class SteerRequest(BaseModel):
         feature: int | str
         prompt: str
-        strength: float | str = 5.0
+        strength: float | Word = 5.0
         relative: bool = True
-        mode: str = "clamp"
-        positions: str = "all"
+        mode: Word = "clamp"
+        positions: Word = "all"
         max_new_tokens: int = 32
         temperature: float = 0.7
         seed: int = 0
@@ -199,7 +246,7 @@ def _model_routes(
 
     class AttributeRequest(BaseModel):
         prompt: str
-        target: str | None = None
+        target: Word | None = None
         top: int = 20
         chat: bool = False
 
@@ -207,6 +254,7 @@ def _model_routes(
     def fires_on_text(body: FiresRequest) -> JSONResponse:
         if fires is None:
             raise HTTPException(503, "this server runs without a model")
+        check_chars(body.text, fires.max_tokens, "text")
         try:
             return JSONResponse(fires.run(body.text))
         except FiresInputError as err:
@@ -216,7 +264,7 @@ def _model_routes(
     # model's lock, so browsing stays responsive while a generation runs.
     @app.post("/api/steer")
     def steer_feature(body: SteerRequest) -> JSONResponse:
-        fid = store.feature_id(body.feature)
+        fid = checked_id(store, body.feature)
         if steer is None:
             raise HTTPException(503, "this server runs without a model")
         options = body.model_dump(exclude={"feature"})

@@ -14,6 +14,11 @@ data/features/NNNN.js      feature records shard_size*NNNN .. shard_size*(NNNN+1
                            with `similar`: its explanation's nearest explanations
 monoscope-site.json        marks the folder as a site, so a re-export may replace it
 
+index.html carries the server's Content-Security-Policy as a <meta> tag (security.META_CSP):
+scripts only from the site's own folder, none inline. A meta policy cannot forbid framing
+(browsers ignore frame-ancestors there), nor set the other headers: a host serving the site
+should send those itself. 'self' covers a file:// page's sibling files (tested in Chromium).
+
 Search by meaning needs the embedding model, which a static page cannot run; instead the export
 embeds the explanations (when an embedding model is installed; a warning says so when not) and
 stores each explained feature's nearest explanations. config.js's `similar` is
@@ -37,6 +42,7 @@ from typing import Any
 from monoscope.artifacts import temp_dir_beside
 from monoscope.serve.app import STATIC, front_end_config
 from monoscope.serve.meaning import Embedder, MeaningIndex, MeaningUnavailable
+from monoscope.serve.security import META_CSP
 from monoscope.serve.store import FeatureStore
 
 SITE_MARKER = "monoscope-site.json"
@@ -112,6 +118,7 @@ def _write_site(
     note: str | None,
 ) -> None:
     shutil.copytree(STATIC, root, dirs_exist_ok=True)
+    _add_policy(root / "index.html")
     n = store.n_features
     n_shards = -(-n // shard_size)
     digits = max(4, len(str(max(n_shards - 1, 0))))
@@ -152,6 +159,19 @@ def _write_site(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (root / SITE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _add_policy(index: Path) -> None:
+    """The export's index.html with the policy and the referrer policy as <meta> tags."""
+    charset = '<meta charset="utf-8">\n'
+    page = index.read_text(encoding="utf-8")
+    if charset not in page:
+        raise RuntimeError(f"{index} has no {charset.strip()} line to put the policy after")
+    policy = (
+        f'<meta http-equiv="Content-Security-Policy" content="{META_CSP}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+    )
+    index.write_text(page.replace(charset, charset + policy, 1), encoding="utf-8")
 
 
 def _write_data(root: Path, name: str, data: Any) -> None:

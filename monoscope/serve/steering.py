@@ -28,6 +28,9 @@ from monoscope.steer import (
 
 MAX_PROMPT_TOKENS = 256
 """Longest prompt (in tokens, BOS and chat template included) one request may run."""
+MAX_PROMPT_CHARS = 16 * MAX_PROMPT_TOKENS
+"""Longest prompt in characters, checked before the model's lock is taken and the prompt
+tokenized (English averages about 4 characters a token)."""
 MAX_NEW_TOKENS = 64
 """Most tokens one steering request generates (twice: unsteered and steered)."""
 MAX_ROWS = 50
@@ -162,6 +165,11 @@ def _edit(
 def _require_text(prompt: str) -> None:
     if not prompt.strip():
         raise SteeringError("the prompt is empty: type a prompt to run")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise SteeringError(
+            f"the prompt is {len(prompt):,} characters long; the limit here is "
+            f"{MAX_PROMPT_CHARS:,} (and {MAX_PROMPT_TOKENS} tokens)"
+        )
 
 
 def _chat(lm, chat: bool | None) -> bool:

@@ -1,7 +1,8 @@
 """The feature browser in real headless Chromium, on a real (tiny) pipeline: a tiny random model
 -> harvest -> train an SAE -> analyze -> `monoscope serve` on a free 127.0.0.1 port, and the
 exported static site opened from file://; then the same store with explanations and scores
-(written as the interpret stage writes them), in both.
+(written as the interpret stage writes them), in both; then a store harvested from a corpus of
+markup, which every page must show as text, under the server's Content-Security-Policy.
 
 Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and playwright's pip wheel
 (its driver only: no browser is downloaded). Without them the test is skipped, except in CI
@@ -11,6 +12,7 @@ folder is printed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -23,8 +25,9 @@ from monoscope.analyze import analyze
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.serve import FeatureStore, export_site, open_app
+from monoscope.serve.security import CSP, META_CSP
 from monoscope.serve.server import background_server
-from monoscope.testing import write_interpretation
+from monoscope.testing import tiny_sae, write_interpretation
 from monoscope.train import TrainConfig
 from monoscope.train import run as train
 
@@ -115,12 +118,23 @@ def browser():
         chromium.close()
 
 
+# Runs before each document's own scripts (injected by the browser, not subject to the page's
+# policy): collects the policy's violations, which Chromium also reports on the console.
+WATCH_POLICY = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__violations.push(e.violatedDirective + " " + e.blockedURI));
+"""
+
+
 @pytest.fixture
 def page(browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(20_000)
+    page.add_init_script(WATCH_POLICY)
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("dialog", lambda dialog: (errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     # The error responses the tests cause on purpose: 413 for too long a text, 422 for a
     # target of two tokens.
     expected = ("the server responded with a status of 413", "status of 422")
@@ -396,4 +410,121 @@ def test_static_explanations_scores_and_similar(explained, page, shots, tmp_path
     page.goto(f"{index}#/feature/{alive[0]}")
     check_interpreted_feature(page, alive[0])
     page.screenshot(path=shots / "9-static-explained.png", full_page=True)
+    shutil.rmtree(site)
+
+
+PAYLOADS = (
+    "<script>window.__pwned=1</script>",
+    '<img src=x onerror="window.__pwned=1">',
+    '<svg onload="window.__pwned=1">',
+)
+
+
+@pytest.fixture(scope="module")
+def hostile(tiny_llama, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A store harvested from a corpus of markup, contexts of 160 tokens each holding every
+    payload whole, windows as long as a context (so each example shows them whole), three
+    features explained by the payloads. A random SAE: what fires does not matter here."""
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = root / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"text": f"Doc {i}: " + " ".join(PAYLOADS) + " "}) + "\n")
+    store = harvest(
+        HarvestConfig(
+            model=tiny_llama.name,
+            sites=[SITE],
+            corpus=str(corpus),
+            tokens=2400,
+            out=str(root / "acts"),
+            context=160,
+            progress=False,
+        ),
+        tiny_llama,
+    )
+    db = analyze(
+        tiny_sae(tiny_llama, SITE),
+        store,
+        model=tiny_llama,
+        out=root / "features.db",
+        window=640,
+        batch_size=512,
+        map_epochs=20,
+        progress=False,
+    )
+    catalog = FeatureStore(db).catalog
+    alive = [i for i in range(catalog.n_features) if catalog.top_tokens[i]][:3]
+    return write_interpretation(db, dict(zip(alive, PAYLOADS, strict=True))), alive
+
+
+def check_shown_as_text(page, selector: str) -> None:
+    """Every payload in the visible text of `selector`; none of it ran or became markup."""
+    page.wait_for_function(
+        "([s, ps]) => { const el = document.querySelector(s);"
+        " return el && ps.every((p) => el.innerText.includes(p)); }",
+        arg=[selector, list(PAYLOADS)],
+    )
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.evaluate("window.__violations") == []
+    assert page.locator("img, [onerror], [onload]").count() == 0
+    sources = page.eval_on_selector_all("script", "ss => ss.map(s => s.getAttribute('src'))")
+    ours = ("config.js", "assets/", "data/")
+    assert all(src and src.startswith(ours) for src in sources), sources
+
+
+def check_policy_enforced(browser, url: str) -> None:
+    """The control: markup put into the page by hand is refused by the browser, and reported."""
+    control = browser.new_page()
+    try:
+        control.add_init_script(WATCH_POLICY)
+        control.goto(url)
+        control.wait_for_selector("#feature-rows tr.feature-row")
+        control.evaluate(f"document.body.insertAdjacentHTML('beforeend', {PAYLOADS[1]!r})")
+        control.wait_for_function("window.__violations.length > 0")
+        assert control.evaluate("typeof window.__pwned") == "undefined"
+    finally:
+        control.close()
+
+
+def check_hostile_pages(page, start: str, alive: list[int]) -> None:
+    """The list, a search and the explained features' pages of the hostile store at `start`."""
+    page.goto(start)
+    page.wait_for_selector("#feature-rows tr.feature-row")
+    check_shown_as_text(page, "#feature-rows")
+    page.fill("#search", "pwned")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#feature-rows tr.feature-row').length === 3"
+    )
+    assert sorted(listed_ids(page)) == alive
+    check_shown_as_text(page, "#feature-rows")
+    for fid, payload in zip(alive, PAYLOADS, strict=True):
+        page.goto(f"{start}#/feature/{fid}")
+        page.wait_for_selector("#top-examples .tok.on")
+        assert page.inner_text("#explanation .explanation") == payload
+        check_shown_as_text(page, "#top-examples .example")  # the corpus, in the first example
+
+
+def test_markup_in_the_corpus_is_shown_as_text_live(hostile, browser, page, shots):
+    db, alive = hostile
+    app, _ = open_app(db)
+    with background_server(app) as url:
+        response = page.goto(url)
+        assert response.headers["content-security-policy"] == CSP
+        assert response.headers["x-frame-options"] == "DENY"
+        check_hostile_pages(page, url, alive)
+        page.screenshot(path=shots / "10-markup-live.png", full_page=True)
+        check_policy_enforced(browser, url)
+
+
+def test_markup_in_the_corpus_is_shown_as_text_in_the_export(
+    hostile, browser, page, shots, tmp_path
+):
+    db, alive = hostile
+    site = export_site(db, tmp_path / "site", shard_size=32, similar=0)
+    index = (site / "index.html").as_uri()
+    check_hostile_pages(page, index, alive)
+    policy = page.locator("meta[http-equiv='Content-Security-Policy']")
+    assert policy.get_attribute("content") == META_CSP
+    page.screenshot(path=shots / "11-markup-static.png", full_page=True)
+    check_policy_enforced(browser, index)
     shutil.rmtree(site)
