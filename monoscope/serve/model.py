@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from monoscope.analyze.recorded import RecordedFolderMissing, locate
 from monoscope.artifacts import sha256_file
 
 
@@ -27,7 +28,8 @@ class ServedModel:
         sae = meta.get("sae") or {}
         self.db_path = Path(db_path)
         self.model_name = model or (meta.get("model") or {}).get("name") or sae.get("model")
-        self.sae_path = _resolve(sae.get("path"), self.db_path.parent)
+        self.sae_recorded = sae.get("path")
+        self.sae_path: Path | None = None  # found on first load (see analyze/recorded.py)
         self.sae_sha256 = sae.get("sha256")
         self.site = sae.get("site")
         self.lock = threading.Lock()
@@ -42,8 +44,10 @@ class ServedModel:
 
             if not self.model_name or not self.site:
                 raise ModelUnavailable("the feature store names no model or site: pass --model")
-            if self.sae_path is None:
-                raise ModelUnavailable("the feature store names no SAE folder (meta.sae.path)")
+            try:
+                self.sae_path = locate(self.sae_recorded, self.db_path, "SAE")
+            except RecordedFolderMissing as err:
+                raise ModelUnavailable(str(err)) from err
             weights = self.sae_path / "weights.safetensors"
             if self.sae_sha256 and weights.is_file() and sha256_file(weights) != self.sae_sha256:
                 raise ModelUnavailable(
@@ -84,13 +88,3 @@ class ServedModel:
             except SteeringError as err:
                 raise ModelUnavailable(f"cannot steer with this store's SAE: {err}") from err
         return self._max_acts
-
-
-def _resolve(path: str | None, db_folder: Path) -> Path | None:
-    """The SAE folder as recorded, else relative to the database's folder."""
-    if not path:
-        return None
-    recorded = Path(path)
-    if recorded.is_absolute() or recorded.exists():
-        return recorded
-    return db_folder / recorded
