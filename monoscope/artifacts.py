@@ -62,14 +62,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+class CorruptFileError(ValueError):
+    """A file monoscope wrote that cannot be read back: truncated, damaged or edited."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as the indented JSON text `atomic_write_json` writes (what a checksum covers)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON document in `path`; CorruptFileError naming the file if it does not parse."""
+    return parse_json(Path(path).read_bytes(), path)
+
+
+def parse_json(data: bytes, path: str | os.PathLike) -> Any:
+    """The JSON document `data` read from `path`; CorruptFileError naming `path` if it is not
+    one (json's own "Unterminated string ..." says neither which file nor what to do)."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(
+            f"{path} is damaged: byte {err.start} is not UTF-8 text, so it is not JSON"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise CorruptFileError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): "
+            "the file is damaged or truncated"
+        ) from err
 
 
 def sha256_bytes(data: bytes) -> str:

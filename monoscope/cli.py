@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 
 from monoscope.config_args import add_config_arguments, config_from_args
 
@@ -47,7 +48,9 @@ def _eval(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from monoscope.sae import convert
 
-    out = convert(args.src, to=args.to, out=args.out, overwrite=args.overwrite)
+    out = convert(
+        args.src, to=args.to, out=args.out, overwrite=args.overwrite, verify=args.verify_sae
+    )
     print(f"wrote {args.to} SAE to {out}")
 
 
@@ -137,6 +140,30 @@ def _llm_server(args: argparse.Namespace) -> None:
     from monoscope.interpret.llm_server import LLMServerConfig, run_llm_server
 
     run_llm_server(config_from_args(LLMServerConfig, args))
+
+
+SAE_COMMANDS = (
+    "eval",
+    "analyze",
+    "convert",
+    "steer",
+    "attribute",
+    "features-for",
+    "serve",
+    "score",
+    "compare-neurons",
+)
+"""Commands that load an SAE from a folder: they take --no-verify."""
+
+
+def _add_no_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-verify",
+        dest="verify_sae",
+        action="store_false",
+        help="load the SAE without checking its files against its checksums.json (they are "
+        "checked as they are read; this skips the hashing)",
+    )
 
 
 def _add_interpret_commands(commands) -> None:
@@ -290,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_site.set_defaults(func=_export_site)
 
     _add_interpret_commands(commands)
+    for name in SAE_COMMANDS:
+        _add_no_verify(commands.choices[name])
 
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in model and corpus")
     add_config_arguments(demo, DemoConfig, rename={})
@@ -303,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a 1 s load are noise here
     try:
-        args.func(args)
+        with _sae_verification(args):
+            args.func(args)
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         # Bad input, known failures and missing extras get one clear line, not a traceback.
         print(f"monoscope {args.command}: error: {err}", file=sys.stderr)
@@ -318,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     return 0
+
+
+def _sae_verification(args: argparse.Namespace):
+    """What --no-verify asks of every SAE load inside the command."""
+    if getattr(args, "verify_sae", True):
+        return nullcontext()
+    from monoscope.sae.checksums import verification
+
+    return verification(False)
 
 
 if __name__ == "__main__":

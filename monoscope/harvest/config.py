@@ -43,6 +43,9 @@ class HarvestConfig:
     """Fraction of contexts reserved for evaluation (chosen by a hash of the context id)."""
     overwrite: bool = False
     """Replace an existing store at --out instead of resuming it."""
+    verify: bool = False
+    """On a rerun over an existing store, also check every shard's sha256 before resuming or
+    calling it complete (a read of the whole store; shard sizes are always checked)."""
     progress: bool = True
     """Show a progress bar."""
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from monoscope.artifacts import STORE_FORMAT_VERSION, atomic_write_json, read_json
+from monoscope.artifacts import STORE_FORMAT_VERSION, CorruptFileError, atomic_write_json, read_json
 from monoscope.data import Context, CorpusSpec, iter_contexts
 from monoscope.harvest.config import HarvestConfig
+from monoscope.harvest.shards import check_shard_file
 from monoscope.harvest.store import MANIFEST, ActivationStore, StoreError
 from monoscope.harvest.writer import ShardWriter
 from monoscope.models import LanguageModel, load_model
@@ -74,13 +75,17 @@ def _bos_id(lm: LanguageModel) -> int | None:
     return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
 
-def _open_folder(out: Path, fresh: dict, overwrite: bool) -> dict:
-    """Return the manifest to continue from: `fresh` for a new store, or the existing one."""
+def _open_folder(out: Path, fresh: dict, overwrite: bool, checksums: bool) -> dict:
+    """Return the manifest to continue from: `fresh` for a new store, or the existing one,
+    its shards checked (sizes; sha256 with `checksums`)."""
     manifest_path = out / MANIFEST
     if manifest_path.exists() and overwrite:
         shutil.rmtree(out)
     elif manifest_path.exists():
-        existing = read_json(manifest_path)
+        try:
+            existing = read_json(manifest_path)
+        except CorruptFileError as err:
+            raise StoreError(f"{err}: restore it, or pass --overwrite to harvest again") from err
         had, asked = _identity(existing), _identity(fresh)
         differ = [k for k in had if had[k] != asked[k]]
         if differ:
@@ -90,6 +95,8 @@ def _open_folder(out: Path, fresh: dict, overwrite: bool) -> dict:
                 "Pass --overwrite to replace it, or choose another --out."
             )
         _remove_unrecorded_files(out, existing)
+        for entry in existing["shards"]:
+            check_shard_file(out / entry["file"], entry, checksums)
         return existing
     elif out.exists() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not an activation store; refusing to write into it")
@@ -120,9 +127,14 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
     spec = _corpus_spec(cfg)
     spec.validate()
     out = Path(cfg.out)
-    manifest = _open_folder(out, _new_manifest(cfg, lm, spec), cfg.overwrite)
+    manifest = _open_folder(out, _new_manifest(cfg, lm, spec), cfg.overwrite, cfg.verify)
     if manifest["complete"]:
-        print(f"store {out} is already complete ({manifest['tokens']:,} tokens)", file=sys.stderr)
+        checked = "sizes and sha256" if cfg.verify else "sizes; --verify checks sha256 too"
+        print(
+            f"store {out} is already complete ({manifest['tokens']:,} tokens, "
+            f"{len(manifest['shards'])} shards checked: {checked})",
+            file=sys.stderr,
+        )
         return ActivationStore(out)
 
     store_dtype = parse_dtype(cfg.dtype)

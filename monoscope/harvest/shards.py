@@ -18,7 +18,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import Tensor
 
-from monoscope.artifacts import atomic_write_bytes, sha256_bytes
+from monoscope.artifacts import atomic_write_bytes, sha256_bytes, sha256_file
 
 INDEX_KEYS = ("token_ids", "context_index", "position", "doc_index")
 
@@ -68,3 +68,21 @@ def read_shard(path: Path, entry: dict, verify: bool = True) -> dict[str, Tensor
         return load_bytes(data)
     except Exception as err:  # safetensors raises its own error types for malformed headers
         raise CorruptShardError(f"shard {path} cannot be parsed: {err}") from err
+
+
+def check_shard_file(path: Path, entry: dict, checksum: bool = False) -> None:
+    """The shard at `path` is there with the size its manifest `entry` records (and, with
+    `checksum`, its sha256: a read of the whole file); CorruptShardError naming it if not."""
+    redo = "restore it, or rerun the harvest with --overwrite to harvest the store again"
+    if not path.is_file():
+        raise CorruptShardError(f"shard {path} is listed in the manifest but missing: {redo}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise CorruptShardError(
+            f"shard {path} is truncated or padded: {size:,} bytes, the manifest says "
+            f"{entry['bytes']:,}: {redo}"
+        )
+    if checksum and sha256_file(path) != entry["sha256"]:
+        raise CorruptShardError(
+            f"shard {path} is corrupt: its sha256 does not match the manifest: {redo}"
+        )

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from monoscope.artifacts import STORE_FORMAT_VERSION, read_json
+from monoscope.artifacts import STORE_FORMAT_VERSION, CorruptFileError, read_json
 from monoscope.harvest.shards import INDEX_KEYS, read_shard
 
 MANIFEST = "manifest.json"
@@ -61,7 +61,12 @@ class ActivationStore:
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise StoreError(f"{self.path} is not an activation store (no {MANIFEST})")
-        self.manifest: dict = read_json(manifest_path)
+        try:
+            self.manifest: dict = read_json(manifest_path)
+        except CorruptFileError as err:
+            raise StoreError(
+                f"{err}: restore it, or harvest the store again (harvest --overwrite)"
+            ) from err
         if self.manifest.get("format") != "monoscope.activation_store":
             raise StoreError(f"{manifest_path} is not a monoscope activation-store manifest")
         if self.manifest.get("version") != STORE_FORMAT_VERSION:

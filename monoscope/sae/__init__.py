@@ -1,15 +1,18 @@
 """monoscope.sae: sparse autoencoders (relu, topk, batchtopk, jumprelu), their files and interop.
 
 Build one with `build_sae(SAEConfig(...))`, train it with `training_step`, save it with
-`sae.save(folder)`, and read any supported format back with `load_sae(folder)`.
+`sae.save(folder)` (with checksums.json), and read any supported format back with
+`load_sae(folder)`, which verifies the checksums unless `verify=False` or inside
+`verification(False)`.
 """
 
 from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.batchtopk import BatchTopKSAE
 from monoscope.sae.build import SAE_CLASSES, build_sae
+from monoscope.sae.checksums import verification
 from monoscope.sae.config import ARCHITECTURES, SAEConfig
 from monoscope.sae.convert import convert
-from monoscope.sae.files import SAEFormatError
+from monoscope.sae.files import CorruptSAEError, SAEFormatError
 from monoscope.sae.io import detect_format, load_sae
 from monoscope.sae.jumprelu import JumpReLUSAE
 from monoscope.sae.relu import ReluSAE
@@ -21,6 +24,7 @@ __all__ = [
     "AUXK_COEFFICIENT",
     "SAE_CLASSES",
     "BatchTopKSAE",
+    "CorruptSAEError",
     "JumpReLUSAE",
     "ReluSAE",
     "SAEConfig",
@@ -33,4 +37,5 @@ __all__ = [
     "detect_format",
     "export_saelens",
     "load_sae",
+    "verification",
 ]

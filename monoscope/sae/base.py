@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
-from monoscope.artifacts import atomic_write_bytes, atomic_write_json
+from monoscope.artifacts import atomic_write_bytes, json_bytes
 from monoscope.sae.blocks import block_rows
+from monoscope.sae.checksums import write_checksums
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
 from monoscope.sae.sparse import DeferredGradient, Pattern
@@ -226,12 +227,15 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
 
     # -- files -----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """Write folder/config.json and folder/weights.safetensors, each atomically."""
+        """Write folder/config.json and folder/weights.safetensors, each atomically, and
+        their checksums (checksums.py) before them."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, save_bytes(weights))
-        atomic_write_json(folder / CONFIG_FILE, self.cfg.to_json())
+        data, config = save_bytes(weights), json_bytes(self.cfg.to_json())
+        write_checksums(folder, {CONFIG_FILE: config}, {WEIGHTS_FILE: (len(data), weights)})
+        atomic_write_bytes(folder / WEIGHTS_FILE, data)
+        atomic_write_bytes(folder / CONFIG_FILE, config)
 
     @torch.no_grad()
     def load_weights(self, tensors: dict[str, Tensor], source: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from monoscope.sae.checksums import CHECKSUMS_FILE
 from monoscope.sae.files import FORMAT_FILES
 from monoscope.sae.io import load_sae
 from monoscope.sae.saelens import export_saelens
@@ -11,8 +12,11 @@ from monoscope.sae.saelens import export_saelens
 TARGETS = ("monoscope", "saelens")
 
 
-def convert(src: str | Path, to: str, out: str | Path, overwrite: bool = False) -> Path:
-    """Load the SAE in `src` (format detected) and write it to `out` in format `to`.
+def convert(
+    src: str | Path, to: str, out: str | Path, overwrite: bool = False, verify: bool | None = None
+) -> Path:
+    """Load the SAE in `src` (format detected) and write it to `out` in format `to`, with
+    checksums. `src` is verified (`verify` as in `load_sae`): damage is refused, not copied.
 
     Reconstructions are unchanged (see saelens.py for what an SAELens export folds into the
     weights). A folder `out` that already has files is refused unless `overwrite`; then the SAE
@@ -31,11 +35,11 @@ def convert(src: str | Path, to: str, out: str | Path, overwrite: bool = False) 
             f"{out} already has files ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
             ": choose an empty folder, or pass --overwrite to replace them"
         )
-    sae = load_sae(src)
+    sae = load_sae(src, verify=verify)
     if overwrite and out.is_dir():
         # The SAE files of every format, and the training log of the SAE they held: nothing
         # stale beside the new one. An unfinished run's checkpoint and log are left alone.
-        stale = [name for files in FORMAT_FILES.values() for name in files]
+        stale = [name for files in FORMAT_FILES.values() for name in files] + [CHECKSUMS_FILE]
         if not (out / "checkpoint.json").exists():
             stale.append("train_log.jsonl")
         for name in stale:

@@ -8,6 +8,7 @@ import torch
 
 from monoscope.sae.base import SparseAutoencoder
 from monoscope.sae.build import empty_sae
+from monoscope.sae.checksums import open_checksums, verifying, warn_unverified
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import (
     CONFIG_FILE,
@@ -37,22 +38,34 @@ def detect_format(folder: str | Path) -> str:
     raise SAEFormatError(f"{folder} holds no SAE: expected {expected_files()}{hint}")
 
 
-def load_monoscope(folder: str | Path) -> SparseAutoencoder:
-    """Read an SAE written by `SparseAutoencoder.save`."""
+def load_monoscope(folder: str | Path, verify: bool | None = None) -> SparseAutoencoder:
+    """Read an SAE written by `SparseAutoencoder.save`; `verify` as in `load_sae`."""
     folder = Path(folder)
+    checks = open_checksums(folder, verify)
+    if checks is None and verifying(verify):
+        warn_unverified(folder)
+    raw = read_config(folder / CONFIG_FILE, checks)
     try:
-        cfg = SAEConfig.from_json(read_config(folder / CONFIG_FILE))
+        cfg = SAEConfig.from_json(raw)
     except (ValueError, TypeError) as err:
         raise SAEFormatError(f"{folder / CONFIG_FILE}: {err}") from err
     sae = empty_sae(cfg)
-    sae.load_weights(read_tensors(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE))
+    sae.load_weights(read_tensors(folder / WEIGHTS_FILE, checks), str(folder / WEIGHTS_FILE))
     return sae
 
 
-def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SparseAutoencoder:
-    """Load the SAE in `folder` (monoscope, SAELens or sparsify format), in eval mode."""
+def load_sae(
+    folder: str | Path, device: str | torch.device | None = None, verify: bool | None = None
+) -> SparseAutoencoder:
+    """Load the SAE in `folder` (monoscope, SAELens or sparsify format), in eval mode.
+
+    verify: check its files against the folder's checksums.json as they are read (a
+    CorruptSAEError names a damaged file); None: yes, unless inside
+    `monoscope.sae.checksums.verification(False)` (the CLI's --no-verify). A folder without
+    checksums loads unverified.
+    """
     loaders = {"monoscope": load_monoscope, "saelens": load_saelens, "sparsify": load_sparsify}
-    sae = loaders[detect_format(folder)](Path(folder))
+    sae = loaders[detect_format(folder)](Path(folder), verify)
     if device is not None:
         sae = sae.to(device)
     return sae.eval()

@@ -99,13 +99,16 @@ def export_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
     if architecture == "topk":
         doc["k"] = cfg.k  # SAELens 6 reads k here; older versions from activation_fn_kwargs
     weights = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # No checksums.json: SAELens and scripts rewrite these files without knowing of one, and
+    # a stale one would then read as damage.
     atomic_write_bytes(folder / WEIGHTS_FILE, save_bytes(weights))
     atomic_write_json(folder / CFG_FILE, doc)
     return folder
 
 
-def load_saelens(folder: str | Path) -> SparseAutoencoder:
-    """Read an SAELens SAE (standard, topk or jumprelu) as a monoscope SAE.
+def load_saelens(folder: str | Path, verify: bool | None = None) -> SparseAutoencoder:
+    """Read an SAELens SAE (standard, topk or jumprelu) as a monoscope SAE. SAELens records
+    no checksums: `verify` is accepted for `load_sae`'s sake, and there is nothing to check.
 
     Reconstructions are SAELens'. encode() is too, except that a "standard" SAE reports
     f_i ||W_dec_i|| (Scaling Monosemanticity's convention), which is SAELens' f when decoder rows

@@ -24,8 +24,10 @@ _UNSUPPORTED = {
 }
 
 
-def load_sparsify(folder: str | Path) -> SparseAutoencoder:
-    """Read a sparsify SAE as a monoscope topk SAE (identical encode and reconstruction)."""
+def load_sparsify(folder: str | Path, verify: bool | None = None) -> SparseAutoencoder:
+    """Read a sparsify SAE as a monoscope topk SAE (identical encode and reconstruction).
+    sparsify records no checksums: `verify` is accepted for `load_sae`'s sake, and there is
+    nothing to check."""
     folder = Path(folder)
     source = str(folder / CFG_FILE)
     raw = read_config(folder / CFG_FILE)

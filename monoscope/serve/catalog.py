@@ -17,6 +17,7 @@ without a score come last in either order.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -32,6 +33,38 @@ TOP_TOKENS = 4
 """Distinct max-activating tokens shown beside each feature in lists."""
 
 _ID_QUERY = re.compile(r"#?(\d+)")
+
+log = logging.getLogger(__name__)
+
+
+class BrokenField(ValueError):
+    """A feature-store column whose JSON does not parse or is not the documented shape."""
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file behind `conn` (its main database), for messages."""
+    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+
+
+def json_column(text: str | None, kind: type, place: str) -> Any:
+    """The JSON value of one column (`place`: "FILE: table.column of feature N"), checked to
+    be a `kind`; BrokenField saying where otherwise."""
+    try:
+        value = json.loads(text)  # type: ignore[arg-type]
+    except (json.JSONDecodeError, TypeError) as err:
+        why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else err
+        raise BrokenField(f"{place} is not valid JSON ({why})") from err
+    if not isinstance(value, kind):
+        raise BrokenField(f"{place} is not a JSON {kind.__name__}")
+    return value
+
+
+def field_error(err: Exception) -> str:
+    """The note a record carries for a broken field (logged too: the server's console and
+    export-site name it)."""
+    note = f"{err}; shown as missing"
+    log.warning("%s", note)
+    return note
 
 
 def round_sig(x: float | None, digits: int) -> float | None:
@@ -182,11 +215,13 @@ def _index_top_examples(
         rows = [r for r in rows if 0 <= r[0] < n and r[1] != "[]"]
         if not rows:
             continue
-        tokens = np.array(json.loads("[" + ",".join(r[1][1:-1] for r in rows) + "]"))
-        acts = np.array(json.loads("[" + ",".join(r[2][1:-1] for r in rows) + "]"), float)
-        lengths = np.array([r[1].count(",") + 1 for r in rows])
-        if len(tokens) != len(acts) or lengths.sum() != len(tokens):
-            raise FeatureStoreError("examples table: tokens and acts of a row differ in length")
+        try:
+            tokens, acts, lengths = _parse_examples(rows)
+        except (ValueError, TypeError):  # a damaged row: find it, leave it out, say so
+            rows = [r for r in rows if _readable_example(r, conn)]
+            if not rows:
+                continue
+            tokens, acts, lengths = _parse_examples(rows)
         starts = np.cumsum(lengths) - lengths
         for (fid, _, _, centre), start, length in zip(rows, starts, lengths, strict=True):
             if 0 <= centre < length:
@@ -209,6 +244,36 @@ def _index_top_examples(
             if name:
                 index[name] = feature_col[start:stop].tolist()
     return top_tokens, index
+
+
+def _parse_examples(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [total] int, acts [total] float, lengths [rows]) of (feature, tokens, acts,
+    centre) example rows, each JSON array parsed with the others in one json.loads."""
+    tokens = np.array(json.loads("[" + ",".join(r[1][1:-1] for r in rows) + "]"), np.int64)
+    acts = np.array(json.loads("[" + ",".join(r[2][1:-1] for r in rows) + "]"), float)
+    lengths = np.array([r[1].count(",") + 1 for r in rows])
+    if len(tokens) != len(acts) or lengths.sum() != len(tokens):
+        raise ValueError("examples table: tokens and acts of a row differ in length")
+    return tokens, acts, lengths
+
+
+def _readable_example(row: tuple, conn: sqlite3.Connection) -> bool:
+    """Whether a top example row's tokens and acts are arrays of one length of numbers; a
+    warning names the row when not."""
+    fid, text_tokens, text_acts, _ = row
+    place = f"{database_file(conn)}: examples.%s of feature {fid} (a top example)"
+    try:
+        json_column(text_tokens, list, place % "tokens")
+        json_column(text_acts, list, place % "acts")
+        _parse_examples([row])
+    except BrokenField as err:
+        problem = str(err)
+    except (ValueError, TypeError):
+        problem = f"{place % 'tokens'} and acts are not number arrays of one length"
+    else:
+        return True
+    log.warning("%s; left out of the search and top tokens", problem)
+    return False
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -5,14 +5,13 @@ version-1 store has none, and every feature reads as unexplained).
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 from typing import Any
 
-from monoscope.analyze.schema import FeatureStoreError, has_table
+from monoscope.analyze.schema import has_table
 from monoscope.interpret.store import HEADLINE_ORDER
-from monoscope.serve.catalog import round_sig
+from monoscope.serve.catalog import BrokenField, database_file, field_error, json_column, round_sig
 
 SCORER_METRICS = {
     "detection": "balanced accuracy",
@@ -31,13 +30,13 @@ def has_interpretation(conn: sqlite3.Connection) -> bool:
 def interpretation_records(
     conn: sqlite3.Connection, start: int, stop: int
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
-    """{feature: {"explanations": [...], "scores": [...]}} for the features start..stop-1 that
-    have rows; shapes in records.py. Explanations newest first; scores grouped by the
-    explanation they score, then in HEADLINE_ORDER."""
-    out: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    """{feature: {"explanations": [...], "scores": [...], "errors": [note]}} for the features
+    start..stop-1 that have rows; shapes in records.py. Explanations newest first; scores
+    grouped by the explanation they score, then in HEADLINE_ORDER."""
+    out: dict[int, dict[str, list]] = {}
 
-    def entry(fid: int) -> dict[str, list[dict[str, Any]]]:
-        return out.setdefault(fid, {"explanations": [], "scores": []})
+    def entry(fid: int) -> dict[str, list]:
+        return out.setdefault(fid, {"explanations": [], "scores": [], "errors": []})
 
     for fid, explainer, version, status, text, raw, created in conn.execute(
         "SELECT feature, explainer, prompt_version, status, explanation, raw, created_at "
@@ -63,8 +62,10 @@ def interpretation_records(
         (start, stop),
     ).fetchall()
     rows.sort(key=lambda r: (r[0], r[3], r[4], rank.get(r[1], len(rank)), r[1], r[2], r[5]))
+    db = database_file(conn)
     for row in rows:
-        entry(row[0])["scores"].append(_score_record(row))
+        found = entry(row[0])
+        found["scores"].append(_score_record(row, f"{db}: scores.%s of feature {row[0]}", found))
     return out
 
 
@@ -73,13 +74,15 @@ def judged_keys(scores: list[dict[str, Any]]) -> set[tuple[str, int | None, int]
     return {
         (d.get("kind"), d.get("bucket"), d.get("rank"))
         for score in scores
-        for d in score["details"]
+        for d in score["details"] or ()
         if isinstance(d, dict)
     }
 
 
-def _score_record(row: tuple) -> dict[str, Any]:
-    fid, scorer, judge, explainer, version, scorer_version, status = row[:7]
+def _score_record(row: tuple, place: str, found: dict[str, list]) -> dict[str, Any]:
+    """One score; a metrics or details column that does not parse is None, with a note in
+    found["errors"] naming it (`place`: "FILE: scores.%s of feature N")."""
+    _, scorer, judge, explainer, version, scorer_version, status = row[:7]
     score, chance, text, metrics, details, created = row[7:]
     return {
         "scorer": scorer,
@@ -92,21 +95,20 @@ def _score_record(row: tuple) -> dict[str, Any]:
         "score": round_sig(score, 4),
         "chance": round_sig(chance, 4),
         "explanation": text,
-        "metrics": _rounded(_json_column(metrics, fid, "metrics", dict)),
-        "details": _rounded(_json_column(details, fid, "details", list)),
+        "metrics": _json_column(metrics, dict, place % "metrics", scorer, found),
+        "details": _json_column(details, list, place % "details", scorer, found),
         "created_at": created,
     }
 
 
-def _json_column(text: str, fid: int, column: str, kind: type) -> Any:
-    """A scores row's JSON column, checked to be the documented kind of value."""
+def _json_column(text: str, kind: type, place: str, scorer: str, found: dict[str, list]) -> Any:
+    """A scores row's JSON column, rounded, checked to be the documented kind of value; None
+    and a note in found["errors"] if not."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FeatureStoreError(f"scores.{column} of feature {fid} is not JSON: {err}") from err
-    if not isinstance(value, kind):
-        raise FeatureStoreError(f"scores.{column} of feature {fid} is not a JSON {kind.__name__}")
-    return value
+        return _rounded(json_column(text, kind, f"{place} ({scorer} score)"))
+    except BrokenField as err:
+        found["errors"].append(field_error(err))
+        return None
 
 
 def _rounded(value: Any) -> Any:

@@ -14,7 +14,10 @@ feature  {id, n_fired, density, max_act, mean_act, hist, logit_top, logit_bottom
           explanation, score, top_tokens,
           examples: {top: [example], quantile: [example], random: [example]},
           neighbours: [{id, cosine, cooccurrence, density, explanation, top_tokens}],
-          explanations: [explanation], scores: [score]}
+          explanations: [explanation], scores: [score], errors: [text]}
+         errors: one line per damaged field of the store (a JSON column that does not
+         parse), naming file, table, column and feature; the field is then null (hist,
+         logit_top, logit_bottom; a score's metrics or details) or the example left out
          examples.random holds only the non-firing windows some score's judge graded; the
          static site's records add `similar` ([similar], or null when the export had no
          embedding model), which the live server answers at /api/features/{id}/similar
@@ -41,12 +44,18 @@ Floats are rounded to 4-6 significant digits; NaN in a scorer's JSON becomes nul
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from monoscope.serve.catalog import Catalog, round_sig
+from monoscope.serve.catalog import (
+    BrokenField,
+    Catalog,
+    database_file,
+    field_error,
+    json_column,
+    round_sig,
+)
 from monoscope.serve.interpretation import interpretation_records, judged_keys
 
 EXAMPLE_KINDS = ("top", "quantile")
@@ -87,27 +96,35 @@ def feature_records(
     """Records of features start..stop-1, from a few range queries; `interpreted` False for a
     store without the interpret stage's tables (schema version 1)."""
     records: dict[int, dict[str, Any]] = {}
+    db = database_file(conn)
     for row in conn.execute(
         "SELECT id, n_fired, density, max_act, mean_act, hist, logit_top, logit_bottom, "
         "map_x, map_y FROM features WHERE id >= ? AND id < ? ORDER BY id",
         (start, stop),
     ):
         fid, n_fired, _, _, _, hist, top, bottom, x, y = row
+        errors: list[str] = []
+        place = f"{db}: features.%s of feature {fid}"
         records[fid] = {
             **catalog.summary(fid),
             "n_fired": n_fired,
-            "hist": json.loads(hist),
-            "logit_top": _logits(top),
-            "logit_bottom": _logits(bottom),
+            "hist": _field(errors, json_column, hist, list, place % "hist"),
+            "logit_top": _field(errors, _logits, top, place % "logit_top"),
+            "logit_bottom": _field(errors, _logits, bottom, place % "logit_bottom"),
             "map": None if x is None or y is None else [round_sig(x, 5), round_sig(y, 5)],
             "examples": {kind: [] for kind in (*EXAMPLE_KINDS, "random")},
             "neighbours": [],
             "explanations": [],
             "scores": [],
+            "errors": errors,
         }
     kinds = ",".join(f"'{k}'" for k in EXAMPLE_KINDS)
     for fid, example in _examples(conn, vocab, start, stop, f"kind IN ({kinds})"):
-        if fid in records:
+        if fid not in records:
+            continue
+        if isinstance(example, str):
+            records[fid]["errors"].append(example)
+        else:
             records[fid]["examples"][example["kind"]].append(example)
     _add_neighbours(conn, catalog, records, start, stop)
     if interpreted:
@@ -115,11 +132,21 @@ def feature_records(
     return [records[fid] for fid in sorted(records)]
 
 
+def _field(errors: list[str], parse: Callable[..., Any], *args: Any) -> Any:
+    """parse(*args), or None with the BrokenField's note added to `errors`."""
+    try:
+        return parse(*args)
+    except BrokenField as err:
+        errors.append(field_error(err))
+        return None
+
+
 def _examples(
     conn: sqlite3.Connection, vocab: list[str], start: int, stop: int, where: str
-) -> Iterator[tuple[int, dict[str, Any]]]:
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(feature, example record) of the example rows of features start..stop-1 matching
-    `where` (SQL over the examples table's columns)."""
+    `where` (SQL over the examples table's columns); (feature, note) for a damaged row."""
+    db = database_file(conn)
     for row in conn.execute(
         "SELECT feature, kind, bucket, rank, activation, context, position, tokens, acts, "
         f"centre FROM examples WHERE feature >= ? AND feature < ? AND {where} "
@@ -127,6 +154,16 @@ def _examples(
         (start, stop),
     ):
         fid, kind, bucket, rank, activation, context, position, tokens, acts, centre = row
+        place = f"{db}: examples.%s of feature {fid} ({kind} example, bucket {bucket}, rank {rank})"
+        try:
+            texts = [_text(vocab, t) for t in json_column(tokens, list, place % "tokens")]
+            values = [round_sig(a, 4) for a in json_column(acts, list, place % "acts")]
+        except BrokenField as err:
+            yield fid, field_error(err)
+            continue
+        except (TypeError, ValueError) as err:
+            yield fid, field_error(BrokenField(f"{place % 'tokens'} or acts: {err}"))
+            continue
         yield (
             fid,
             {
@@ -134,8 +171,8 @@ def _examples(
                 "bucket": bucket,
                 "rank": rank,
                 "activation": round_sig(activation, 4),
-                "tokens": [_text(vocab, t) for t in json.loads(tokens)],
-                "acts": [round_sig(a, 4) for a in json.loads(acts)],
+                "tokens": texts,
+                "acts": values,
                 "centre": centre,
                 "context": context,
                 "position": position,
@@ -181,6 +218,7 @@ def _add_interpretation(
     found = interpretation_records(conn, start, stop)
     for fid, rows in found.items():
         if fid in records:
+            records[fid]["errors"].extend(rows.pop("errors"))
             records[fid].update(rows)
     judged = {fid: judged_keys(rows["scores"]) for fid, rows in found.items() if rows["scores"]}
     if not judged:
@@ -189,8 +227,11 @@ def _add_interpretation(
     for fid, example in _examples(
         conn, vocab, start, stop, f"kind = 'random' AND feature IN ({graded})"
     ):
-        key = (example["kind"], example["bucket"], example["rank"])
-        if fid in records and key in judged[fid]:
+        if fid not in records:
+            continue
+        if isinstance(example, str):
+            records[fid]["errors"].append(example)
+        elif (example["kind"], example["bucket"], example["rank"]) in judged[fid]:
             records[fid]["examples"]["random"].append(example)
 
 
@@ -211,8 +252,13 @@ def _text(vocab: list[str], token_id: int) -> str:
     return vocab[token_id] if 0 <= token_id < len(vocab) else f"<{token_id}>"
 
 
-def _logits(column: str | None) -> list[list]:
+def _logits(column: str | None, place: str) -> list[list]:
     """[[token_id, text, effect]] with effects rounded for display."""
     if column is None:
         return []
-    return [[tid, text, round_sig(effect, 4)] for tid, text, effect in json.loads(column)]
+    try:
+        return [[t, text, round_sig(e, 4)] for t, text, e in json_column(column, list, place)]
+    except (TypeError, ValueError) as err:  # BrokenField, or not [id, text, effect] triples
+        if isinstance(err, BrokenField):
+            raise
+        raise BrokenField(f"{place} is not a list of [token id, text, effect]") from err

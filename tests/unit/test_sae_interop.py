@@ -66,6 +66,7 @@ def test_save_and_load_round_trip_bit_identical(arch, tmp_path):
     sae = trained_like(arch)
     sae.save(tmp_path / "sae")
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == [
+        "checksums.json",
         "config.json",
         "weights.safetensors",
     ]
@@ -336,26 +337,27 @@ def test_load_errors_name_what_was_expected(tmp_path):
 
 
 def test_load_errors_for_bad_files(tmp_path):
+    # Unverified: the checks behind the checksums (test_artifact_checks.py tests those).
     sae = trained_like("topk")
     sae.save(tmp_path / "a")
     weights = load_file(tmp_path / "a" / "weights.safetensors")
     save_file({**weights, "W_dec": torch.zeros(F, D + 1)}, tmp_path / "a" / "weights.safetensors")
     with pytest.raises(SAEFormatError, match=r"W_dec has shape \[48, 17\], expected \[48, 16\]"):
-        load_sae(tmp_path / "a")
+        load_sae(tmp_path / "a", verify=False)
     save_file({"W_dec": weights["W_dec"]}, tmp_path / "a" / "weights.safetensors")
     with pytest.raises(SAEFormatError, match=r"missing \['W_enc', 'b_dec', 'b_enc'\]"):
-        load_sae(tmp_path / "a")
+        load_sae(tmp_path / "a", verify=False)
     (tmp_path / "a" / "weights.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(SAEFormatError, match="cannot be read as safetensors"):
-        load_sae(tmp_path / "a")
+        load_sae(tmp_path / "a", verify=False)
     sae.save(tmp_path / "b")
     doc = json.loads((tmp_path / "b" / "config.json").read_text())
     (tmp_path / "b" / "config.json").write_text(json.dumps({**doc, "arch": "gated"}))
     with pytest.raises(SAEFormatError, match="unknown SAE architecture 'gated'"):
-        load_sae(tmp_path / "b")
+        load_sae(tmp_path / "b", verify=False)
     (tmp_path / "b" / "config.json").write_text(json.dumps({**doc, "k": 4000}))
     with pytest.raises(SAEFormatError, match="--k 4000 is larger than the number of features 48"):
-        load_sae(tmp_path / "b")
+        load_sae(tmp_path / "b", verify=False)
     (tmp_path / "b" / "config.json").write_text("{")
     with pytest.raises(SAEFormatError, match="is not valid JSON"):
-        load_sae(tmp_path / "b")
+        load_sae(tmp_path / "b", verify=False)
