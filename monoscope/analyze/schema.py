@@ -245,9 +245,25 @@ def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file behind `conn` (its main database), for messages."""
+    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+
+
 def read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Every meta entry, JSON-decoded."""
-    return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    """Every meta entry, JSON-decoded; FeatureStoreError naming the file and key of one that
+    does not decode (a damaged store)."""
+    meta: dict[str, Any] = {}
+    for key, value in conn.execute("SELECT key, value FROM meta"):
+        try:
+            meta[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError) as err:
+            why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else err
+            raise FeatureStoreError(
+                f"{database_file(conn)}: meta value {key!r} is not valid JSON ({why}); the store "
+                "is damaged: rerun `monoscope analyze` with --overwrite"
+            ) from err
+    return meta
 
 
 def write_meta(conn: sqlite3.Connection, **entries: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from monoscope.analyze.schema import FeatureStoreError
+from monoscope.analyze.schema import FeatureStoreError, database_file
 
 SORTS = ("id", "density", "max_act", "score")
 ORDERS = ("asc", "desc")
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 
 class BrokenField(ValueError):
     """A feature-store column whose JSON does not parse or is not the documented shape."""
-
-
-def database_file(conn: sqlite3.Connection) -> str:
-    """The file behind `conn` (its main database), for messages."""
-    return next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
 
 
 def json_column(text: str | None, kind: type, place: str) -> Any:

@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 from types import ModuleType
 
-from monoscope.artifacts import atomic_write_bytes
+from monoscope.artifacts import CorruptFileError, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The logged rows of `path` (a train_log.jsonl), in order. A last line that does not parse
+    is a write cut short (a crash, a full disk) and is dropped: it is past the last checkpoint,
+    as each step is logged before it is checkpointed. Any other line that does not parse is
+    damage: CorruptFileError naming the file and line."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at char {err.pos})"
+        else:
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+                continue
+            problem = "not a JSON object with an integer step"
+        if number == lines[-1][0]:
+            log.warning("%s: dropped its unfinished last line (a write cut short)", path)
+            break
+        raise CorruptFileError(
+            f"{path} is damaged: line {number} is {problem}; delete that line (or the file: "
+            "it is only the log) and rerun"
+        )
+    return rows
 
 
 class MetricLogger:
@@ -28,12 +59,8 @@ class MetricLogger:
             self._tensorboard = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
         self.path = path
         if path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-            atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+            kept = [row for row in read_metrics(path) if row["step"] <= resume_step]
+            atomic_write_bytes(path, "".join(f"{json.dumps(row)}\n" for row in kept).encode())
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def log(self, metrics: dict) -> None:

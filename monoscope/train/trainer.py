@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import shutil
 import signal
@@ -41,7 +40,7 @@ from monoscope.train.checkpoint import (
 from monoscope.train.config import TrainConfig
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
-from monoscope.train.loggers import MetricLogger, require_backend
+from monoscope.train.loggers import MetricLogger, read_metrics, require_backend
 from monoscope.train.memory import return_large_blocks_when_freed
 from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
@@ -513,5 +512,5 @@ def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> No
 
 
 def read_log(out: str | Path) -> list[dict]:
-    path = Path(out) / "train_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The metrics a run in `out` logged, one dict per logged step (loggers.read_metrics)."""
+    return read_metrics(Path(out) / "train_log.jsonl")

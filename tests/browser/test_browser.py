@@ -528,3 +528,60 @@ def test_markup_in_the_corpus_is_shown_as_text_in_the_export(
     page.screenshot(path=shots / "11-markup-static.png", full_page=True)
     check_policy_enforced(browser, index)
     shutil.rmtree(site)
+
+
+def test_damaged_fields_named_and_the_rest_shown(explained, page, shots, tmp_path):
+    """Bad JSON in some columns of one feature (issue 22, point 7): its page lists them above
+    the panels, live and exported, and still shows its examples, logits and scores."""
+    source, alive = explained
+    db = tmp_path / "features.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute(f"VACUUM INTO '{db}'")
+    fid = alive[0]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE features SET hist = '{', logit_top = '[' WHERE id = ?", (fid,))
+        conn.execute(
+            "UPDATE scores SET details = '[' WHERE feature = ? AND scorer = 'detection'", (fid,)
+        )
+        conn.execute(
+            "UPDATE scores SET metrics = '{' WHERE feature = ? AND scorer = 'fuzzing'", (fid,)
+        )
+        conn.execute(
+            "UPDATE examples SET tokens = '[1,' WHERE feature = ? AND kind = 'top' AND rank = 1",
+            (fid,),
+        )
+    damaged = [
+        f"features.hist of feature {fid}",
+        f"features.logit_top of feature {fid}",
+        f"scores.details of feature {fid} (detection score)",
+        f"scores.metrics of feature {fid} (fuzzing score)",
+        f"examples.tokens of feature {fid} (top example, bucket None, rank 1)",
+    ]
+
+    def check(start: str) -> None:
+        page.goto(f"{start}#/feature/{fid}")
+        page.wait_for_selector("#feature-errors li")
+        assert page.inner_text("#feature-errors p") == "Damaged in the feature store:"
+        lines = page.locator("#feature-errors li").all_inner_texts()
+        assert len(lines) == len(damaged)
+        for place in damaged:
+            assert any(place in line for line in lines), (place, lines)
+        assert page.locator(".panel-error").count() == 0
+        assert page.locator("#top-examples .example").count() > 1
+        assert page.locator("[data-panel=quantiles] .example").count() > 0
+        assert page.locator("#activation-histogram").count() == 0
+        assert page.locator("[data-panel=logits] .logit-neg").count() > 0
+        assert "none" in page.inner_text("[data-panel=logits] .logit-columns > div:first-child")
+        assert page.locator("#explanations-panel .score-table tbody tr").count() == 4
+        n_judged = page.locator("#explanations-panel .score-table tbody td:last-child")
+        assert "–" not in n_judged.all_inner_texts()  # fuzzing's n counted from its details
+        scored = page.eval_on_selector_all(".judged-score", "ss => ss.map(s => s.dataset.scorer)")
+        assert scored == ["fuzzing", "simulation", "embedding"]
+        assert page.locator("[data-panel=neighbours] a.feature-link").count() > 0
+
+    app, _ = open_app(db)
+    with background_server(app) as url:
+        check(url)
+        page.screenshot(path=shots / "12-damaged.png", full_page=True)
+    site = export_site(db, tmp_path / "site", shard_size=32, similar=0)
+    check((site / "index.html").as_uri())

@@ -275,3 +275,21 @@ def test_export_site_exports_a_broken_field_with_a_warning(broken_db, tmp_path, 
     records = json.loads(text[text.index(",") + 1 : text.rindex(")")])["features"]
     assert records[3]["hist"] is None and len(records[3]["errors"]) == 3
     assert records[2]["hist"] is not None and records[2]["errors"] == []
+
+
+def test_a_damaged_meta_value_names_the_store_and_key(tmp_path, capsys):
+    from monoscope.analyze.schema import FeatureStoreError
+    from monoscope.serve import FeatureStore
+
+    db = random_feature_store(tmp_path / "features.db", n_features=8)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '[0.1, 0.' WHERE key = 'hist_edges'")
+    conn.close()
+    with pytest.raises(FeatureStoreError, match=rf"{db}: meta value 'hist_edges' is not valid"):
+        FeatureStore(db)
+    assert main(["export-site", str(db), "--out", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"{db}: meta value 'hist_edges' is not valid JSON (Expecting " in err
+    assert "rerun `monoscope analyze` with --overwrite" in err
+    assert not (tmp_path / "site").exists()

@@ -40,16 +40,35 @@
     return MS.h("span.score", { id: "headline-score", title: s ? s.metric + " of the " + s.scorer + " scorer" : "explanation score" }, text);
   }
 
+  // The store's damaged fields of this feature (records.py: `errors`), one line each.
+  function damaged(errors) {
+    if (!errors.length) return null;
+    return MS.h("section.feature-errors", { id: "feature-errors", role: "alert" },
+      MS.h("p", {}, "Damaged in the feature store:"),
+      MS.h("ul", {}, errors.map((line) => MS.h("li", {}, line))));
+  }
+
+  // One panel's element; a panel that throws (a field it did not expect) costs only itself.
+  function rendered(panel, feature, ctx) {
+    try {
+      return panel.render(feature, ctx);
+    } catch (err) {
+      console.error("panel " + panel.id + ":", err);
+      return MS.h("p.muted.panel-error", {}, "This panel cannot be shown: " + err.message);
+    }
+  }
+
   async function mount(root, args) {
     const [meta, feature] = await Promise.all([MS.data.meta(), MS.data.feature(args[0])]);
     document.title = "Feature " + MS.featureName(feature.id) + " · monoscope";
     const ctx = { meta, data: MS.data, live: MS.data.mode === "live" };
     const columns = { side: MS.h("div.feature-side"), main: MS.h("div.feature-main") };
     for (const panel of panels) {
-      const body = panel.render(feature, ctx);
+      const body = rendered(panel, feature, ctx);
       if (body) columns[panel.column].append(MS.card(panel.title, body, { dataset: { panel: panel.id } }));
     }
-    root.append(header(feature, meta), MS.h("div.feature-grid", {}, columns.side, columns.main));
+    MS.append(root, [header(feature, meta), damaged(feature.errors || []),
+      MS.h("div.feature-grid", {}, columns.side, columns.main)]);
   }
 
   // --- the built-in panels -----------------------------------------------------------------
@@ -77,6 +96,7 @@
   MS.registerFeaturePanel({
     id: "histogram", title: "Activation distribution (non-zero)", column: "side", order: 20,
     render(f, { meta }) {
+      if (!f.hist) return null;  // damaged in the store: named above the panels
       const edges = meta.hist_edges || [];
       const total = f.hist.reduce((a, b) => a + b, 0);
       return MS.h("div.chart-block", { id: "activation-histogram" },
@@ -92,14 +112,17 @@
   MS.registerFeaturePanel({
     id: "logits", title: "Direct logit effects", column: "side", order: 30,
     render(f) {
-      const all = [...f.logit_top, ...f.logit_bottom].map((e) => Math.abs(e[2]));
+      // Either list is null when its column is damaged in the store.
+      const top = f.logit_top || [];
+      const bottom = f.logit_bottom || [];
+      const all = [...top, ...bottom].map((e) => Math.abs(e[2]));
       if (!all.length) return null;
       const scale = Math.max(...all);
       return MS.h("div", {},
         MS.h("p.panel-note", {}, "Decoder direction through the final norm and unembedding; ignores later layers."),
         MS.h("div.logit-columns", {},
-          MS.h("div", {}, MS.h("h3", {}, "Promotes"), MS.charts.logitList(f.logit_top, scale, "pos")),
-          MS.h("div", {}, MS.h("h3", {}, "Suppresses"), MS.charts.logitList(f.logit_bottom, scale, "neg"))));
+          MS.h("div", {}, MS.h("h3", {}, "Promotes"), MS.charts.logitList(top, scale, "pos")),
+          MS.h("div", {}, MS.h("h3", {}, "Suppresses"), MS.charts.logitList(bottom, scale, "neg"))));
     },
   });
 

@@ -25,7 +25,8 @@
         MS.h("td.num", {}, MS.fmt.num(s.chance, 2)),
         MS.h("td.bar-cell", {}, s.status === "ok" ? scoreBar(s) : null),
         MS.h("td.muted", {}, s.judge),
-        MS.h("td.num", {}, MS.fmt.int(s.metrics.n ?? s.details.length))))));
+        // metrics or details is null when its column is damaged in the store.
+        MS.h("td.num", {}, MS.fmt.int(s.metrics?.n ?? s.details?.length))))));
   }
 
   function explanationBlock(e, scores) {

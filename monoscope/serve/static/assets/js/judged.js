@@ -82,7 +82,8 @@
   MS.registerFeaturePanel({
     id: "judged", title: "Held-out examples, as the judges graded them", column: "main", order: 15,
     render(f) {
-      const scores = (f.scores || []).filter((s) => s.details.length);
+      // details is null when its column is damaged in the store.
+      const scores = (f.scores || []).filter((s) => s.details && s.details.length);
       if (!scores.length) return null;
       const windows = windowsOf(f);
       return MS.h("div.judged-panel", { id: "judged-examples" },
