@@ -29,6 +29,18 @@ class CorruptCheckpointError(ValueError):
     """The progress file is damaged: it cannot be read, or its tensors fail their checksum."""
 
 
+def same_run(identity: dict) -> dict:
+    """What must match between a run on disk (a store's meta, a checkpoint) and a run that
+    continues or reuses it: the SAE's and the store's contents and the parameters, not the
+    paths (the same files may be named differently, or moved)."""
+    return {
+        "sae": identity["sae"]["sha256"],
+        "acts": identity["acts"]["manifest_sha256"],
+        "site": identity["acts"]["site"],
+        **{f"params.{k}": v for k, v in identity["params"].items()},
+    }
+
+
 def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()
@@ -58,10 +70,10 @@ def load_checkpoint(db: Path, identity: dict) -> dict[str, Tensor] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        if metadata.get("identity") != json.dumps(identity, sort_keys=True):
+        if same_run(json.loads(metadata.get("identity", "null"))) != same_run(identity):
             return None
         state = load_bytes(path.read_bytes())
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(f"{path} cannot be read ({err}): {fix}") from None
     if metadata.get("sha256") != tensors_sha256(state):
         raise CorruptCheckpointError(f"{path} fails its checksum: {fix}")

@@ -16,7 +16,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from monoscope.analyze import schema
-from monoscope.analyze.checkpoint import checkpoint_path
+from monoscope.analyze.checkpoint import checkpoint_path, same_run
 from monoscope.analyze.config import AnalyzeConfig
 from monoscope.artifacts import sha256_file
 from monoscope.harvest import ActivationStore
@@ -53,17 +53,6 @@ def identity(cfg: AnalyzeConfig, sae: nn.Module, store: ActivationStore, site: s
     }
 
 
-def _same_run(identity: dict) -> dict:
-    """What must match between a store on disk and a run that continues or reuses it (not the
-    paths: the same files may be named differently)."""
-    return {
-        "sae": identity["sae"]["sha256"],
-        "acts": identity["acts"]["manifest_sha256"],
-        "site": identity["acts"]["site"],
-        **{f"params.{k}": v for k, v in identity["params"].items()},
-    }
-
-
 def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:
     """Whether `out` already holds this run's complete store. A store of another SAE, store or
     parameters (or any other file) is refused unless `overwrite`, which deletes it."""
@@ -87,8 +76,8 @@ def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:
         ) from None
     if "params" not in meta:  # created, then killed before its identity was recorded
         return False
-    had = _same_run({"sae": meta["sae"], "acts": meta["acts"], "params": meta["params"]})
-    asked = _same_run(identity)
+    had = same_run({"sae": meta["sae"], "acts": meta["acts"], "params": meta["params"]})
+    asked = same_run(identity)
     differ = [k for k in sorted(set(had) | set(asked)) if had.get(k) != asked.get(k)]
     if differ:
         details = "; ".join(f"{k}: {had.get(k)!r} there, {asked.get(k)!r} asked" for k in differ)

@@ -6,6 +6,7 @@ a missing model or extra)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import sys
 
@@ -418,6 +419,44 @@ def test_a_killed_run_resumes_exactly(sae, store, tiny_llama, tmp_path, monkeypa
         analyze(sae, store, model=tiny_llama, out=out, **options)
     assert len(calls) > 10  # the rest of the pass (not all of it), then the windows
     assert dump(out) == dump(reference)
+
+
+def test_a_killed_run_resumes_from_a_moved_store(sae, store, tiny_llama, tmp_path, monkeypatch):
+    """Issue 22: the progress file identifies the run by content; paths are recorded only."""
+    options = dict(OPTIONS, batch_size=128, checkpoint_every=3)
+    reference = analyze(sae, store, model=tiny_llama, out=tmp_path / "ref.db", **options)
+    out = tmp_path / "features.db"
+    real_encode, calls = analyze_runner.encode, []
+
+    def counting(limit):
+        def encode(sae_, x):
+            calls.append(1)
+            if len(calls) == limit:
+                raise Killed
+            return real_encode(sae_, x)
+
+        return encode
+
+    with monkeypatch.context() as m:
+        m.setattr(analyze_runner, "encode", counting(11))
+        with pytest.raises(Killed):
+            analyze(sae, store, model=tiny_llama, out=out, **options)
+    moved = ActivationStore(shutil.copytree(store.path, tmp_path / "moved_acts"))
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(analyze_runner, "encode", counting(0))
+        analyze(sae, moved, model=tiny_llama, out=out, **options)
+    resumed_calls = len(calls)
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(analyze_runner, "encode", counting(0))
+        analyze(sae, moved, model=tiny_llama, out=tmp_path / "full.db", **options)
+    assert resumed_calls <= len(calls) - 9  # the nine checkpointed batches were not redone
+    ignore = ("acts", "created_at", "seconds")
+    resumed, expected = dump(out), dump(reference)
+    for d in (resumed, expected):
+        d["meta"] = {k: v for k, v in d["meta"].items() if k not in ignore}
+    assert resumed == expected
     assert not (tmp_path / "features.db.progress.safetensors").exists()
     assert not (tmp_path / "features.db.lock").exists()
 
