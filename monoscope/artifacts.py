@@ -107,3 +107,36 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+SEAL = "checksum"
+"""Key of a sealed JSON document's own checksum (see `write_sealed_json`)."""
+
+
+def _seal(obj: dict) -> str:
+    """sha256 of `obj` (without its seal) in one canonical spelling, so that reindenting the
+    file keeps it valid while any changed value does not."""
+    body = {k: v for k, v in obj.items() if k != SEAL}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + sha256_bytes(text.encode())
+
+
+def write_sealed_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write `obj` atomically with a checksum of its own contents under `SEAL`: a file that
+    is rewritten as a run goes (a manifest) cannot be checksummed by another file, and a
+    flipped digit in it would otherwise pass for a value."""
+    atomic_write_json(path, {**{k: v for k, v in obj.items() if k != SEAL}, SEAL: _seal(obj)})
+
+
+def read_sealed_json(path: str | os.PathLike) -> dict:
+    """The document `write_sealed_json` wrote, without its seal; CorruptFileError naming the
+    file if it does not parse or its contents no longer match the seal. A document with no
+    seal (written before seals existed) is returned as it is."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path} is damaged: it holds no JSON object")
+    if SEAL in obj and obj[SEAL] != _seal(obj):
+        raise CorruptFileError(
+            f"{path} is damaged or was edited: its contents no longer match its {SEAL!r}"
+        )
+    return {k: v for k, v in obj.items() if k != SEAL}

@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from monoscope.artifacts import STORE_FORMAT_VERSION, CorruptFileError, atomic_write_json, read_json
+from monoscope.artifacts import (
+    STORE_FORMAT_VERSION,
+    CorruptFileError,
+    read_sealed_json,
+    write_sealed_json,
+)
 from monoscope.data import Context, CorpusSpec, iter_contexts
 from monoscope.harvest.config import HarvestConfig
 from monoscope.harvest.shards import check_shard_file
@@ -83,7 +88,7 @@ def _open_folder(out: Path, fresh: dict, overwrite: bool, checksums: bool) -> di
         shutil.rmtree(out)
     elif manifest_path.exists():
         try:
-            existing = read_json(manifest_path)
+            existing = read_sealed_json(manifest_path)
         except CorruptFileError as err:
             raise StoreError(f"{err}: restore it, or pass --overwrite to harvest again") from err
         had, asked = _identity(existing), _identity(fresh)
@@ -101,7 +106,7 @@ def _open_folder(out: Path, fresh: dict, overwrite: bool, checksums: bool) -> di
     elif out.exists() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not an activation store; refusing to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest_path, fresh)
+    write_sealed_json(manifest_path, fresh)
     return fresh
 
 
@@ -190,7 +195,7 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
         )
     manifest["complete"] = True
     manifest["seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write_json(out / MANIFEST, manifest)
+    write_sealed_json(out / MANIFEST, manifest)
     return ActivationStore(out)
 
 

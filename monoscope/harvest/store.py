@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from monoscope.artifacts import STORE_FORMAT_VERSION, CorruptFileError, read_json
+from monoscope.artifacts import STORE_FORMAT_VERSION, CorruptFileError, read_sealed_json
 from monoscope.harvest.shards import INDEX_KEYS, read_shard
 
 MANIFEST = "manifest.json"
@@ -62,7 +62,7 @@ class ActivationStore:
         if not manifest_path.exists():
             raise StoreError(f"{self.path} is not an activation store (no {MANIFEST})")
         try:
-            self.manifest: dict = read_json(manifest_path)
+            self.manifest: dict = read_sealed_json(manifest_path)
         except CorruptFileError as err:
             raise StoreError(
                 f"{err}: restore it, or harvest the store again (harvest --overwrite)"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from monoscope.artifacts import atomic_write_json
+from monoscope.artifacts import write_sealed_json
 from monoscope.harvest.shards import shard_name, write_shard
 from monoscope.harvest.store import MANIFEST
 
@@ -71,4 +71,4 @@ class ShardWriter:
         for site, info in m["sites"].items():
             total = sum(s["norm_sums"][site] for s in m["shards"])
             info["mean_norm"] = total / m["tokens"]
-        atomic_write_json(self.folder / MANIFEST, m)
+        write_sealed_json(self.folder / MANIFEST, m)

@@ -15,7 +15,12 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from monoscope.artifacts import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from monoscope.artifacts import (
+    atomic_write_bytes,
+    read_sealed_json,
+    sha256_bytes,
+    write_sealed_json,
+)
 
 POINTER = "checkpoint.json"
 
@@ -51,7 +56,7 @@ def save_checkpoint(folder: Path, state: TrainingState) -> None:
     data = save_bytes({k: v.contiguous() for k, v in state.tensors.items()})
     name = f"checkpoint-{state.step:08d}.safetensors"
     atomic_write_bytes(folder / name, data)
-    atomic_write_json(
+    write_sealed_json(
         folder / POINTER,
         {"step": state.step, "file": name, "sha256": sha256_bytes(data), **state.scalars},
     )
@@ -66,7 +71,7 @@ def load_checkpoint(folder: Path) -> TrainingState | None:
     if not pointer.exists():
         return None
     try:
-        meta = read_json(pointer)
+        meta = read_sealed_json(pointer)
         data = (folder / meta["file"]).read_bytes()
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise RuntimeError(

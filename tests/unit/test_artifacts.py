@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -30,3 +31,19 @@ def test_the_umask_read_at_import_is_the_process_umask():
     current = os.umask(0)
     os.umask(current)
     assert current == artifacts.UMASK
+
+
+def test_a_sealed_document_catches_a_changed_value_and_names_the_file(tmp_path):
+    from monoscope.artifacts import CorruptFileError, read_sealed_json, write_sealed_json
+
+    path = tmp_path / "manifest.json"
+    doc = {"tokens": 3000, "sites": {"a": {"mean_norm": 1.5}}, "complete": True}
+    write_sealed_json(path, doc)
+    assert read_sealed_json(path) == doc
+    path.write_text(json.dumps(json.loads(path.read_text())))  # reindented: still valid
+    assert read_sealed_json(path) == doc
+    path.write_text(path.read_text().replace("3000", "3001"))  # one flipped bit of a digit
+    with pytest.raises(CorruptFileError, match=r"manifest\.json is damaged or was edited"):
+        read_sealed_json(path)
+    path.write_text(json.dumps(doc))  # written before seals: read as it is
+    assert read_sealed_json(path) == doc

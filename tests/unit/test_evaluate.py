@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from monoscope.artifacts import atomic_write_json
+from monoscope.artifacts import write_sealed_json
 from monoscope.evaluate import (
     EvalConfig,
     ReconstructionStats,
@@ -305,7 +305,7 @@ def test_nan_in_a_store_row_names_the_shard_and_row(store, tmp_path):
     row = int(heldout_mask(tensors["context_index"], store.heldout_fraction).nonzero()[0, 0])
     tensors[f"acts.{SITE}"][row, 5] = float("nan")
     entry.update(write_shard(folder / entry["file"], tensors))  # new size and checksum
-    atomic_write_json(folder / "manifest.json", manifest)
+    write_sealed_json(folder / "manifest.json", manifest)
     with pytest.raises(StoreError, match=rf"shard-00002.safetensors, row {row}\b"):
         evaluate(random_sae(), folder)
 

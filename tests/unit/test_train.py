@@ -176,6 +176,7 @@ def test_an_idle_momentum_run_differs_and_an_older_checkpoint_keeps_momentum(
     run_killed_at(7, killed, monkeypatch)
     pointer = tmp_path / "sae" / "checkpoint.json"
     saved = json.loads(pointer.read_text())
+    del saved["checksum"]  # pointers written before they were sealed had none
     del saved["train_config"]["idle_momentum"], saved["resolved_defaults"]["idle_momentum"]
     pointer.write_text(json.dumps(saved))
     resumed = run(cfg(low_rank_npy, tmp_path / "sae", **sparse))
@@ -370,6 +371,7 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_
     run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
     pointer = tmp_path / "sae" / "checkpoint.json"
     saved = json.loads(pointer.read_text())
+    del saved["checksum"]  # pointers written before they were sealed had none
     del saved["train_config"]["divergence_fvu"]  # as written before the setting existed
     del saved["train_config"]["weight_average"]
     saved["train_config"]["decay_fraction"] = 0.2  # before "negative means the default"
