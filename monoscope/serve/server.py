@@ -68,6 +68,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         in_use = err.errno == errno.EADDRINUSE
         why = "it is in use (another server? choose another --port)" if in_use else err.strerror
         raise OSError(f"cannot listen on {host}:{port}: {why}") from None
+    # Listening now, not when uvicorn starts: a client that connects as soon as the address is
+    # printed waits in the backlog instead of being refused.
+    sock.listen(2048)
     return sock
 
 
