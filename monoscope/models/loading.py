@@ -8,12 +8,9 @@ from pathlib import Path
 import torch
 
 from monoscope.models.builtin import BUILTIN_MODELS, converted_dir
+from monoscope.models.hub import ModelNotFoundError, first_line, hub_load_options
 from monoscope.models.language_model import LanguageModel
 from monoscope.runtime import default_device, parse_dtype
-
-
-class ModelNotFoundError(ValueError):
-    """Not a built-in model, not a local folder, and the hub could not provide it."""
 
 
 def _weights_fingerprint(folder: Path) -> str:
@@ -42,26 +39,27 @@ def load_model(
 
     torch_dtype = parse_dtype(dtype)
     device = torch.device(device) if device is not None else default_device()
+    source, revision, options = name_or_path, "", {}
     if name_or_path in BUILTIN_MODELS:
         folder, revision = converted_dir(name_or_path)
         source = str(folder)
     elif Path(name_or_path).is_dir():
-        source, revision = name_or_path, _weights_fingerprint(Path(name_or_path))
+        revision = _weights_fingerprint(Path(name_or_path))
     elif Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
         raise ModelNotFoundError(
             f"model path {name_or_path!r} is not a folder with a saved model "
             f"(built-in models: {sorted(BUILTIN_MODELS)})"
         )
     else:
-        source, revision = name_or_path, ""
+        options, revision = hub_load_options(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **options)
     except OSError as err:
         raise ModelNotFoundError(
             f"could not load model {name_or_path!r}: it is not a built-in model "
             f"({', '.join(sorted(BUILTIN_MODELS))}) nor a local folder, and loading it from the "
-            f"Hugging Face hub failed: {err}"
+            f"Hugging Face hub failed: {first_line(err)}"
         ) from err
     if not revision:
         revision = getattr(model.config, "_commit_hash", None) or "unknown"
