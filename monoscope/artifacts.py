@@ -38,6 +38,15 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def remove_write_debris(folder: Path, prefix: str = "") -> None:
+    """Delete the temp files (`temp_file_beside`'s) of atomic writes that a killed run left in
+    `folder`, those of files whose names start with `prefix`; call it only with the folder's
+    writer lock held, or where no other run can be writing."""
+    for debris in folder.glob(f".{prefix}*.tmp"):
+        if debris.is_file():
+            debris.unlink(missing_ok=True)
+
+
 def temp_dir_beside(path: Path) -> Path:
     """A new temp folder in `path`'s folder, to be renamed onto `path`, with the permissions
     `mkdir` gives (mkdtemp's own 0o700 would hide an exported site from a web server)."""

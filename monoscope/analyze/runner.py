@@ -43,6 +43,7 @@ from monoscope.analyze.tables import (
     write_tables,
 )
 from monoscope.analyze.windows import WindowReader, read_rows
+from monoscope.artifacts import remove_write_debris
 from monoscope.evaluate.evaluator import check_compatible
 from monoscope.evaluate.metrics import density_histogram
 from monoscope.folders import made_folder
@@ -322,6 +323,7 @@ def run(
     out = Path(cfg.out)
     # A run that fails early (a corrupt shard, a missing model) leaves no folder or empty store.
     with made_folder(out.parent), writer_lock(out):
+        remove_write_debris(out.parent, out.name)  # of a run killed mid-write
         ident = identity(cfg, sae, store, site)
         if existing_is_complete(out, ident, cfg.overwrite):
             print(f"feature store {out} is already complete", file=sys.stderr)

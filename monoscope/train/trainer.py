@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from monoscope.artifacts import remove_write_debris
 from monoscope.folders import first_missing, remove_empty_folders
 from monoscope.runtime import configure_threads
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
@@ -132,6 +133,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     elif overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_write_debris(out)  # a run killed inside an atomic write leaves its temp file
 
 
 @contextlib.contextmanager

@@ -47,3 +47,12 @@ def test_a_sealed_document_catches_a_changed_value_and_names_the_file(tmp_path):
         read_sealed_json(path)
     path.write_text(json.dumps(doc))  # written before seals: read as it is
     assert read_sealed_json(path) == doc
+
+
+def test_write_debris_of_named_files_is_removed_and_nothing_else(tmp_path):
+    for name in (".features.db.progress.safetensors.ab12.tmp", ".other.db.x.tmp", "keep.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    artifacts.remove_write_debris(tmp_path, "features.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.db.x.tmp", "keep.tmp"]
+    artifacts.remove_write_debris(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.tmp"]
