@@ -259,7 +259,7 @@ def running_llm_server(backend: Backend, api_key: str | None = None) -> Iterator
     """Serve `backend` from a background thread on a free loopback port; yields the root URL
     (http://127.0.0.1:PORT: the openai backend's --base-url is ROOT/v1, anthropic's is ROOT)
     and stops the server on exit. For tests, benchmarks and notebooks."""
-    from monoscope.serve.server import background_server
+    from monoscope.web.server import background_server
 
     with background_server(create_llm_app(backend, api_key)) as url:
         yield url.rstrip("/")
@@ -269,8 +269,13 @@ def serve_llm(
     backend: Backend, host: str = "127.0.0.1", port: int = 8001, api_key: str | None = None
 ) -> None:
     """Serve `backend` until interrupted."""
-    from monoscope.serve.app import require_server_extra
-    from monoscope.serve.server import LOOPBACK, base_url, listening_socket, run_on
+    from monoscope.web.server import (
+        LOOPBACK,
+        base_url,
+        listening_socket,
+        require_server_extra,
+        run_on,
+    )
 
     require_server_extra()
     sock = listening_socket(host, port)  # before saying where: a taken port is one line

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -73,23 +73,6 @@ class LanguageModel:
         (and `generate`) with fn(activation) in place of the site's activation."""
         with patch([(self.site(name), fn) for name, fn in edits.items()]):
             yield
-
-    def steer(
-        self,
-        sae: nn.Module,
-        features: Mapping[int, float | str],
-        mode: str = "clamp",
-        positions: str | list[int] = "all",
-        max_acts: object | None = None,
-    ) -> AbstractContextManager:
-        """`with lm.steer(sae, {1234: 10.0}): ...` runs every forward pass (and `generate`)
-        with the SAE's features clamped to those values (mode: clamp, add, multiply, ablate),
-        the SAE's error term kept. Values such as "10x" are multiples of the max activations
-        in `max_acts` (a monoscope.steer.MaxActivations). Yields a monoscope.steer.SteeringRun;
-        see monoscope.steer for positions, specs over several SAEs, and measurements."""
-        from monoscope.steer import steer_features  # steer sits above models: imported on use
-
-        return steer_features(self, sae, features, mode, positions, max_acts)
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Full forward pass: logits [batch, pos, vocab]."""

@@ -46,10 +46,11 @@ from monoscope.serve.meaning import (
     MeaningUnavailable,
 )
 from monoscope.serve.model import ModelUnavailable
-from monoscope.serve.security import Guard
 from monoscope.serve.steering import SteerEngine
 from monoscope.serve.store import FeatureNotFound, FeatureStore
 from monoscope.steer import SteeringError
+from monoscope.web.security import Guard
+from monoscope.web.server import require_server_extra
 
 STATIC = Path(str(resources.files("monoscope.serve") / "static"))
 MAX_PAGE = 500
@@ -63,18 +64,6 @@ CHARS_PER_TOKEN = 16
 taken and the text tokenized: English averages about 4."""
 MAX_OFFSET = 2**31
 """Largest list offset: past the end a page is empty; a bigger number is a 422."""
-
-
-def require_server_extra() -> None:
-    """ImportError naming the extra when the web server's packages are missing."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            f"`monoscope serve` needs the web server packages ({err.name} is missing): "
-            'pip install "monoscope[serve]"'
-        ) from err
 
 
 def front_end_config(mode: str, **extra: Any) -> str:

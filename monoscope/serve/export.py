@@ -42,8 +42,8 @@ from typing import Any
 from monoscope.artifacts import temp_dir_beside
 from monoscope.serve.app import STATIC, front_end_config
 from monoscope.serve.meaning import Embedder, MeaningIndex, MeaningUnavailable
-from monoscope.serve.security import META_CSP
 from monoscope.serve.store import FeatureStore
+from monoscope.web.security import META_CSP
 
 SITE_MARKER = "monoscope-site.json"
 SITE_FORMAT_VERSION = 1

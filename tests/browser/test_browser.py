@@ -25,11 +25,11 @@ from monoscope.analyze import analyze
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.serve import FeatureStore, export_site, open_app
-from monoscope.serve.security import CSP, META_CSP
-from monoscope.serve.server import background_server
 from monoscope.testing import tiny_sae, write_interpretation
 from monoscope.train import TrainConfig
 from monoscope.train import run as train
+from monoscope.web.security import CSP, META_CSP
+from monoscope.web.server import background_server
 
 pytestmark = pytest.mark.browser
 

@@ -18,8 +18,8 @@ from monoscope.sae import load_sae
 from monoscope.serve import FeatureStore, open_app
 from monoscope.serve.app import create_app
 from monoscope.serve.catalog import token_key
-from monoscope.serve.server import background_server
 from monoscope.testing import random_feature_store, tiny_sae
+from monoscope.web.server import background_server
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="needs monoscope[serve]")
 TestClient = fastapi_testclient.TestClient

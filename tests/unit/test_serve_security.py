@@ -15,10 +15,10 @@ import pytest
 from monoscope.serve import FeatureStore, export_site
 from monoscope.serve.app import STATIC, create_app
 from monoscope.serve.model import ServedModel
-from monoscope.serve.security import CSP, MAX_BODY_BYTES, META_CSP, Guard, HostGuard
-from monoscope.serve.server import background_server
 from monoscope.serve.steering import SteerEngine
 from monoscope.testing import random_feature_store
+from monoscope.web.security import CSP, MAX_BODY_BYTES, META_CSP, Guard, HostGuard
+from monoscope.web.server import background_server
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="needs monoscope[serve]")
 TestClient = fastapi_testclient.TestClient

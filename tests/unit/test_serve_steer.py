@@ -14,10 +14,10 @@ from monoscope.artifacts import sha256_file
 from monoscope.sae import load_sae
 from monoscope.serve import FeatureStore, open_app
 from monoscope.serve.app import create_app
-from monoscope.serve.server import background_server
 from monoscope.serve.steering import MAX_NEW_TOKENS, PER_POSITION
 from monoscope.steer import attribution_pass, encode_prompt, single_token
 from monoscope.testing import random_feature_store, tiny_sae
+from monoscope.web.server import background_server
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="needs monoscope[serve]")
 TestClient = fastapi_testclient.TestClient

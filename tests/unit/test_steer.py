@@ -26,6 +26,7 @@ from monoscope.steer import (
     from_feature_store,
     parse_feature,
     parse_value,
+    steer_features,
     steering,
 )
 from monoscope.testing import max_act_feature_store, tiny_sae
@@ -184,16 +185,16 @@ def test_explicit_positions_edit_only_those_tokens(tiny_llama, saes):
     assert moved.nonzero().flatten().tolist() == [3, 5]
 
 
-def test_lm_steer_method(tiny_llama, saes):
+def test_steer_features_shorthand(tiny_llama, saes):
     lm, sae = tiny_llama, saes["topk"]
     ids = encode_prompt(lm, PROMPT)
     spec = SteeringSpec((FeatureEdit(1234 % sae.cfg.n_features, "clamp", 10.0),))
     with steering(lm, {"sae": sae}, spec):
         expected = lm.logits(ids)
-    with lm.steer(sae, {1234 % sae.cfg.n_features: 10.0}):
+    with steer_features(lm, sae, {1234 % sae.cfg.n_features: 10.0}):
         torch.testing.assert_close(lm.logits(ids), expected)
     maxes = MaxActivations(torch.full((sae.cfg.n_features,), 2.0), {"kind": "test"})
-    with lm.steer(sae, {1234 % sae.cfg.n_features: "5x"}, max_acts=maxes):
+    with steer_features(lm, sae, {1234 % sae.cfg.n_features: "5x"}, max_acts=maxes):
         torch.testing.assert_close(lm.logits(ids), expected)
 
 

@@ -1,0 +1,63 @@
+"""The package's layers: a module imports only from its own layer or the ones below it, so a
+stage can be understood (and reused) without the stages built on it. Lazy imports inside
+functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import monoscope
+
+LAYERS = [
+    {"artifacts", "runtime", "folders"},
+    {"plotting", "config_args", "web"},
+    {"models", "data"},
+    {"harvest"},
+    {"sae"},
+    {"train", "evaluate"},
+    {"analyze"},
+    {"steer", "interpret"},
+    {"serve"},
+    {"demo", "testing"},
+    {"cli", "__init__"},
+    {"__main__"},
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+# Side by side in one layer, but one way only: evaluate reads what train writes, not back.
+SIBLINGS_BELOW = {("evaluate", "train"), ("interpret", "steer")}
+
+
+def unit(path: Path, root: Path) -> str:
+    """The layer unit of a module: its subpackage, or the top-level module's name."""
+    return path.relative_to(root).parts[0].removesuffix(".py")
+
+
+def imported_units(path: Path) -> set[str]:
+    units = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "monoscope" and len(parts) > 1:
+                units.add(parts[1])
+    return units
+
+
+def test_every_module_imports_only_its_layer_and_below():
+    root = Path(monoscope.__file__).parent
+    wrong = []
+    for path in sorted(root.rglob("*.py")):
+        own = unit(path, root)
+        assert own in RANK, f"{own} is in no layer: add it to LAYERS"
+        for other in imported_units(path) - {own}:
+            assert other in RANK, f"{path} imports monoscope.{other}, which is in no layer"
+            above = RANK[other] > RANK[own]
+            sideways = RANK[other] == RANK[own] and (own, other) not in SIBLINGS_BELOW
+            if above or sideways:
+                wrong.append(f"{path.relative_to(root)} imports monoscope.{other}")
+    assert not wrong, "\n".join(wrong)
