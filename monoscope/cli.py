@@ -223,18 +223,12 @@ def _add_interpret_commands(commands) -> None:
         sub.set_defaults(func=func)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_pipeline_commands(commands) -> None:
+    """The stages in pipeline order: sites, harvest, train, eval, analyze, convert."""
     from monoscope.analyze import AnalyzeConfig
-    from monoscope.demo import DemoConfig
     from monoscope.evaluate import EvalConfig
     from monoscope.harvest import HarvestConfig
-    from monoscope.steer.commands import AttributeConfig, FeaturesForConfig, SteerConfig
     from monoscope.train import TrainConfig
-
-    parser = argparse.ArgumentParser(
-        prog="monoscope", description="Dictionary learning on language models."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
 
     sites = commands.add_parser("sites", help="list a model's sites with their widths")
     sites.add_argument("model", help="built-in name (smollm2-135m), local folder or hub id")
@@ -265,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace files in --out")
     convert.set_defaults(func=_convert)
 
+
+def _add_steer_commands(commands) -> None:
+    """Commands that run the model with an SAE: steer, attribute, features-for."""
+    from monoscope.steer.commands import AttributeConfig, FeaturesForConfig, SteerConfig
+
     steer = commands.add_parser(
         "steer", help="generate with SAE features clamped, added or ablated"
     )
@@ -283,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(features_for, FeaturesForConfig, rename={"json_out": "json"})
     features_for.set_defaults(func=_features_for)
 
+
+def _add_browser_commands(commands) -> None:
+    """The feature browser: served live, or exported as a static site."""
     serve = commands.add_parser("serve", help="browse a feature store in the web browser")
     serve.add_argument("db", help="feature store written by `monoscope analyze`")
     serve.add_argument(
@@ -316,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_site.set_defaults(func=_export_site)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, in the order `monoscope --help` lists them."""
+    from monoscope.demo import DemoConfig
+
+    parser = argparse.ArgumentParser(
+        prog="monoscope", description="Dictionary learning on language models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_pipeline_commands(commands)
+    _add_steer_commands(commands)
+    _add_browser_commands(commands)
     _add_interpret_commands(commands)
     for name in SAE_COMMANDS:
         _add_no_verify(commands.choices[name])

@@ -132,8 +132,6 @@ def random_feature_store(
     plausible contents: densities log-uniform in [1e-5, 0.1], examples drawn from `vocab`,
     clustered map points. For tests and the server benchmark; `meta` entries override the
     defaults (e.g. "sae", "model", "complete")."""
-    import json
-
     import numpy as np
 
     from monoscope.analyze import schema
@@ -147,63 +145,117 @@ def random_feature_store(
     xy = clusters[rng.integers(0, 12, n_features)] + rng.normal(0, 1, (n_features, 2))
     features, examples, neighbours = [], [], []
     for i in range(n_features):
-        n_fired = max(1, int(density[i] * n_tokens))
-        fired = rng.uniform(0, max_act[i], n_fired)
-        logit_ids = rng.choice(len(vocab), min(20, len(vocab)), replace=False).tolist()
-        effects = np.linspace(2, -2, len(logit_ids)).tolist()
-        ranked = [[t, vocab[t], e] for t, e in zip(logit_ids, effects, strict=True)]
-        top, bottom = ranked[:10], ranked[10:]
+        # Draws in this order (feature, examples, neighbours), so a seed always gives one store.
         explanation = (explanations or {}).get(i)
-        features.append(
-            (
-                i,
-                n_fired,
-                float(density[i]),
-                float(max_act[i]),
-                float(fired.mean()),
-                json.dumps(np.histogram(fired, edges)[0].tolist()),
-                json.dumps(top),
-                json.dumps(bottom),
-                float(xy[i, 0]),
-                float(xy[i, 1]),
-                explanation,
-                None if explanation is None else 0.5,
-            )
-        )
-        levels = [("top", None, r, max_act[i] * (1 - r / (2 * top_n))) for r in range(top_n)]
-        levels += [
-            ("quantile", b, r, max_act[i] * (b + rng.uniform()) / n_quantiles)
-            for b in range(n_quantiles)
-            for r in range(quantile_examples)
-        ]
-        centre = window * 3 // 4
-        level_acts = np.array([act for *_, act in levels])
-        windows = rng.integers(0, len(vocab), (len(levels), window)).tolist()
-        spread = rng.uniform(0, 1, (len(levels), window)) * level_acts[:, None]
-        values = np.where(rng.uniform(size=spread.shape) < 0.2, spread, 0.0)
-        values[:, centre] = level_acts
-        values = np.round(values, 4).tolist()
-        for (kind, bucket, rank, act), tokens, acts in zip(levels, windows, values, strict=True):
-            examples.append(
-                (
-                    i,
-                    kind,
-                    rank,
-                    bucket,
-                    float(act),
-                    int(rng.integers(0, 10**6)),
-                    centre,
-                    json.dumps(tokens),
-                    json.dumps(acts),
-                    centre,
-                )
-            )
-        others = rng.choice(n_features - 1, min(n_neighbours, n_features - 1), replace=False)
-        for rank, j in enumerate(others.tolist()):
-            neighbour = j + (j >= i)  # every feature but i
-            neighbours.append((i, rank, neighbour, 0.9 - 0.05 * rank, float(rng.uniform())))
+        stats = (float(density[i]), float(max_act[i]), n_tokens)
+        features.append(_random_feature_row(i, stats, xy[i], edges, vocab, explanation, rng))
+        levels = _random_levels(float(max_act[i]), top_n, n_quantiles, quantile_examples, rng)
+        examples += _random_example_rows(i, levels, len(vocab), window, rng)
+        neighbours += _random_neighbour_rows(i, n_features, n_neighbours, rng)
+    params = {"top_n": top_n, "n_quantiles": n_quantiles, "window": window}
+    defaults = _random_store_meta(density, edges, n_features, n_tokens, params)
+    path = Path(path)
+    conn = schema.create(path)
+    with conn:
+        conn.executemany("INSERT INTO vocab VALUES (?, ?)", list(enumerate(vocab)))
+        conn.executemany("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", features)
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", examples)
+        conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?,?)", neighbours)
+        schema.write_meta(conn, **{**defaults, **(meta or {})})
+    conn.close()
+    return path
+
+
+def _random_feature_row(
+    i: int, stats: tuple, xy, edges, vocab: list[str], explanation: str | None, rng
+) -> tuple:
+    """Feature i's `features` row. stats: (density, max_act, n_tokens); it fires density x
+    n_tokens times (at least once) uniformly below max_act; xy: its map point [2]; its top and
+    bottom logits are 20 random tokens of `vocab`."""
+    import json
+
+    import numpy as np
+
+    density, max_act, n_tokens = stats
+    n_fired = max(1, int(density * n_tokens))
+    fired = rng.uniform(0, max_act, n_fired)
+    logit_ids = rng.choice(len(vocab), min(20, len(vocab)), replace=False).tolist()
+    effects = np.linspace(2, -2, len(logit_ids)).tolist()
+    ranked = [[t, vocab[t], e] for t, e in zip(logit_ids, effects, strict=True)]
+    top, bottom = ranked[:10], ranked[10:]
+    return (
+        i,
+        n_fired,
+        density,
+        max_act,
+        float(fired.mean()),
+        json.dumps(np.histogram(fired, edges)[0].tolist()),
+        json.dumps(top),
+        json.dumps(bottom),
+        float(xy[0]),
+        float(xy[1]),
+        explanation,
+        None if explanation is None else 0.5,
+    )
+
+
+def _random_levels(
+    max_act: float, top_n: int, n_quantiles: int, quantile_examples: int, rng
+) -> list[tuple]:
+    """[(kind, bucket, rank, act)] of a feature's examples: `top_n` top ones falling from
+    max_act, then `quantile_examples` at a random level inside each of `n_quantiles` buckets."""
+    levels = [("top", None, r, max_act * (1 - r / (2 * top_n))) for r in range(top_n)]
+    levels += [
+        ("quantile", b, r, max_act * (b + rng.uniform()) / n_quantiles)
+        for b in range(n_quantiles)
+        for r in range(quantile_examples)
+    ]
+    return levels
+
+
+def _random_example_rows(
+    i: int, levels: list[tuple], n_vocab: int, window: int, rng
+) -> list[tuple]:
+    """Feature i's `examples` rows, one per level: a random window of tokens with the level's
+    activation at 3/4 of the way along and a fifth of the other positions firing below it."""
+    import json
+
+    import numpy as np
+
+    centre = window * 3 // 4
+    level_acts = np.array([act for *_, act in levels])
+    windows = rng.integers(0, n_vocab, (len(levels), window)).tolist()
+    spread = rng.uniform(0, 1, (len(levels), window)) * level_acts[:, None]  # [levels, window]
+    values = np.where(rng.uniform(size=spread.shape) < 0.2, spread, 0.0)
+    values[:, centre] = level_acts
+    values = np.round(values, 4).tolist()
+    rows = []
+    for (kind, bucket, rank, act), tokens, acts in zip(levels, windows, values, strict=True):
+        doc = int(rng.integers(0, 10**6))
+        rows.append(
+            (i, kind, rank, bucket, float(act), doc, centre, json.dumps(tokens),
+             json.dumps(acts), centre)
+        )  # fmt: skip
+    return rows
+
+
+def _random_neighbour_rows(i: int, n_features: int, n_neighbours: int, rng) -> list[tuple]:
+    """Feature i's `neighbours` rows: up to `n_neighbours` other features at falling cosines."""
+    others = rng.choice(n_features - 1, min(n_neighbours, n_features - 1), replace=False)
+    rows = []
+    for rank, j in enumerate(others.tolist()):
+        neighbour = j + (j >= i)  # every feature but i
+        rows.append((i, rank, neighbour, 0.9 - 0.05 * rank, float(rng.uniform())))
+    return rows
+
+
+def _random_store_meta(density, edges, n_features: int, n_tokens: int, params: dict) -> dict:
+    """The meta of a random store: a complete analysis of a 32-wide TopK SAE on
+    blocks.1.hook_resid_post, with the histogram of the features' log10 `density` [n_features]."""
+    import numpy as np
+
     density_counts, density_edges = np.histogram(np.log10(density), np.linspace(-6, 0, 31))
-    defaults = {
+    return {
         "complete": True,
         "sae": {
             "path": None,
@@ -217,21 +269,11 @@ def random_feature_store(
         },
         "acts": {"path": None, "n_tokens": n_tokens, "site": "blocks.1.hook_resid_post"},
         "model": {"name": None, "revision": None},
-        "params": {"top_n": top_n, "n_quantiles": n_quantiles, "window": window},
+        "params": params,
         "tokens_seen": n_tokens,
         "hist_edges": edges.tolist(),
         "density_hist": {"edges": density_edges.tolist(), "counts": density_counts.tolist()},
     }
-    path = Path(path)
-    conn = schema.create(path)
-    with conn:
-        conn.executemany("INSERT INTO vocab VALUES (?, ?)", list(enumerate(vocab)))
-        conn.executemany("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", features)
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", examples)
-        conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?,?)", neighbours)
-        schema.write_meta(conn, **{**defaults, **(meta or {})})
-    conn.close()
-    return path
 
 
 def max_act_feature_store(path: str | Path, n_features: int, complete: bool = True):

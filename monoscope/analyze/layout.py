@@ -1,12 +1,10 @@
 """The feature map: UMAP (cosine metric) of the decoder directions, 2-D.
 
 UMAP is given the exact cosine nearest neighbours (from the blocked matmul of neighbours.py)
-instead of searching for approximate ones itself: its neighbour search (NN-descent, compiled by
-numba in every new process) took ~40 s of a ~50 s fit on 9,216 directions of width 576 on 2
-busy cores; with the neighbours given, the fit takes ~10-15 s, about half of it numba compiling
-on first use in a process. A fixed random_state makes the map reproducible, at the price of
-umap's single-threaded path. umap-learn is an optional dependency: pip install
-'monoscope[map]'.
+instead of searching for approximate ones itself: its own search (NN-descent, compiled by numba
+in every new process) was most of the fit's time (docs/LOG.md). A fixed random_state makes the
+map reproducible, at the price of umap's single-threaded path. umap-learn is an optional
+dependency: pip install 'monoscope[map]'.
 """
 
 from __future__ import annotations

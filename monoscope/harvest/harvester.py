@@ -127,12 +127,7 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
     """Harvest activations as `cfg` says; resume an incomplete store at cfg.out."""
     configure_threads()
     lm = lm or load_model(cfg.model, dtype=cfg.model_dtype)
-    for site in cfg.sites:
-        lm.site(site)  # unknown sites fail here, before any file is written
-    spec = _corpus_spec(cfg)
-    spec.validate()
-    out = Path(cfg.out)
-    manifest = _open_folder(out, _new_manifest(cfg, lm, spec), cfg.overwrite, cfg.verify)
+    spec, out, manifest = _open_store(cfg, lm)
     if manifest["complete"]:
         checked = "sizes and sha256" if cfg.verify else "sizes; --verify checks sha256 too"
         print(
@@ -141,7 +136,29 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
             file=sys.stderr,
         )
         return ActivationStore(out)
+    start = time.perf_counter()
+    _fill(cfg, lm, spec, out, manifest)
+    _finish(cfg, out, manifest, time.perf_counter() - start)
+    return ActivationStore(out)
 
+
+def _open_store(cfg: HarvestConfig, lm: LanguageModel) -> tuple[CorpusSpec, Path, dict]:
+    """Check the sites and the corpus before any file is written, then open cfg.out:
+    (corpus spec, store folder, the manifest to continue from)."""
+    for site in cfg.sites:
+        lm.site(site)  # unknown sites fail here
+    spec = _corpus_spec(cfg)
+    spec.validate()
+    out = Path(cfg.out)
+    return spec, out, _open_folder(out, _new_manifest(cfg, lm, spec), cfg.overwrite, cfg.verify)
+
+
+def _fill(
+    cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec, out: Path, manifest: dict
+) -> None:
+    """Run the model on the contexts after the last one stored, writing a shard each time
+    cfg.shard_tokens rows are pending, until cfg.tokens are stored or the corpus ends. The
+    writer records every shard in `manifest`."""
     store_dtype = parse_dtype(cfg.dtype)
     first = 0 if cfg.include_bos else 1
     per_batch = max(1, cfg.batch_tokens // cfg.context)
@@ -162,19 +179,15 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
         smoothing=0.1,
     )
     next_context = manifest["contexts"]
-    start = time.perf_counter()
     try:
         for batch in _batches(contexts, per_batch):
             ids = torch.tensor([c.tokens for c in batch])  # [B, T]
             acts = lm.capture(ids, cfg.sites)  # {site: [B, T, d]}
             rows = _rows(batch, ids, acts, first, next_context, store_dtype)
             n = min(rows["token_ids"].shape[0], cfg.tokens - done - pending_rows)
-            rows = {k: v[:n] for k, v in rows.items()}
-            per_context = cfg.context - first
-            used_contexts = -(-n // per_context)
-            pending.append(rows)
+            pending.append({k: v[:n] for k, v in rows.items()})
             pending_rows += n
-            pending_contexts += used_contexts
+            pending_contexts += -(-n // (cfg.context - first))  # contexts the n rows came from
             next_context += len(batch)
             bar.update(n)
             finished = done + pending_rows >= cfg.tokens
@@ -187,6 +200,10 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
     finally:
         bar.close()
         writer.close()
+
+
+def _finish(cfg: HarvestConfig, out: Path, manifest: dict, seconds: float) -> None:
+    """Mark the store complete, or refuse if the corpus ran out first (the partial store kept)."""
     if manifest["tokens"] < cfg.tokens:
         raise StoreError(
             f"the corpus ran out after {manifest['tokens']:,} of {cfg.tokens:,} tokens "
@@ -194,9 +211,8 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
             f"{out}: ask for fewer --tokens, a shorter --context, or use a larger corpus"
         )
     manifest["complete"] = True
-    manifest["seconds"] = round(time.perf_counter() - start, 3)
+    manifest["seconds"] = round(seconds, 3)
     write_sealed_json(out / MANIFEST, manifest)
-    return ActivationStore(out)
 
 
 def _rows(

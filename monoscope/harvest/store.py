@@ -25,8 +25,8 @@ def first_nonfinite_row(values: Tensor) -> int | None:
     """The first row of `values` [n, d] holding a NaN or Inf; None if there is none.
 
     One sum decides first (a NaN or Inf makes it non-finite; so may an overflow, and then the
-    rows, searched, hold none): ~80x faster than isfinite(values), which forms a bool per
-    entry, on a bfloat16 shard."""
+    rows, searched, hold none): far cheaper than isfinite(values), which forms a bool per entry
+    (docs/LOG.md)."""
     if torch.isfinite(values.sum()):
         return None
     bad = ~torch.isfinite(values).all(dim=-1)

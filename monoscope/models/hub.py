@@ -1,8 +1,9 @@
 """Whether the Hugging Face hub or its local cache can provide a model, found out in seconds.
 
 Without this, an uncached id with no network costs two rounds of the hub client's retries with
-backoff (about 50 s) before `from_pretrained` gives up. One HEAD request for `config.json`, with a
-short timeout and no retries, tells a usable hub from an unreachable one or a missing repo.
+backoff (most of a minute, docs/LOG.md) before `from_pretrained` gives up. One HEAD request for
+`config.json`, with a short timeout and no retries, tells a usable hub from an unreachable one or
+a missing repo.
 """
 
 from __future__ import annotations

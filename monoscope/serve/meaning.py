@@ -2,8 +2,8 @@
 explanation, by the cosine of their sentence embeddings (monoscope.interpret.embedding).
 
 The embedding model is loaded on first use and every explanation is embedded once, then kept in
-memory: 16k explanations are 25 MB of float32 and a minute of CPU, paid once per server (or per
-export).
+memory: 16k explanations are 25 MB of float32, and embedding them is the slow part (docs/LOG.md),
+paid once per server (or per export).
 """
 
 from __future__ import annotations

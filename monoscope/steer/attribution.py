@@ -170,25 +170,78 @@ def attribute(
       by_position [{position, token, features [{feature, activation, attribution}]}]
              (each position's `per_position` largest |attribution|).
     """
-    if metric not in METRICS:
-        raise SteeringError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if metric == "logit_diff" and contrast is None:
-        raise SteeringError("metric logit_diff needs a contrast token")
+    _check_metric(metric, contrast)
+    source = "given" if target is not None else "model"
     ids = encode_prompt(lm, prompt, chat)
     target_id = single_token(lm, target) if target is not None else None
     contrast_id = single_token(lm, contrast) if metric == "logit_diff" else None
     f, attr, target_id, value = attribution_pass(lm, sae, ids, target_id, metric, contrast_id)
     texts = token_texts(lm, ids[0])
+    ranked = _ranked_pairs(f, attr)
+    pairs = [(i, p, float(f[p, i])) for i, p in ranked[: top if n_ablate is None else n_ablate]]
+    probability, clean = _clean_metric(lm, ids, metric, target_id, contrast_id)
+    effects = ablation_effects(lm, sae, ids, pairs, metric, target_id, contrast_id)
+    return {
+        "prompt": prompt,
+        "tokens": texts,
+        "site": sae.cfg.site,
+        "chat": chat,
+        "target": {**_token_json(lm, target_id), "source": source},
+        "probability": probability,
+        "metric": {
+            "kind": metric,
+            "contrast": None if contrast_id is None else _token_json(lm, contrast_id),
+            "value": clean,
+            "value_spliced": value,
+        },
+        "active_pairs": len(ranked),
+        "rows": _rows(ranked[:top], f, attr, texts, pairs, effects),
+        "correlation": _correlation(attr, pairs, effects),
+        "by_position": _by_position(f, attr, texts, per_position),
+    }
+
+
+def _clean_metric(
+    lm: LanguageModel, ids: Tensor, metric: str, target: int, contrast: int | None
+) -> tuple[float, float]:
+    """(the target's probability, m) on the clean prompt ids [1, P], no SAE spliced in."""
+    logits = lm.logits(ids)[:, -1]
+    probability = float(logits[0].float().softmax(-1)[target])
+    return probability, float(_metric(logits, metric, target, contrast)[0])
+
+
+def _token_json(lm: LanguageModel, token: int) -> dict:
+    """{id, text} of one token id."""
+    return {"id": token, "text": token_texts(lm, [token])[0]}
+
+
+def _check_metric(metric: str, contrast: str | None) -> None:
+    """Refuse an unknown metric, or logit_diff without the token it contrasts with."""
+    if metric not in METRICS:
+        raise SteeringError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric == "logit_diff" and contrast is None:
+        raise SteeringError("metric logit_diff needs a contrast token")
+
+
+def _ranked_pairs(f: Tensor, attr: Tensor) -> list[tuple[int, int]]:
+    """Every active (feature, position) of f [P, n_features], largest |attribution| first."""
     positions, features = f.nonzero(as_tuple=True)
     order = attr[positions, features].abs().argsort(descending=True)
-    ranked = list(zip(features[order].tolist(), positions[order].tolist(), strict=True))
-    n_ablate = top if n_ablate is None else n_ablate
-    pairs = [(i, p, float(f[p, i])) for i, p in ranked[:n_ablate]]
-    clean_logits = lm.logits(ids)[:, -1]
-    clean = float(_metric(clean_logits, metric, target_id, contrast_id)[0])
-    effects = ablation_effects(lm, sae, ids, pairs, metric, target_id, contrast_id)
+    return list(zip(features[order].tolist(), positions[order].tolist(), strict=True))
+
+
+def _rows(
+    ranked: list[tuple[int, int]],
+    f: Tensor,
+    attr: Tensor,
+    texts: list[str],
+    pairs: list[tuple[int, int, float]],
+    effects: list[float],
+) -> list[dict]:
+    """One report row per (feature, position) of `ranked`; ablation None where the pair is not
+    among the ablated `pairs` (whose measured `effects` they are)."""
     ablated = {(i, p): e for (i, p, _), e in zip(pairs, effects, strict=True)}
-    rows = [
+    return [
         {
             "feature": i,
             "position": p,
@@ -197,43 +250,24 @@ def attribute(
             "attribution": float(attr[p, i]),
             "ablation": ablated.get((i, p)),
         }
-        for i, p in ranked[:top]
+        for i, p in ranked
     ]
+
+
+def _correlation(attr: Tensor, pairs: list[tuple[int, int, float]], effects: list[float]) -> dict:
+    """How well attribution, and activation alone, rank the measured ablation effects."""
     a = torch.tensor([float(attr[p, i]) for i, p, _ in pairs])
     act = torch.tensor([v for _, _, v in pairs])
     measured = torch.tensor(effects)
-    probability = float(clean_logits[0].float().softmax(-1)[target_id])
     return {
-        "prompt": prompt,
-        "tokens": texts,
-        "site": sae.cfg.site,
-        "chat": chat,
-        "target": {
-            "id": target_id,
-            "text": token_texts(lm, [target_id])[0],
-            "source": "given" if target is not None else "model",
-        },
-        "probability": probability,
-        "metric": {
-            "kind": metric,
-            "contrast": None
-            if contrast_id is None
-            else {"id": contrast_id, "text": token_texts(lm, [contrast_id])[0]},
-            "value": clean,
-            "value_spliced": value,
-        },
-        "active_pairs": len(ranked),
-        "rows": rows,
-        "correlation": {
-            "pairs": len(pairs),
-            "attribution_vs_ablation": spearman(a, measured),
-            "activation_vs_ablation": spearman(act, measured),
-        },
-        "by_position": _by_position(f, attr, texts, per_position),
+        "pairs": len(pairs),
+        "attribution_vs_ablation": spearman(a, measured),
+        "activation_vs_ablation": spearman(act, measured),
     }
 
 
 def _by_position(f: Tensor, attr: Tensor, texts: list[str], k: int) -> list[dict]:
+    """Each position's k largest |attribution| among its active features."""
     out = []
     for p, text in enumerate(texts):
         active = f[p].nonzero().flatten()

@@ -227,30 +227,10 @@ def compare(
     ids = encode_prompt(lm, prompt, chat, extra=sampling.max_new_tokens)
     prompt_len = ids.shape[1]
     baseline = _text(lm, generate(lm, ids, sampling), prompt_len)
-    runs = []
-    for spec, label in zip(specs, labels, strict=True):
-        with steering(lm, saes, spec, max_acts, prompt_len) as run:
-            seqs = generate(lm, ids, sampling)
-        steered = _text(lm, seqs, prompt_len)
-        with steering(lm, saes, spec, max_acts, prompt_len, record=True) as measured:
-            logp_steered = _log_probs(lm, seqs)
-        achieved = measured.achieved()
-        samples = []
-        for j in range(sampling.n):
-            sample = _sample(lm, steered, j, prompt_len, logp_steered)
-            sample["achieved"] = _achieved(run.edits, achieved, j, prompt_len + steered.lengths[j])
-            samples.append(sample)
-        runs.append(
-            {
-                "label": label,
-                "spec": spec.to_json(),
-                "edits": [r.to_json() for r in run.edits],
-                "samples": samples,
-                "token_effects": _token_effects(
-                    lm, saes, spec, baseline, steered, logp_steered, prompt_len, top_tokens
-                ),
-            }
-        )
+    runs = [
+        _steered_run(lm, saes, spec, label, ids, sampling, max_acts, baseline, top_tokens)
+        for spec, label in zip(specs, labels, strict=True)
+    ]
     return {
         "prompt": prompt,
         "prompt_tokens": token_texts(lm, ids[0]),
@@ -259,4 +239,40 @@ def compare(
         "max_source": max_source_text(max_acts),
         "baseline": [_sample(lm, baseline, j, prompt_len) for j in range(sampling.n)],
         "runs": runs,
+    }
+
+
+def _steered_run(
+    lm: LanguageModel,
+    saes: Mapping[str, SparseAutoencoder],
+    spec: SteeringSpec,
+    label: str | None,
+    ids: Tensor,
+    sampling: Sampling,
+    max_acts: Mapping[str, MaxActivations] | None,
+    baseline: _Text,
+    top_tokens: int,
+) -> dict:
+    """One entry of `compare`'s runs for prompt ids [1, prompt_len]: generate under `spec`,
+    then score the steered text again with the edits recorded, to measure what they achieved."""
+    prompt_len = ids.shape[1]
+    with steering(lm, saes, spec, max_acts, prompt_len) as run:
+        seqs = generate(lm, ids, sampling)
+    steered = _text(lm, seqs, prompt_len)
+    with steering(lm, saes, spec, max_acts, prompt_len, record=True) as measured:
+        logp_steered = _log_probs(lm, seqs)
+    achieved = measured.achieved()
+    samples = []
+    for j in range(sampling.n):
+        sample = _sample(lm, steered, j, prompt_len, logp_steered)
+        sample["achieved"] = _achieved(run.edits, achieved, j, prompt_len + steered.lengths[j])
+        samples.append(sample)
+    return {
+        "label": label,
+        "spec": spec.to_json(),
+        "edits": [r.to_json() for r in run.edits],
+        "samples": samples,
+        "token_effects": _token_effects(
+            lm, saes, spec, baseline, steered, logp_steered, prompt_len, top_tokens
+        ),
     }

@@ -19,8 +19,8 @@ from monoscope.sae import SparseAutoencoder
 from monoscope.steer.spec import SteeringError
 
 DEFAULT_SAMPLE_TOKENS = 65_536
-"""Tokens of an activation store encoded to estimate max activations (about 5 s for 9,216
-features on 2 CPU cores)."""
+"""Tokens of an activation store encoded to estimate max activations: enough for the largest
+values, few enough to encode in seconds on a CPU (docs/LOG.md)."""
 
 
 @dataclass

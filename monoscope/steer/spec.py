@@ -68,22 +68,29 @@ class FeatureEdit:
             raise SteeringError(f"feature must be a non-negative integer id, got {self.feature!r}")
         if self.mode not in MODES:
             raise SteeringError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        self._normalise_value()
+        if self.mode == "multiply" and self.relative:
+            raise SteeringError("multiply takes a plain factor, not a multiple of the max (10x)")
+        self._normalise_positions()
+
+    def _normalise_value(self) -> None:
+        """ablate: value None (0 accepted) and never relative; other modes: a finite float."""
         if self.mode == "ablate":
             if self.value not in (None, 0):
                 raise SteeringError(f"ablate takes no value (it clamps to 0), got {self.value}")
             object.__setattr__(self, "value", None)
             object.__setattr__(self, "relative", False)
-        else:
-            if isinstance(self.value, bool) or not isinstance(self.value, int | float):
-                raise SteeringError(
-                    f"{self.mode} of feature {self.feature} needs a numeric value, "
-                    f"got {self.value!r}"
-                )
-            if not math.isfinite(self.value):
-                raise SteeringError(f"value of feature {self.feature} must be finite")
-            object.__setattr__(self, "value", float(self.value))
-        if self.mode == "multiply" and self.relative:
-            raise SteeringError("multiply takes a plain factor, not a multiple of the max (10x)")
+            return
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+            raise SteeringError(
+                f"{self.mode} of feature {self.feature} needs a numeric value, got {self.value!r}"
+            )
+        if not math.isfinite(self.value):
+            raise SteeringError(f"value of feature {self.feature} must be finite")
+        object.__setattr__(self, "value", float(self.value))
+
+    def _normalise_positions(self) -> None:
+        """A named range as it is; a list of token positions as a sorted tuple without repeats."""
         positions = self.positions
         if isinstance(positions, list | tuple):
             if not positions or not all(

@@ -39,7 +39,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     # As uvicorn does: a restarted server may bind while the old one's connections linger.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit it: without, each answer (headers and body written apart)
-    # waits ~40 ms for the client's delayed ACK (benchmarks/serve_load.py: p50 44 ms -> 1 ms).
+    # waits for the client's delayed ACK (benchmarks/serve_load.py; docs/LOG.md).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
