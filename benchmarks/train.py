@@ -64,8 +64,8 @@ from monoscope.train.config import TrainConfig  # noqa: E402
 from monoscope.train.idle import IdleMomentumReset  # noqa: E402
 from monoscope.train.memory import return_large_blocks_when_freed  # noqa: E402
 from monoscope.train.refit import refit_decoder  # noqa: E402
+from monoscope.train.start import start_from_sample  # noqa: E402
 from monoscope.train.step import apply_gradients  # noqa: E402
-from monoscope.train.trainer import start_from_sample  # noqa: E402
 
 D, BATCH, K = 576, 4096, 32
 N_FEATURES = 16 * D
@@ -109,25 +109,25 @@ class Trainer:
         data: list[torch.Tensor],
         n_features: int = N_FEATURES,
         compute_dtype: str = "float32",
-        adam_basis: str = "",
+        adam_basis: str | None = None,
         weight_average: bool = False,
     ) -> None:
         return_large_blocks_when_freed()  # as monoscope.train.run does
         k = K if arch in ("topk", "batchtopk") else None
         cfg = SAEConfig(arch=arch, d_in=D, n_features=n_features, k=k, compute_dtype=compute_dtype)
         self.sae = build_sae(cfg, seed=0)
-        defaults = TrainConfig(arch=arch, adam_basis=adam_basis)
+        defaults = TrainConfig(arch=arch, adam_basis=adam_basis).resolved()
         # Started as the trainer starts them: which latents fire, and so how the sparse
         # products walk memory, depends on it.
         start_from_sample(self.sae, defaults, data[0])
         self.rotation = None  # as the trainer: topk's default basis for Adam is the eigenbasis
-        if defaults.adam_basis_value() == "eigen":
+        if defaults.adam_basis == "eigen":
             self.rotation = Rotation.eigen(data[0])
             rotate_sae(self.sae, self.rotation.matrix())
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, fused=True)
         self.sae.step_memory = StepMemory()  # as the trainer's loop lends it (and the
         # loop below, like the trainer's, drops each step's gradients and batch)
-        reset = defaults.idle_momentum_value() == "reset"
+        reset = defaults.idle_momentum == "reset"
         self.reset_idle = IdleMomentumReset(self.sae, self.opt) if reset else None
         # --weight-average: one more copy of the parameters, updated after every step.
         self.average = WeightAverage(self.sae, 10.0) if weight_average else None
@@ -256,13 +256,13 @@ def refit_memory() -> tuple[float, float]:
     return int(grown_kb) / 1024, float(seconds)
 
 
-VARIANTS = {  # name: (architecture, compute dtype, Adam's basis ("" the trainer's default),
+VARIANTS = {  # name: (architecture, compute dtype, Adam's basis (None: the trainer's default),
     # --weight-average)
-    "topk": ("topk", "float32", "", False),
+    "topk": ("topk", "float32", None, False),
     "topk std": ("topk", "float32", "standard", False),
-    "relu": ("relu", "float32", "", False),
-    "topk bf16": ("topk", "bfloat16", "", False),
-    "topk avg": ("topk", "float32", "", True),
+    "relu": ("relu", "float32", None, False),
+    "topk bf16": ("topk", "bfloat16", None, False),
+    "topk avg": ("topk", "float32", None, True),
 }
 
 

@@ -66,12 +66,15 @@ def add_config_arguments(
     """Add one option per dataclass field; `rename` maps field -> flag for list fields
     (e.g. sites -> --site, repeatable); fields in `positional` become required positional
     arguments (e.g. the feature store of `monoscope explain DB`)."""
-    docs = field_docs(cls)
+    # argparse %-formats help text: a docstring's "5% of contexts" would break --help.
+    docs = {name: text.replace("%", "%%") for name, text in field_docs(cls).items()}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        # A config may say what a default stands for (TrainConfig: each architecture's value).
+        shown = getattr(cls, "default_help", lambda name: None)(f.name)
+        help_text = f"{docs.get(f.name, '')} (default: {default if shown is None else shown})"
         hint = _unwrap_optional(hints[f.name])
         if f.name in positional:
             parser.add_argument(f.name, help=docs.get(f.name, ""))
@@ -90,7 +93,14 @@ def add_config_arguments(
             )
         else:
             kind = parse_count if hint is int else float if hint is float else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
 
 
 def _unwrap_optional(hint):

@@ -39,8 +39,8 @@ class DemoConfig:
     """SAE architecture: relu, topk, batchtopk or jumprelu."""
     features: str = "16x"
     """Dictionary size: a count or a multiple of d_model."""
-    k: int = 0
-    """Active latents per token (topk, batchtopk); 0 means 32."""
+    k: int | None = None
+    """Active latents per token (topk, batchtopk; unset: 32)."""
     model_dtype: str = "float32"
     """Model compute dtype (bfloat16 is about twice as fast on recent CPUs)."""
     explain: bool = True
@@ -84,7 +84,8 @@ def run(cfg: DemoConfig) -> dict:
         f"      {store.n_tokens:,} tokens in {len(store.shards)} shard(s), "
         f"mean |x| {store.mean_norm():.1f}"
     )
-    sparsity = f", k={train_cfg.k_value()}" if cfg.arch in ("topk", "batchtopk") else ""
+    k = train_cfg.resolved().k
+    sparsity = f", k={k}" if k is not None else ""
     print(f"[2/5] train a {cfg.arch} SAE ({cfg.features} features{sparsity}) -> {sae_dir}")
     if (
         (sae_dir / "config.json").exists()

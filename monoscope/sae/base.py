@@ -23,6 +23,7 @@ from monoscope.sae.blocks import block_rows
 from monoscope.sae.checksums import write_checksums
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
+from monoscope.sae.normalization import denormalise_tokens, normalise_tokens
 from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
 
@@ -61,7 +62,21 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     """
 
     arch: ClassVar[str]
+    convention: ClassVar[str] = "f"
+    """How activations are reported (`SAEConfig.activation_convention`): "f", or
+    "f*||W_dec_i||" (ReLU, as Scaling Monosemanticity reports them)."""
+    subtracts_b_dec: ClassVar[bool] = False
+    """Whether b_dec is subtracted before encoding by default (Gao et al.'s TopK; not the April
+    2024 update's ReLU nor Gemma Scope's JumpReLU)."""
+    uses_k: ClassVar[bool] = False
+    """Whether the config's k (active latents per token) applies."""
     compute_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> None:
+        """ValueError for a config this architecture cannot hold beyond what SAEConfig checks
+        for every architecture (called by SAEConfig itself)."""
+
     """The `SAEConfig.compute_dtype` values this architecture's training step implements."""
     step_memory: StepMemory | None = None
     """Set by a training loop that drops each step's gradients before the next backward and
@@ -85,6 +100,8 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.zeros(n, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(d, d))
 
     # -- initialisation ------------------------------------------------------------------
     @abc.abstractmethod
@@ -145,14 +162,33 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         fit_dot = sample.new_zeros((), dtype=torch.float64)
         for rows in sample.split(rows_per_pass):
             x = self.normalise(rows) - self.b_dec
-            x_hat = self.forward(rows) * self.cfg.input_scale - self.b_dec
+            x_hat = self.decode(self.encode(rows)) * self.cfg.input_scale - self.b_dec
             target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
             fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
         return float(target_dot / fit_dot) if fit_dot > 0 else 1.0
 
+    def prepare_rows(self, x: Tensor) -> Tensor:
+        """Raw activations [..., d_in] in the parameters' dtype, each row mapped by the
+        config's per-token `input_norm` (normalization.py; none by default), not yet scaled
+        by input_scale: what every encoder path reads."""
+        x = x.to(self.W_enc.dtype)
+        return x if self.cfg.input_norm == "none" else normalise_tokens(x, self.cfg.input_norm)
+
     def normalise(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] -> the normalised space the parameters live in."""
-        return x.to(self.W_enc.dtype) * self.cfg.input_scale
+        return self.prepare_rows(x) * self.cfg.input_scale
+
+    def finish_reconstruction(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        """`decode`'s reconstruction x_hat [..., d_in] of raw rows x [..., d_in] -> the whole
+        reconstruction in raw units, with the terms that depend on the rows themselves and
+        that decode cannot know: a per-token `input_norm` undone by the rows' own statistics,
+        then a `skip_connection`'s x W_skip^T. x_hat itself for an SAE with neither."""
+        cfg = self.cfg
+        if cfg.input_norm != "none":
+            x_hat = denormalise_tokens(x_hat, x.to(x_hat.dtype), cfg.input_norm)
+        if cfg.skip_connection:
+            x_hat = x_hat + x.to(self.W_skip.dtype) @ self.W_skip.T
+        return x_hat
 
     def encoder_input(self, x_norm: Tensor) -> Tensor:
         """What the encoder matmul reads: x (normalised), minus b_dec where the config says so."""
@@ -168,12 +204,14 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         convention."""
 
     def decode(self, f: Tensor) -> Tensor:
-        """Feature activations [..., n_features] (reporting convention) -> raw x_hat [..., d_in]."""
+        """Feature activations [..., n_features] (reporting convention) -> raw x_hat [..., d_in]
+        (without the terms that depend on the rows themselves, a per-token `input_norm` or a
+        skip connection: `finish_reconstruction` adds them; `forward` does both)."""
         return (f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec) / self.cfg.input_scale
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction of raw x [..., d_in], in raw units."""
-        return self.decode(self.encode(x))
+        return self.finish_reconstruction(self.decode(self.encode(x)), x)
 
     def decoder_codes(self, x: Tensor) -> Tensor:
         """Raw x [..., d_in] -> the codes z [..., n_features] the decoder's rows multiply:

@@ -6,9 +6,8 @@ Inference cannot depend on the batch: it uses a threshold, f = pre * (pre > θ).
 estimates θ as the mean over training batches of the smallest kept activation; here θ is the
 smallest activation the batch rule keeps over a sample of training rows with the final weights
 (`calibrate_threshold`, called by the trainer when training ends): the same cut, without the
-cuts of earlier weights mixed in. A running mean over the 46 steps of the quality benchmark
-gave a threshold that kept 96 latents per token instead of 32 (docs/LOG.md). θ is kept in
-cfg.batchtopk_threshold, so that saved SAEs carry it.
+cuts of earlier weights mixed in (a running mean over a short run kept far more than k latents
+per token: docs/LOG.md). θ is kept in cfg.batchtopk_threshold, so that saved SAEs carry it.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ from monoscope.sae.sparse import (
     sampled_affine,
     top_groups,
 )
-from monoscope.sae.topk import RowsPre, TopKFamilySAE
+from monoscope.sae.topk import AUXK_COEFFICIENT, RowsPre, TopKFamilySAE
+from monoscope.sae.training import DEFAULT_K, TrainingDefaults
 
 CANDIDATES_PER_K = 2
 """Each row offers its top CANDIDATES_PER_K * k pre-activations to the batch-wide selection;
@@ -33,6 +33,19 @@ the demo workload (4: candidates cost more; 1: too many rows recomputed)."""
 
 class BatchTopKSAE(TopKFamilySAE):
     arch = "batchtopk"
+    # As topk, at its own lr and decoder multiple; the eigenbasis and the idle-momentum reset
+    # measured no gain for it (docs/LOG.md).
+    training_defaults = TrainingDefaults(
+        lr=2.5e-3,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.8,
+        lr_warmup_fraction=0.1,
+        b_dec_init="median",
+        decoder_lr_multiple=5.0,
+        decoder_init_power=0.125,
+        b_enc_init_share=0.25,
+        k=DEFAULT_K,
+    )
 
     def candidates_per_row(self) -> int:
         return min(self.cfg.n_features, CANDIDATES_PER_K * self.cfg.k)

@@ -1,20 +1,12 @@
-"""One class per architecture; `build_sae` makes a freshly initialised SAE from a config."""
+"""`build_sae` makes a freshly initialised SAE from a config; `empty_sae` one to load into."""
 
 from __future__ import annotations
 
 import torch
 
 from monoscope.sae.base import SparseAutoencoder
-from monoscope.sae.batchtopk import BatchTopKSAE
 from monoscope.sae.config import SAEConfig
-from monoscope.sae.identity import NeuronDictionary
-from monoscope.sae.jumprelu import JumpReLUSAE
-from monoscope.sae.relu import ReluSAE
-from monoscope.sae.topk import TopKSAE
-
-SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.arch: cls for cls in (ReluSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, NeuronDictionary)
-}
+from monoscope.sae.registry import SAE_CLASSES
 
 
 def empty_sae(cfg: SAEConfig) -> SparseAutoencoder:

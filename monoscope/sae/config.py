@@ -14,32 +14,10 @@ from typing import Any
 SAE_FORMAT = "monoscope.sae"
 SAE_FORMAT_VERSION = 1
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
-FIXED_DICTIONARIES = ("neurons",)
-"""Dictionaries that are not trained, only read like an SAE: 'neurons' is a layer's MLP neurons
-(monoscope/sae/identity.py)."""
-
-# "f*||W_dec_i||": features are reported as f_i times the decoder row norm, as Scaling
-# Monosemanticity reports them; the other architectures report f itself.
-DEFAULT_CONVENTION = {
-    "relu": "f*||W_dec_i||",
-    "topk": "f",
-    "batchtopk": "f",
-    "jumprelu": "f",
-    "neurons": "f",
-}
+INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
+"""Per-token input normalisations (`SAEConfig.input_norm`; monoscope/sae/normalization.py)."""
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
-
-# Gao et al. 2024 subtract b_dec before encoding; the April 2024 update (relu) and Gemma Scope
-# (jumprelu) do not.
-DEFAULT_SUBTRACT_B_DEC = {
-    "relu": False,
-    "topk": True,
-    "batchtopk": True,
-    "jumprelu": False,
-    "neurons": False,
-}
 
 
 @dataclass
@@ -78,9 +56,25 @@ class SAEConfig:
     gradients and Adam stay float32; the dense products run in bfloat16)."""
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form summary written by the trainer (tokens, steps, final metrics) or the importer."""
+    input_norm: str = "none"
+    """Per-token normalisation of each raw row before `input_scale` (SAELens'
+    normalize_activations): 'none', 'constant_norm_rescale' (x sqrt(d_in) / ||x||) or
+    'layer_norm' ((x - mean) / (std + 1e-5)); the SAE's forward maps its reconstruction back
+    with the row's own statistics (normalization.py)."""
+    skip_connection: bool = False
+    """A linear skip term W_skip [d_in, d_in] on the raw rows, in raw units: the reconstruction
+    gains x W_skip^T (sparsify's skip_connection, SAELens' skip transcoders)."""
+    transcoder: bool = False
+    """The SAE reads `site` and predicts the activations at `output_site` (a transcoder), instead
+    of reconstructing the site it reads."""
+    output_site: str | None = None
+    """Where a transcoder's output belongs, e.g. blocks.3.hook_mlp_out; None for an SAE."""
 
     def __post_init__(self) -> None:
-        if self.arch not in (*ARCHITECTURES, *FIXED_DICTIONARIES):
+        from monoscope.sae.registry import ARCHITECTURES, SAE_CLASSES  # the classes import this
+
+        cls = SAE_CLASSES.get(self.arch)
+        if cls is None:
             raise ValueError(
                 f"unknown SAE architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
             )
@@ -88,7 +82,7 @@ class SAEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.arch in ("topk", "batchtopk"):
+        if cls.uses_k:
             if self.k is None:
                 raise ValueError(f"{self.arch} needs k, the number of active latents per token")
             if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
@@ -98,7 +92,10 @@ class SAEConfig:
                     f"--k {self.k} is larger than the number of features {self.n_features}"
                 )
         elif self.k is not None:
-            raise ValueError(f"k is for topk and batchtopk only; leave it unset for {self.arch}")
+            raise ValueError(
+                f"k is for topk and batchtopk only (and groupmax imports); leave it unset for "
+                f"{self.arch}"
+            )
         _positive("input_scale", self.input_scale)
         _positive("jumprelu_bandwidth", self.jumprelu_bandwidth)
         _positive("jumprelu_init_threshold", self.jumprelu_init_threshold)
@@ -108,7 +105,7 @@ class SAEConfig:
             raise ValueError(
                 f"batchtopk_threshold must be a finite number >= 0, got {self.batchtopk_threshold}"
             )
-        expected = DEFAULT_CONVENTION[self.arch]
+        expected = cls.convention
         if self.activation_convention is None:
             self.activation_convention = expected
         elif self.activation_convention != expected:
@@ -121,8 +118,13 @@ class SAEConfig:
                 f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
                 f"got {self.compute_dtype!r}"
             )
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}"
+            )
         if self.subtract_b_dec_in_encoder is None:
-            self.subtract_b_dec_in_encoder = DEFAULT_SUBTRACT_B_DEC[self.arch]
+            self.subtract_b_dec_in_encoder = cls.subtracts_b_dec
+        cls.check_config(self)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": SAE_FORMAT, "version": SAE_FORMAT_VERSION, **asdict(self)}

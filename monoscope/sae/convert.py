@@ -1,4 +1,4 @@
-"""`convert`: rewrite an SAE folder (monoscope, SAELens or sparsify) as monoscope or SAELens."""
+"""`convert`: rewrite an SAE folder (monoscope, SAELens or sparsify) as any of the three."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from monoscope.sae.checksums import CHECKSUMS_FILE
 from monoscope.sae.files import FORMAT_FILES
 from monoscope.sae.io import load_sae
 from monoscope.sae.saelens import export_saelens
+from monoscope.sae.sparsify import export_sparsify
 
-TARGETS = ("monoscope", "saelens")
+TARGETS = ("monoscope", "saelens", "sparsify")
 
 
 def convert(
@@ -46,6 +47,8 @@ def convert(
             (out / name).unlink(missing_ok=True)
     if to == "monoscope":
         sae.save(out)
-    else:
+    elif to == "saelens":
         export_saelens(sae, out)
+    else:
+        export_sparsify(sae, out)
     return out

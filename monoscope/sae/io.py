@@ -14,13 +14,15 @@ from monoscope.sae.files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     SAEFormatError,
+    describe_held,
     expected_files,
     formats_in,
     read_config,
     read_tensors,
+    sae_folders_in,
 )
-from monoscope.sae.saelens import load_saelens
-from monoscope.sae.sparsify import load_sparsify
+from monoscope.sae.saelens import describe_release, load_saelens
+from monoscope.sae.sparsify import describe_checkpoint, load_sparsify
 
 
 def detect_format(folder: str | Path) -> str:
@@ -33,9 +35,14 @@ def detect_format(folder: str | Path) -> str:
         return found[0]
     if found:
         raise SAEFormatError(f"{folder} holds SAE files of several formats {found}: keep one")
-    nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and formats_in(p))
-    hint = f"; its subfolders {nested} do: pass one of them" if nested else ""
-    raise SAEFormatError(f"{folder} holds no SAE: expected {expected_files()}{hint}")
+    for kind, describe in (("checkpoint", describe_checkpoint), ("release", describe_release)):
+        held = describe(folder)
+        if held:
+            raise SAEFormatError(f"{folder} is a {kind} folder: it {held}: pass one of them")
+    nested = sae_folders_in(folder)
+    if nested:
+        raise SAEFormatError(f"{folder} holds {describe_held(nested)}: pass one of them")
+    raise SAEFormatError(f"{folder} holds no SAE: expected {expected_files()}")
 
 
 def load_monoscope(folder: str | Path, verify: bool | None = None) -> SparseAutoencoder:

@@ -20,6 +20,12 @@ from torch import Tensor, nn
 
 from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.config import SAEConfig
+from monoscope.sae.training import (
+    L0_SAMPLE_ROWS,
+    SPARSITY_PENALTY,
+    SampleStart,
+    TrainingDefaults,
+)
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -70,6 +76,12 @@ def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
 
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
+    sparsity = SPARSITY_PENALTY
+    start_settings = ("target_l0",)
+    # Gemma Scope: zero biases; λ of the L0 penalty, in units of the summed MSE.
+    training_defaults = TrainingDefaults(
+        lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
+    )
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -86,6 +98,12 @@ class JumpReLUSAE(SparseAutoencoder):
         # every threshold at jumprelu_init_threshold.
         self.init_tied(generator)
         self.log_threshold.fill_(math.log(self.cfg.jumprelu_init_threshold))
+
+    @torch.no_grad()
+    def start_from_sample(self, sample: Tensor, start: SampleStart) -> None:
+        """With a --target-l0, start at that L0 on raw training rows [n, d_in]."""
+        if start.target_l0:
+            self.start_at_l0(sample[:L0_SAMPLE_ROWS], start.target_l0)
 
     @torch.no_grad()
     def start_at_l0(self, sample: Tensor, l0: float, columns_per_pass: int = 1024) -> None:

@@ -12,6 +12,7 @@ as f_i ||W_dec_i|| (as Scaling Monosemanticity reports them), which has the same
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,12 @@ from torch import Tensor
 
 from monoscope.sae.base import SparseAutoencoder, TrainStep, total_variance
 from monoscope.sae.config import SAEConfig
+from monoscope.sae.training import (
+    L0_SAMPLE_ROWS,
+    SPARSITY_PENALTY,
+    SampleStart,
+    TrainingDefaults,
+)
 
 # April 2024 update: decoder rows start as random directions of a fixed norm, "0.05 to 1"
 # working well; we take 0.1.
@@ -27,7 +34,15 @@ INIT_DECODER_NORM = 0.1
 
 class ReluSAE(SparseAutoencoder):
     arch = "relu"
+    convention = "f*||W_dec_i||"
     compute_dtypes = ("float32", "bfloat16")
+    sparsity = SPARSITY_PENALTY
+    start_settings = ("target_l0",)
+    # The April 2024 update as reimplemented (a secondary source): λ = 5 in the convention
+    # E‖x‖² ≈ d, Adam β1 0.9, no lr warm-up, zero biases.
+    training_defaults = TrainingDefaults(
+        lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
+    )
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -46,11 +61,17 @@ class ReluSAE(SparseAutoencoder):
         self.init_tied(generator, decoder_norm=INIT_DECODER_NORM)
 
     @torch.no_grad()
+    def start_from_sample(self, sample: Tensor, start: SampleStart) -> None:
+        """With a --target-l0, start at that L0 on raw training rows [n, d_in]."""
+        if start.target_l0:
+            self.start_at_l0(sample[:L0_SAMPLE_ROWS], start.target_l0)
+
+    @torch.no_grad()
     def start_at_l0(self, sample: Tensor, l0: float, columns_per_pass: int = 1024) -> None:
         """Lower b_enc so that each latent fires on about l0 / n_features of the raw `sample`
         [n, d_in]: the run starts at the mean L0 it targets rather than at about half the
         latents, which the L1 penalty would otherwise silence in the first steps, leaving most
-        of them dead for good in a short run (docs/LOG.md, 2026-11-26)."""
+        of them dead for good in a short run (docs/LOG.md)."""
         if sample.shape[0] < 2:
             return
         self.b_enc -= self.firing_cuts(sample, l0, columns_per_pass)  # each cut becomes 0
@@ -113,9 +134,8 @@ class ReluSAE(SparseAutoencoder):
 
 _ROW_BLOCK = 384
 """Rows of the batch per block of `_ReluStep`: its [block, n_features] buffers are the step's
-only tensors of that width (13.5 + 3.4 MiB at 9,216 latents in float32). 384 rows run as fast
-as 512 here and keep a 16 x 576 run's peak under 1.5x weights + Adam + batch
-(benchmarks/train.py)."""
+only tensors of that width (13.5 + 3.4 MiB at 9,216 latents in float32): as fast as larger
+blocks, and a lower peak (benchmarks/train.py, docs/LOG.md)."""
 
 
 class _ReluStep(torch.autograd.Function):
@@ -154,19 +174,13 @@ class _ReluStep(torch.autograd.Function):
     ) -> tuple[Tensor, ...]:
         rows, dtype = x.shape[0], block.dtype
         need = [want_grads and n for n in ctx.needs_input_grad[:6]]
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_shift = need
+        grads = _Gradients.allocate(need, x, W_enc, b_enc, W_dec, b_dec)
         W_enc_c, W_dec_c, b_enc_c = W_enc.to(dtype), W_dec.to(dtype), b_enc.to(dtype)
         b_dec_c = b_dec.to(dtype)
         norms = torch.linalg.vector_norm(W_dec, dim=-1)
         c = -2.0 / rows  # d loss / d x_hat = c * e
         a = coefficient / rows  # d loss / d f_bi (L1) = a * norms_i
         d_f_bias = (norms * a).to(dtype)
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_W_enc = torch.zeros_like(W_enc) if need_W_enc else None
-        grad_W_dec = torch.zeros_like(W_dec) if need_W_dec else None
-        grad_b_dec = torch.zeros_like(b_dec) if need_b_dec else None
-        # Σ over rows of d loss / d pre: b_enc's gradient, and shift's through W_enc.
-        pre_sums = torch.zeros_like(b_enc) if (need_b_enc or need_shift) else None
         column_sums = torch.zeros_like(b_enc)
         sse = x.new_zeros(())
         active = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -190,29 +204,16 @@ class _ReluStep(torch.autograd.Function):
                 e.sub_(torch.addmm(b_dec_c, f, W_dec_c))
             flat = e.view(-1)
             sse += torch.dot(flat, flat)
-            if not any(need):
-                continue
-            e_c = e.to(dtype)
-            if grad_W_dec is not None:  # reconstruction part: c f^T e
-                _add_product(grad_W_dec, f.t(), e if dtype == grad_W_dec.dtype else e_c, c)
-            if grad_b_dec is not None:
-                grad_b_dec.add_(e.sum(0), alpha=c)
-            # f becomes d loss / d pre: d loss / d f written over it, through ReLU's mask.
-            _product_into(f, d_f_bias, e_c, W_dec_c.t(), alpha=c, where_positive=mask)
-            if pre_sums is not None:
-                pre_sums += f.sum(0, dtype=pre_sums.dtype)
-            if grad_W_enc is not None:  # pre reads x_in: x_in^T d_pre
-                _add_product(grad_W_enc, x_in_c.t(), f, in_scale)
-            if grad_x is not None:
-                g = torch.mm(f, W_enc_c.t()).to(x.dtype).mul_(scale)
-                grad_x[start : start + x_b.shape[0]] = g.add_(e, alpha=-c * scale)
+            if grads.wanted():
+                block_rows = slice(start, start + x_b.shape[0])
+                grads.add_block(
+                    block_rows, f, e, x_in_c, in_scale, (W_enc_c, W_dec_c), d_f_bias, mask, c, scale
+                )
         l1 = torch.dot(column_sums, norms) / rows
-        if grad_W_dec is not None:  # L1 part: a colsum_i W_dec_i / ||W_dec_i||
+        if grads.W_dec is not None:  # L1 part: a colsum_i W_dec_i / ||W_dec_i||
             tiny = torch.finfo(norms.dtype).tiny
-            grad_W_dec.addcmul_(W_dec, (a * column_sums / norms.clamp_min(tiny)).unsqueeze(1))
-        grad_shift = -(W_enc @ pre_sums) if need_shift else None
-        grad_b_enc = pre_sums if need_b_enc else None
-        ctx.grads = (grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_shift)
+            grads.W_dec.addcmul_(W_dec, (a * column_sums / norms.clamp_min(tiny)).unsqueeze(1))
+        ctx.grads = grads.handed_over(W_enc, need)
         ctx.mark_non_differentiable(sse, l1, active, column_sums)
         return sse / rows + coefficient * l1, sse, l1, active, column_sums
 
@@ -228,6 +229,75 @@ class _ReluStep(torch.autograd.Function):
         if g != 1.0:
             grads = tuple(None if t is None else t.mul_(g) for t in grads)
         return (*grads, None, None, None, None, None)
+
+
+@dataclass
+class _Gradients:
+    """`_ReluStep`'s gradient accumulators, each None where not wanted."""
+
+    x: Tensor | None
+    W_enc: Tensor | None
+    W_dec: Tensor | None
+    b_dec: Tensor | None
+    pre_sums: Tensor | None
+    """Σ over rows of d loss / d pre: b_enc's gradient, and shift's through W_enc."""
+
+    @classmethod
+    def allocate(
+        cls, need: list[bool], x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor
+    ) -> _Gradients:
+        """Zeroed accumulators for the inputs `need` marks (x, W_enc, b_enc, W_dec, b_dec,
+        shift)."""
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_shift = need
+        return cls(
+            x=torch.empty_like(x) if need_x else None,
+            W_enc=torch.zeros_like(W_enc) if need_W_enc else None,
+            W_dec=torch.zeros_like(W_dec) if need_W_dec else None,
+            b_dec=torch.zeros_like(b_dec) if need_b_dec else None,
+            pre_sums=torch.zeros_like(b_enc) if (need_b_enc or need_shift) else None,
+        )
+
+    def wanted(self) -> bool:
+        grads = (self.x, self.W_enc, self.W_dec, self.b_dec, self.pre_sums)
+        return any(t is not None for t in grads)
+
+    def add_block(
+        self,
+        rows: slice,
+        f: Tensor,
+        e: Tensor,
+        x_in_c: Tensor,
+        in_scale: float,
+        weights_c: tuple[Tensor, Tensor],
+        d_f_bias: Tensor,
+        mask: Tensor,
+        c: float,
+        scale: float,
+    ) -> None:
+        """Add the share of the batch's `rows`, from their codes f [block, F] (overwritten
+        with d loss / d pre), residual e [block, d_in], encoder input x_in_c and the weights
+        (W_enc, W_dec) in f's dtype."""
+        W_enc_c, W_dec_c = weights_c
+        e_c = e.to(f.dtype)
+        if self.W_dec is not None:  # reconstruction part: c f^T e
+            _add_product(self.W_dec, f.t(), e if f.dtype == self.W_dec.dtype else e_c, c)
+        if self.b_dec is not None:
+            self.b_dec.add_(e.sum(0), alpha=c)
+        # f becomes d loss / d pre: d loss / d f written over it, through ReLU's mask.
+        _product_into(f, d_f_bias, e_c, W_dec_c.t(), alpha=c, where_positive=mask)
+        if self.pre_sums is not None:
+            self.pre_sums += f.sum(0, dtype=self.pre_sums.dtype)
+        if self.W_enc is not None:  # pre reads x_in: x_in^T d_pre
+            _add_product(self.W_enc, x_in_c.t(), f, in_scale)
+        if self.x is not None:
+            g = torch.mm(f, W_enc_c.t()).to(e.dtype).mul_(scale)
+            self.x[rows] = g.add_(e, alpha=-c * scale)
+
+    def handed_over(self, W_enc: Tensor, need: list[bool]) -> tuple[Tensor | None, ...]:
+        """The gradients of (x, W_enc, b_enc, W_dec, b_dec, shift)."""
+        grad_shift = -(W_enc @ self.pre_sums) if need[5] else None
+        grad_b_enc = self.pre_sums if need[2] else None
+        return (self.x, self.W_enc, grad_b_enc, self.W_dec, self.b_dec, grad_shift)
 
 
 _PRODUCT_BLOCK = 1152

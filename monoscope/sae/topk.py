@@ -42,6 +42,7 @@ from monoscope.sae.sparse import (
     topk_blocks,
     topk_rows,
 )
+from monoscope.sae.training import DEFAULT_K, SPARSITY_K, SampleStart, TrainingDefaults
 
 GRADIENT_SLOT = "weight gradient"
 """The `StepMemory` slot W_dec's gradient and then W_enc's (deferred) lie in."""
@@ -73,13 +74,19 @@ class TopKFamilySAE(SparseAutoencoder):
     step's values, loss and gradients are float32 for that choice.
     """
 
+    subtracts_b_dec = True
+    uses_k = True
+
     compute_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
+    sparsity: ClassVar[str] = SPARSITY_K
+    start_settings: ClassVar[tuple[str, ...]] = ("decoder_init_power", "b_enc_init_share")
+    training_defaults: ClassVar[TrainingDefaults]
 
     chunk_rows: ClassVar[int] = 256
     """Rows of pre-activations computed at a time while selecting. Their per-block temporaries
     (the encoder's input rows, each row's candidates) then stay under the trainer's mmap
     threshold (see blocks.py), rather than being mapped and faulted in afresh each time, and
-    at 16 x 576 latents one column part holds the whole width (docs/LOG.md, 2026-11-26)."""
+    at 16 x 576 latents one column part holds the whole width (docs/LOG.md)."""
     column_block: ClassVar[int] = 1152
     """Columns per matmul call (cache-sized blocks: faster than one call per block of rows)."""
 
@@ -91,13 +98,23 @@ class TopKFamilySAE(SparseAutoencoder):
         self.init_tied(generator)
 
     @torch.no_grad()
+    def start_from_sample(self, sample: Tensor, start: SampleStart) -> None:
+        """Decoder directions shaped by the data, the encoder's scale fitted, b_enc below the
+        firing cuts, from raw training rows [n, d_in] (b_dec already set: the fits are about
+        x - b_dec)."""
+        if start.decoder_init_power > 0:
+            self.shape_decoder_directions(sample, start.decoder_init_power)
+        self.init_encoder_scale(sample)
+        self.start_below_firing_cuts(sample, start.b_enc_init_share)
+
+    @torch.no_grad()
     def shape_decoder_directions(self, sample: Tensor, power: float) -> None:
         """Map the decoder rows (random directions, as initialised) through Σ^power, Σ the
         covariance of the raw `sample` [n, d_in] in the normalised space, and renormalise them;
         the encoder becomes their transpose. The rows are then directions of N(0, Σ^power)
         draws: a small power leans them toward where the (anisotropic) residual stream varies,
-        without the near-duplicates that decoder rows taken from data rows give (docs/LOG.md,
-        2026-11-26: at 1/8, FVU 0.166 -> 0.161 after 46 steps, as many dead latents)."""
+        without the near-duplicates that decoder rows taken from data rows give (a lower FVU
+        in short runs at 1/8: docs/LOG.md)."""
         eigenvalues, eigenvectors = covariance_eigh(self.normalise(sample))
         root = (eigenvectors * eigenvalues.clamp_min(0) ** power) @ eigenvectors.T
         rows = self.W_dec @ root.to(self.W_dec.dtype)  # root is symmetric
@@ -113,12 +130,9 @@ class TopKFamilySAE(SparseAutoencoder):
         With b_enc = 0 (as initialised) the choice of latents does not depend on the encoder's
         scale, so the factor is <x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² (normalised space).
         The transposed decoder alone overshoots: the latents a token picks are those most
-        aligned with it, hence with one another (0.67 on SmolLM2's layer 15; sparsify's
-        default initialisation amounts to about 0.58). Gao et al. 2024 (§A.1) scale the
-        encoder so that reconstructions match the inputs in norm, which ignores the angle
-        between them (1.16 here; they saw no or a weakly negative effect in long runs); the
-        least-squares scale lowers the FVU one epoch of 200k tokens ends at (docs/LOG.md,
-        2026-11-25).
+        aligned with it, hence with one another. Gao et al. 2024 (§A.1) scale the encoder so
+        that reconstructions match the inputs in norm, which ignores the angle between them;
+        the least-squares scale fits both (docs/LOG.md).
         """
         factor = self.least_squares_scale(sample, rows_per_pass)
         if factor > 0:  # a non-positive fit (no signal at all) leaves the encoder as it is
@@ -134,9 +148,7 @@ class TopKFamilySAE(SparseAutoencoder):
 
         A latent whose pre-activations run high on every token (one aligned with a common
         direction) starts with a lower bias than one that fires on a narrow set, so the first
-        batches spread over more latents: on the quality workload a quarter of the cut halves
-        the latents dead after one epoch (3.7% -> 1.8%) and lowers the held-out FVU by about the
-        seeds' spread (0.1526 -> 0.1513; docs/LOG.md, ninth session)."""
+        batches spread over more latents: fewer dead latents (docs/LOG.md)."""
         if sample.shape[0] < 2 or share == 0:
             return 1.0
         self.b_enc -= share * self.firing_cuts(sample[:_CUT_SAMPLE], self.cfg.k)
@@ -195,22 +207,7 @@ class TopKFamilySAE(SparseAutoencoder):
         fvu = sse / total_variance(x, scale)
         aux = fvu.new_zeros(())
         if sel.aux_pattern is not None:
-            # AuxK's W_dec gradient gets memory of its own (autograd adds it to the above);
-            # its W_enc terms join the deferred ones.
-            aux_values = torch.relu(
-                sampled_affine(
-                    x,
-                    self.W_enc,
-                    self.b_enc,
-                    sel.aux_pattern,
-                    sel.aux_pre,
-                    shift,
-                    scale,
-                    defer=defer,
-                )
-            )
-            aux_sse, _ = sparse_error(aux_values, self.W_dec, sel.aux_pattern, residual)
-            aux = aux_sse / total_variance(residual)
+            aux = self._aux_loss(x, sel, shift, defer, residual)
         del residual
         active = values.detach() > 0
         # Counted with index_add_ rather than boolean indexing: no host sync on a GPU.
@@ -226,6 +223,30 @@ class TopKFamilySAE(SparseAutoencoder):
             deferred=() if defer is None else ((self.W_enc, defer),),
         )
 
+    def _aux_loss(
+        self,
+        x: Tensor,
+        sel: Selection,
+        shift: Tensor | None,
+        defer: DeferredGradient | None,
+        residual: Tensor,
+    ) -> Tensor:
+        """AuxK: how well the selected dead latents reconstruct the `residual` [batch, d_in]
+        of raw x, in its normalised MSE. Their W_dec gradient gets memory of its own
+        (autograd adds it to the main one); their W_enc terms join the deferred ones."""
+        pre = sampled_affine(
+            x,
+            self.W_enc,
+            self.b_enc,
+            sel.aux_pattern,
+            sel.aux_pre,
+            shift,
+            self.cfg.input_scale,
+            defer=defer,
+        )
+        aux_sse, _ = sparse_error(torch.relu(pre), self.W_dec, sel.aux_pattern, residual)
+        return aux_sse / total_variance(residual)
+
     @torch.no_grad()
     def select_latents(
         self, x: Tensor, dead_mask: Tensor | None = None, workspace: Tensor | None = None
@@ -237,25 +258,7 @@ class TopKFamilySAE(SparseAutoencoder):
         elements, holds the blocks (allocated here if not given)."""
         if workspace is None:
             workspace = x.new_empty(self._workspace_size(x.shape[0]))
-        n = self.cfg.n_features
-        k_aux, dead_parts = 0, []
-        if dead_mask is not None:
-            dead = dead_mask.to(x.device).nonzero().flatten()
-            k_aux = min(self.cfg.d_in // 2, dead.numel())
-            if k_aux:
-                # The dead latents of each column part, as columns of that part.
-                parts, _, w = self._chunk_shape(x.shape[0])
-                width = n // parts
-                dead_parts = [
-                    dead[(dead >= p * width) & (dead < p * width + width)] - p * width
-                    for p in range(parts)
-                ]
-
-        def rows_pre(rows: Tensor) -> Tensor:
-            dtype = self._selection_dtype()
-            x_in = self.encoder_input(self.normalise(x[rows])).to(dtype)
-            return torch.addmm(self.b_enc.to(dtype), x_in, self.W_enc.to(dtype))
-
+        k_aux, dead_parts = self._dead_parts(dead_mask, x)
         parts = self._chunk_shape(x.shape[0])[0]
         m = self.candidates_per_row()
         # Every row's candidates, written a block of rows at a time: allocated before the
@@ -268,19 +271,10 @@ class TopKFamilySAE(SparseAutoencoder):
             offset = part * pre.shape[0] * pre.shape[2]  # first latent of the part
             # Merged part by part: two parts' candidates at most are held at a time.
             groups = [merge_groups([*groups, self.candidates(pre, offset)], m)]
-            if k_aux:
-                # AuxK: the top k_aux pre-activations among the dead latents.
-                columns = dead_parts[part]
-                if columns.numel() == pre.shape[0] * pre.shape[2]:
-                    v, i = topk_blocks(pre, k_aux)
-                    aux_v.append(v)
-                    aux_i.append(i + offset)
-                elif columns.numel():
-                    w = pre.shape[2]
-                    dead_pre = pre[columns // w, :, columns % w].t().contiguous()
-                    v, i = topk_rows(dead_pre, min(k_aux, columns.numel()))
-                    aux_v.append(v)
-                    aux_i.append(columns[i] + offset)
+            if k_aux and dead_parts[part].numel():
+                v, i = _top_dead(pre, dead_parts[part], k_aux)
+                aux_v.append(v)
+                aux_i.append(i + offset)
             if part == parts - 1:  # the block of rows is complete
                 v, i = groups[0].finish(m)
                 values[start : start + v.shape[0]] = v
@@ -290,11 +284,44 @@ class TopKFamilySAE(SparseAutoencoder):
                     aux_values.append(v)
                     aux_indices.append(i)
                 groups, aux_v, aux_i = [], [], []
+        return self._selection(x, values, indices, aux_values, aux_indices)
+
+    def _dead_parts(self, dead_mask: Tensor | None, x: Tensor) -> tuple[int, list[Tensor]]:
+        """(k_aux, the dead latents of each column part as columns of that part) for the
+        batch x: k_aux is d_in / 2, at most the number of dead latents (0: no AuxK)."""
+        if dead_mask is None:
+            return 0, []
+        dead = dead_mask.to(x.device).nonzero().flatten()
+        k_aux = min(self.cfg.d_in // 2, dead.numel())
+        if not k_aux:
+            return 0, []
+        parts = self._chunk_shape(x.shape[0])[0]
+        width = self.cfg.n_features // parts
+        return k_aux, [
+            dead[(dead >= p * width) & (dead < p * width + width)] - p * width for p in range(parts)
+        ]
+
+    def _selection(
+        self,
+        x: Tensor,
+        values: Tensor,
+        indices: Tensor,
+        aux_values: list[Tensor],
+        aux_indices: list[Tensor],
+    ) -> Selection:
+        """The batch's kept latents chosen among every row's candidates [batch, m], and
+        AuxK's (given a block of rows at a time)."""
+
+        def rows_pre(rows: Tensor) -> Tensor:
+            dtype = self._selection_dtype()
+            x_in = self.encoder_input(self.normalise(x[rows])).to(dtype)
+            return torch.addmm(self.b_enc.to(dtype), x_in, self.W_enc.to(dtype))
+
         pattern, pre_values = self.choose(values, indices, rows_pre)
         aux_pattern = aux_pre = None
         if aux_values:
             aux_pattern, aux_pre = Pattern.from_rows(
-                torch.cat(aux_indices), torch.cat(aux_values), n
+                torch.cat(aux_indices), torch.cat(aux_values), self.cfg.n_features
             )
         if self._selection_dtype() != self.W_enc.dtype:
             # Chosen in a lower precision: sampled_affine recomputes the kept entries.
@@ -365,6 +392,18 @@ class TopKFamilySAE(SparseAutoencoder):
             w.div_(torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+def _top_dead(pre: Tensor, columns: Tensor, k_aux: int) -> tuple[Tensor, Tensor]:
+    """AuxK's candidates in a column part: each row's top k_aux pre-activations among the
+    dead `columns` [c >= 1] of the part, from its column blocks `pre` [nb, rows, w], with
+    their columns in the part."""
+    if columns.numel() == pre.shape[0] * pre.shape[2]:
+        return topk_blocks(pre, k_aux)
+    w = pre.shape[2]
+    dead_pre = pre[columns // w, :, columns % w].t().contiguous()
+    v, i = topk_rows(dead_pre, min(k_aux, columns.numel()))
+    return v, columns[i]
+
+
 def _merge(
     values: list[Tensor], indices: list[Tensor], values_per_row: int
 ) -> tuple[Tensor, Tensor]:
@@ -377,6 +416,22 @@ def _merge(
 
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
+    # Gao et al.: AuxK 1/32, b_dec at the geometric median. The rest (lr and its warm-up,
+    # β1, the decoder's lr multiple and start, the eigenbasis, the idle-momentum reset, the
+    # b_enc start) chosen by the quality benchmark (docs/LOG.md).
+    training_defaults = TrainingDefaults(
+        lr=4e-3,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.8,
+        lr_warmup_fraction=0.1,
+        b_dec_init="median",
+        decoder_lr_multiple=4.0,
+        decoder_init_power=0.125,
+        adam_basis="eigen",
+        idle_momentum="reset",
+        b_enc_init_share=0.25,
+        k=DEFAULT_K,
+    )
 
     def candidates_per_row(self) -> int:
         return self.cfg.k
@@ -402,6 +457,12 @@ class TopKSAE(TopKFamilySAE):
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         # The selection's values, or (chosen in bfloat16) the kept entries computed exactly.
         pre = sampled_affine(
-            x, self.W_enc, self.b_enc, sel.pattern, sel.pre, shift, self.cfg.input_scale
+            self.prepare_rows(x),  # the rows as select_latents read them (per-token norm)
+            self.W_enc,
+            self.b_enc,
+            sel.pattern,
+            sel.pre,
+            shift,
+            self.cfg.input_scale,
         )
         return sel.pattern, torch.relu(pre)  # k per row, ReLU's zeros among them

@@ -2,11 +2,9 @@
 
 In a short TopK run the last iterate is noisy: Adam moves every weight by about the learning rate
 whatever its gradient's signal, so the decoder rows of rarely firing latents wander. Averaging
-the iterates cancels that wander where decaying the learning rate also slows the progress:
-held-out FVU after one epoch of the quality benchmark 0.1549 (lr decayed over the last 20%) ->
-0.1506 (constant lr, this average with a time constant of 20% of the steps), as many dead
-latents; 0.147 at lr 4e-3 (docs/LOG.md, 2026-11-26 sixth session). It costs one more copy of
-the parameters, hence off by default.
+the iterates cancels that wander where decaying the learning rate also slows the progress (a
+lower held-out FVU in one epoch of the quality benchmark: docs/LOG.md). It costs one more copy
+of the parameters, hence off by default.
 
 Update n (1-based) weighs the new parameters by max(1/n, 1/τ): a plain mean over the first τ
 steps, so the average never leans on the initialisation, then exponential with time constant τ.

@@ -6,16 +6,14 @@ codes and the reconstruction error all stay the same. Adam is not rotation-invar
 it scales each coordinate by its own gradient magnitude. In the eigenbasis of the data's
 covariance (the input-side factor of K-FAC, whose eigenbasis EKFAC and SOAP run their diagonal
 preconditioners in) those per-coordinate scales match the residual stream's very unequal
-directions, and the same number of steps goes further (docs/LOG.md, 2026-11-26, fourth
-session). The trainer rotates each batch and rotates the SAE back before it is saved.
+directions, and the same number of steps goes further (docs/LOG.md). The trainer rotates each
+batch and rotates the SAE back before it is saved.
 
 The leading directions are what matter: Q is the product of r Householder reflections that
 turn the top r eigenvectors into the first coordinate axes (the other axes span the rest, in no
 particular order). Q - I then has rank r, so a batch is rotated in place by two thin products,
-x += (x V) M, instead of one d x d product into a new tensor. At d = 576 and r = 128: about
-10 ms a step instead of 20-23 ms, and no second [batch, d] tensor; held-out FVU after one
-epoch 0.1580 / 0.1582 against the full eigenbasis's 0.1576 / 0.1583 (seeds 0 / 1; r = 64:
-7-8 ms, 0.1582 / 0.1588, a point more dead latents).
+x += (x V) M, instead of one d x d product into a new tensor: about half the time and no second
+[batch, d] tensor, at the full eigenbasis's FVU within the seeds' spread (docs/LOG.md).
 When 2r >= d the thin products would cost more than the full one: Q is then the whole
 eigenbasis, applied as one product.
 """

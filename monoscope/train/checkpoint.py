@@ -21,6 +21,11 @@ from monoscope.artifacts import (
     sha256_bytes,
     write_sealed_json,
 )
+from monoscope.sae import SparseAutoencoder
+from monoscope.train.average import WeightAverage
+from monoscope.train.basis import Rotation
+from monoscope.train.dead import DeadLatentTracker
+from monoscope.train.target_l0 import L0Controller
 
 POINTER = "checkpoint.json"
 
@@ -87,3 +92,55 @@ def load_checkpoint(folder: Path) -> TrainingState | None:
     for key in ("file", "sha256"):
         meta.pop(key)
     return TrainingState(step, meta, load_bytes(data))
+
+
+@dataclass
+class RunParts:
+    """Every piece of a run's mutable state, which a checkpoint holds."""
+
+    sae: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    tracker: DeadLatentTracker
+    controller: L0Controller | None
+    average: WeightAverage | None
+    rotation: Rotation | None
+
+
+@dataclass
+class Checkpointer:
+    """Writes a run's state to `folder` and restores it; `record` is written with each
+    checkpoint as it is (the requested settings, the defaults they resolved to, the data's
+    fingerprint)."""
+
+    folder: Path
+    parts: RunParts
+    record: dict
+
+    def save(self, step: int) -> None:
+        p = self.parts
+        tensors, groups = optimizer_tensors(p.opt)
+        tensors |= {f"sae.{k}": v for k, v in p.sae.state_dict().items()}
+        tensors["dead.tokens_since_fired"] = p.tracker.tokens_since_fired
+        if p.rotation is not None:
+            tensors |= p.rotation.tensors()
+        if p.average is not None:
+            tensors |= p.average.tensors()
+        scalars = {
+            "sae": p.sae.cfg.to_json(),
+            "adam_groups": groups,
+            "controller": p.controller.state() if p.controller else None,
+            **self.record,
+        }
+        save_checkpoint(self.folder, TrainingState(step, scalars, tensors))
+
+    def restore(self, state: TrainingState) -> int:
+        """Load `state` into the parts; its step."""
+        p = self.parts
+        p.sae.load_state_dict({k[4:]: v for k, v in state.tensors.items() if k.startswith("sae.")})
+        restore_optimizer(p.opt, state.tensors, state.scalars["adam_groups"])
+        p.tracker.tokens_since_fired = state.tensors["dead.tokens_since_fired"].clone()
+        if p.controller is not None:
+            p.controller.load_state(state.scalars["controller"])
+        if p.average is not None:
+            p.average.load(state.tensors, updates=state.step)
+        return state.step

@@ -1,91 +1,47 @@
 """`TrainConfig`: everything `monoscope train` needs; field docstrings are the CLI help.
 
-Defaults follow Anthropic's April 2024 update for `relu` (Adam 0.9/0.999, λ = 5 warmed up over
-the first 5% of steps, learning rate decayed linearly to 0 over the last 20%, gradient-norm clip
-1.0, inputs scaled so E‖x‖ = √d) and Gao et al. 2024 for `topk` (AuxK coefficient 1/32), with
-what the quality benchmark measured for short runs (docs/LOG.md, 2026-11-25 and 2026-11-26) on
-top: TopK's learning rate, the decoder's multiple of it, its linear warm-up and Adam's β1.
+A setting left at None takes its architecture's default, declared on the SAE class
+(`training_defaults`, monoscope/sae/training.py); `resolved()` writes those out, and a
+checkpoint records them, so that a resumed run keeps the defaults it started with. The
+others follow Anthropic's April 2024 update: the sparsity coefficient warmed up over the first
+5% of steps, the lr decayed linearly to 0 over the last 20%, gradient-norm clip 1.0, inputs
+scaled so that E‖x‖ = √d.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+from monoscope.sae.registry import ARCHITECTURES, TRAINED, archs_where, trained_class
+from monoscope.sae.training import SPARSITY_K, SPARSITY_PENALTY, TrainingDefaults
 
-
-@dataclass(frozen=True)
-class ArchDefaults:
-    lr: float
-    coefficient: float
-    adam_beta1: float
-    lr_warmup_fraction: float
-    b_dec_init: str
-    decoder_lr_multiple: float = 1.0
-    decoder_init_power: float = 0.0
-    adam_basis: str = "standard"
-    idle_momentum: str = "keep"
-    b_enc_init_share: float = 0.0
-
-
-# relu: lr 5e-5, λ = 5, Adam β1 0.9, no lr warm-up, zero biases (APR24 as reimplemented,
-# secondary source; SM's λ convention needs E‖x‖² ≈ d). topk/batchtopk: the coefficient is
-# AuxK's 1/32 and b_dec starts at the geometric median (Gao et al.); lr, β1 and the lr warm-up
-# chosen by the quality benchmark for runs of tens to hundreds of steps (docs/LOG.md); the
-# unit-norm decoder rows learn at 5x the encoder's rate (lower FVU and a third of the dead
-# latents at 46, 92 and 184 steps), and start as random directions shaped by Σ^(1/8) of the
-# data (lower FVU at 46 and 92 steps, as many dead latents).
-# jumprelu: λ of the L0 penalty, in units of the summed MSE; zero biases (Gemma Scope).
-# topk trains in the eigenbasis of the input covariance (monoscope.train.basis), where Adam's
-# per-coordinate steps fit the residual stream's unequal directions: FVU 0.161 -> 0.158 / 0.133
-# -> 0.127 / 0.112 -> 0.109 after 1 / 2 / 4 epochs, as many dead latents, at lr 3e-3 with the
-# decoder at 4x (re-tuned there). batchtopk measured no gain there and keeps the standard basis;
-# relu loses badly there (FVU 0.24 -> 0.46, 94% dead). topk zeroes the Adam momentum of
-# latents without a gradient (monoscope.train.idle): at lr 3e-3 as low an FVU with a quarter
-# of the dead latents, and since the dead latents that held the lr at 3e-3 are gone, lr 4e-3:
-# FVU 0.1526 / 0.1242 / 0.1071 after 1 / 2 / 4 epochs with 3.7-6.1% dead on the held-out
-# tokens (docs/LOG.md, seventh session). batchtopk measured slightly worse with the reset, and
-# relu keeps the paper's plain Adam.
-# topk and batchtopk start b_enc a quarter of each latent's firing cut below 0, the encoder's
-# scale refitted: half topk's dead latents after one epoch (3.7% -> 1.8%), FVU 0.1526 -> 0.1513;
-# batchtopk 27% dead instead of 33% at the same FVU (docs/LOG.md, ninth session).
-_BATCHTOPK = ArchDefaults(
-    lr=2.5e-3,
-    coefficient=1 / 32,
-    adam_beta1=0.8,
-    lr_warmup_fraction=0.1,
-    b_dec_init="median",
-    decoder_lr_multiple=5.0,
-    decoder_init_power=0.125,
-    b_enc_init_share=0.25,
-)
-_TOPK = replace(
-    _BATCHTOPK, lr=4e-3, decoder_lr_multiple=4.0, adam_basis="eigen", idle_momentum="reset"
-)
-DEFAULTS: dict[str, ArchDefaults] = {
-    "relu": ArchDefaults(
-        lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
-    ),
-    "topk": _TOPK,
-    "batchtopk": _BATCHTOPK,
-    "jumprelu": ArchDefaults(
-        lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
-    ),
-}
-B_DEC_INITS = ("median", "zero")
-DEFAULT_K = 32
+ARCH_DEFAULTED = tuple(f.name for f in fields(TrainingDefaults))
+"""The TrainConfig fields whose None means the architecture's default."""
 DEFAULT_DECAY_FRACTION = 0.2
+B_DEC_INITS = ("median", "zero")
 ADAM_BASES = ("eigen", "standard")
 IDLE_MOMENTA = ("reset", "keep")
+LOGGERS = ("none", "wandb", "tensorboard")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _at_least(name: str, value: float, low: float, meaning: str) -> None:
-    if value < low:
+def _at_least(name: str, value: float | None, low: float, meaning: str) -> None:
+    if value is not None and value < low:
         raise ValueError(f"{_flag(name)} must be at least {low} ({meaning}), got {value}")
+
+
+def _within(name: str, value: float | None, low: float, high: float, meaning: str) -> None:
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{_flag(name)} must be in [{low:g}, {high:g}] ({meaning}), got {value}")
+
+
+def _one_of(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+        raise ValueError(f"{_flag(name)} must be {listed}, got {value!r}")
 
 
 @dataclass
@@ -94,59 +50,50 @@ class TrainConfig:
     """Activation store folder, or a .npy/.safetensors file holding one [n, d] array."""
     out: str = "runs/demo/sae"
     """Output folder of the SAE (config.json, weights.safetensors, train_log.jsonl)."""
-    arch: str = "topk"
-    """Architecture: relu (the paper's recipe), topk, batchtopk or jumprelu."""
+    arch: str = field(default="topk", metadata={"choices": ARCHITECTURES})
+    """SAE architecture (each one's training defaults: monoscope/sae/<arch>.py)."""
     features: str = "16x"
     """Dictionary size: a count (9216) or a multiple of the input width (16x)."""
-    k: int = 0
-    """Active latents per token (topk; the batch mean for batchtopk); 0 means 32."""
+    k: int | None = None
+    """Active latents per token (topk; the batch mean for batchtopk)."""
     tokens: int = 0
     """Training tokens; 0 means one epoch of the store's train split."""
     batch_size: int = 4096
     """Tokens per optimizer step."""
-    lr: float = 0.0
-    """Adam learning rate; 0 means the architecture's default (relu 5e-5, topk 4e-3,
-    batchtopk 2.5e-3)."""
-    decoder_lr_multiple: float = 0.0
-    """W_dec's learning rate as a multiple of --lr; 0 means the architecture's default (topk
-    4, batchtopk 5, relu and jumprelu 1)."""
-    decoder_init_power: float = -1.0
+    lr: float | None = None
+    """Adam learning rate."""
+    decoder_lr_multiple: float | None = None
+    """W_dec's learning rate as a multiple of --lr."""
+    decoder_init_power: float | None = None
     """topk/batchtopk: the decoder rows start as random directions mapped through Σ^p, Σ the
-    covariance of a data sample, then normalised (0: isotropic, as Gao et al.); negative means
-    the architecture's default (0.125)."""
-    adam_basis: str = ""
+    covariance of a data sample, then normalised (0: isotropic, as Gao et al.)."""
+    adam_basis: str | None = None
     """Coordinates Adam works in: 'eigen' (the eigenbasis of the input covariance; the SAE is
-    rotated back before it is saved) or 'standard'; empty means the architecture's default
-    (topk eigen, the others standard)."""
-    idle_momentum: str = ""
+    rotated back before it is saved) or 'standard'."""
+    idle_momentum: str | None = None
     """'reset': a latent with no gradient in a batch (it fired nowhere, nor in AuxK) has its
-    Adam momentum zeroed, so the step leaves its weights where they are (a quarter of topk's
-    dead latents at the same FVU); 'keep': plain Adam, whose momentum goes on moving it; empty
-    means the architecture's default (topk reset, the others keep)."""
-    b_enc_init_share: float = -1.0
+    Adam momentum zeroed, so the step leaves its weights where they are (fewer dead latents);
+    'keep': plain Adam, whose momentum goes on moving it."""
+    b_enc_init_share: float | None = None
     """topk/batchtopk: b_enc starts at minus this share of each latent's firing cut (the
     pre-activation above which it is among the k / n_features largest on a data sample), with
     the encoder's weights and bias then scaled to the least-squares fit; 0 starts b_enc at 0
-    (Gao et al.); negative means the architecture's default (0.25)."""
-    adam_beta1: float = 0.0
-    """Adam's β1; 0 means the architecture's default (relu 0.9, topk 0.8). β2 is 0.999."""
-    lr_warmup_fraction: float = -1.0
-    """Fraction of steps over which the learning rate ramps up linearly from 0; negative
-    means the architecture's default (relu none, topk 0.1)."""
-    b_dec_init: str = ""
+    (Gao et al.)."""
+    adam_beta1: float | None = None
+    """Adam's β1 (β2 is 0.999)."""
+    lr_warmup_fraction: float | None = None
+    """Fraction of steps over which the learning rate ramps up linearly from 0."""
+    b_dec_init: str | None = None
     """Where b_dec starts: 'median' (the geometric median of a sample: Bricken et al. 2023,
-    Gao et al. 2024) or 'zero'; empty means the architecture's default (topk median, relu
-    zero as in the April 2024 recipe; a short relu run wants median)."""
-    coefficient: float = -1.0
-    """Sparsity coefficient (relu: L1 λ, default 5; jumprelu: L0 λ; topk: AuxK weight, 1/32);
-    negative means the architecture's default."""
+    Gao et al. 2024) or 'zero' (the April 2024 recipe's relu; a short relu run wants median)."""
+    coefficient: float | None = None
+    """Sparsity coefficient (relu: L1 λ; jumprelu: L0 λ; topk, batchtopk: AuxK weight)."""
     target_l0: float = 0.0
     """relu/jumprelu: adjust the coefficient by feedback to reach this mean L0 (0: off)."""
     warmup_fraction: float = 0.05
     """Fraction of steps over which the sparsity coefficient ramps up linearly from 0."""
-    decay_fraction: float = -1.0
-    """Fraction of steps at the end over which the learning rate decays linearly to 0;
-    negative means 0.2 (the April 2024 recipe), or 0 with --weight-average."""
+    decay_fraction: float | None = None
+    """Fraction of steps at the end over which the learning rate decays linearly to 0."""
     weight_average: float = 0.0
     """topk/batchtopk: save an exponential moving average of the weights with a time constant
     of this fraction of the steps (0.2 suits short runs), instead of the last weights; the
@@ -197,12 +144,21 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        trained_class(self.arch)  # an unknown architecture is named with the choices
+        self._check_ranges()
+        self._check_choices()
+        self._check_arch_options()
+        if self.refit_decoder and self.stream_model:
+            raise ValueError(
+                "--refit-decoder needs a second pass over the tokens trained on: train from a "
+                "store (--acts), not --stream-model"
+            )
+        self.n_features(1)  # validates the features string
+
+    def _check_ranges(self) -> None:
         # A batch's FVU (topk's loss, the divergence check) needs its centred variance.
         _at_least("batch_size", self.batch_size, 2, "a batch's FVU needs two rows or more")
-        _at_least("k", self.k, 0, "0 means 32")
-        _at_least("lr", self.lr, 0, "0 means the architecture's default")
+        _at_least("k", self.k, 1, "latents per token")
         _at_least("tokens", self.tokens, 0, "0 means one epoch")
         _at_least("target_l0", self.target_l0, 0, "0: off")
         _at_least("grad_clip", self.grad_clip, 0, "0: off")
@@ -211,72 +167,69 @@ class TrainConfig:
         _at_least("checkpoint_every", self.checkpoint_every, 1, "steps")
         _at_least("log_every", self.log_every, 1, "steps")
         _at_least("context", self.context, 2, "tokens")
-        if not 0 <= self.warmup_fraction <= 1:
-            raise ValueError(f"--warmup-fraction must be in [0, 1], got {self.warmup_fraction}")
-        if self.decay_fraction > 1:
-            raise ValueError(
-                f"--decay-fraction must be in [0, 1] (negative: default), got {self.decay_fraction}"
-            )
-        if not 0 <= self.weight_average <= 1:
-            raise ValueError(
-                f"--weight-average must be in [0, 1] (0: off), got {self.weight_average}"
-            )
-        if self.weight_average and self.arch not in ("topk", "batchtopk"):
-            raise ValueError(
-                f"--weight-average applies to topk and batchtopk, whose sparsity k fixes; "
-                f"{self.arch}'s is set on the last weights, which an average would not keep"
-            )
-        if self.refit_decoder and self.stream_model:
-            raise ValueError(
-                "--refit-decoder needs a second pass over the tokens trained on: train from a "
-                "store (--acts), not --stream-model"
-            )
+        _at_least("decoder_lr_multiple", self.decoder_lr_multiple, 0, "of --lr")
+        _at_least("coefficient", self.coefficient, 0, "a weight")
+        _at_least("divergence_fvu", self.divergence_fvu, 0, "0: off")
+        _at_least("lr", self.lr, 0, "unset: the architecture's default")
+        if self.lr == 0:  # what 0 asked for before None did
+            raise ValueError("--lr 0 would not train: leave --lr unset for the default")
+        if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
+            raise ValueError(f"--adam-beta1 must be in [0, 1), got {self.adam_beta1}")
+        _within("warmup_fraction", self.warmup_fraction, 0, 1, "of the steps")
+        _within("lr_warmup_fraction", self.lr_warmup_fraction, 0, 1, "of the steps")
+        _within("decay_fraction", self.decay_fraction, 0, 1, "of the steps")
+        _within("weight_average", self.weight_average, 0, 1, "0: off")
+        _within("decoder_init_power", self.decoder_init_power, 0, 1, "1: Σ itself")
+        _within("b_enc_init_share", self.b_enc_init_share, 0, 1, "1: the whole cut")
         if self.outlier_multiple != 0 and self.outlier_multiple < 1:
             raise ValueError(
                 f"--outlier-multiple must be 0 (keep all) or at least 1, got "
                 f"{self.outlier_multiple}"
             )
-        if self.decoder_init_power > 1:
+
+    def _check_choices(self) -> None:
+        _one_of("adam_basis", self.adam_basis, ADAM_BASES)
+        _one_of("idle_momentum", self.idle_momentum, IDLE_MOMENTA)
+        _one_of("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        _one_of("logger", self.logger, LOGGERS)
+
+    def _check_arch_options(self) -> None:
+        """Options the architecture would ignore are refused, not dropped."""
+        cls = trained_class(self.arch)
+        by_k = cls.sparsity == SPARSITY_K
+        if self.k is not None and not by_k:
             raise ValueError(
-                f"--decoder-init-power is at most 1 (Σ itself), got {self.decoder_init_power}"
+                f"k applies to {archs_where(lambda c: c.sparsity == SPARSITY_K)}; {self.arch} "
+                "sets its sparsity with the coefficient or target_l0"
             )
-        if self.k and self.arch not in ("topk", "batchtopk"):
+        if self.weight_average and not by_k:
             raise ValueError(
-                f"k applies to topk and batchtopk; {self.arch} sets its sparsity with the "
-                "coefficient or target_l0"
+                f"--weight-average applies to {archs_where(lambda c: c.sparsity == SPARSITY_K)}, "
+                f"whose sparsity k fixes; {self.arch}'s is set on the last weights, which an "
+                "average would not keep"
             )
-        if self.target_l0 and self.arch not in ("relu", "jumprelu"):
-            raise ValueError(
-                f"--target-l0 applies to relu and jumprelu; {self.arch} sets L0 with --k"
-            )
-        if self.decoder_lr_multiple < 0:
-            raise ValueError(
-                "decoder_lr_multiple must not be negative (0: default), "
-                f"got {self.decoder_lr_multiple}"
-            )
-        if self.decoder_init_power > 0 and self.arch not in ("topk", "batchtopk"):
-            raise ValueError("decoder_init_power applies to topk and batchtopk")
-        if self.b_enc_init_share > 1:
-            raise ValueError(
-                f"--b-enc-init-share is at most 1 (the whole cut), got {self.b_enc_init_share}"
-            )
-        if self.b_enc_init_share > 0 and self.arch not in ("topk", "batchtopk"):
-            raise ValueError("--b-enc-init-share applies to topk and batchtopk")
-        if not 0 <= self.adam_beta1 < 1:
-            raise ValueError(f"adam_beta1 must be in [0, 1) (0: default), got {self.adam_beta1}")
-        if self.divergence_fvu < 0:
-            raise ValueError(f"divergence_fvu must be >= 0 (0: off), got {self.divergence_fvu}")
-        if self.lr_warmup_fraction > 1:
-            raise ValueError(f"lr_warmup_fraction is at most 1, got {self.lr_warmup_fraction}")
-        if self.adam_basis not in ("", *ADAM_BASES):
-            raise ValueError(f"adam_basis must be eigen or standard, got {self.adam_basis!r}")
-        if self.idle_momentum not in ("", *IDLE_MOMENTA):
-            raise ValueError(f"idle_momentum must be reset or keep, got {self.idle_momentum!r}")
-        if self.b_dec_init not in ("", *B_DEC_INITS):
-            raise ValueError(f"b_dec_init must be median or zero, got {self.b_dec_init!r}")
-        if self.logger not in ("none", "wandb", "tensorboard"):
-            raise ValueError(f"logger must be none, wandb or tensorboard, got {self.logger!r}")
-        self.n_features(1)  # validates the features string
+        if self.target_l0 and cls.sparsity != SPARSITY_PENALTY:
+            where = archs_where(lambda c: c.sparsity == SPARSITY_PENALTY)
+            raise ValueError(f"--target-l0 applies to {where}; {self.arch} sets L0 with --k")
+        for name in ("decoder_init_power", "b_enc_init_share"):
+            value = getattr(self, name)
+            if value and name not in cls.start_settings:
+                where = archs_where(lambda c, name=name: name in c.start_settings)
+                raise ValueError(f"{_flag(name)} applies to {where}")
+
+    @classmethod
+    def default_help(cls, name: str) -> str | None:
+        """The CLI help's default of a field left at None: each architecture's value."""
+        if name == "decay_fraction":
+            return f"{DEFAULT_DECAY_FRACTION}, or 0 with --weight-average"
+        if name not in ARCH_DEFAULTED:
+            return None
+        values = [(c.arch, getattr(c.training_defaults, name)) for c in TRAINED]
+        return ", ".join(
+            f"{arch} {value:g}" if isinstance(value, float) else f"{arch} {value}"
+            for arch, value in values
+            if value is not None
+        )
 
     def n_features(self, d_in: int) -> int:
         text = str(self.features).strip().lower()
@@ -287,69 +240,47 @@ class TrainConfig:
                 f"features must be a count (9216) or a multiple like 16x, got {self.features!r}"
             ) from None
 
-    def with_defaults_resolved(self) -> TrainConfig:
-        """This config with each architecture default written out as its value: what a
-        checkpoint records, so that a resumed run keeps the defaults it started with even
-        if a later version changes them."""
+    def resolved(self) -> TrainConfig:
+        """This config with every None written out as the value it stands for."""
         return replace(self, **self.resolved_defaults())
 
     def resolved_defaults(self) -> dict:
-        """{field: value} of the fields whose 0/negative/empty value means a default."""
-        return {
-            "k": self.k_value() if self.arch in ("topk", "batchtopk") else 0,
-            "lr": self.lr_value(),
-            "decoder_lr_multiple": self.decoder_lr_multiple_value(),
-            "decoder_init_power": self.decoder_init_power_value(),
-            "adam_basis": self.adam_basis_value(),
-            "idle_momentum": self.idle_momentum_value(),
-            "b_enc_init_share": self.b_enc_init_share_value(),
-            "adam_beta1": self.adam_beta1_value(),
-            "lr_warmup_fraction": self.lr_warmup_value(),
-            "b_dec_init": self.b_dec_init_value(),
-            "coefficient": self.coefficient_value(),
-            "decay_fraction": self.decay_value(),
+        """{field: value} of the fields whose None means a default: what a checkpoint records,
+        so that a resumed run keeps the defaults it started with even if a later version
+        changes them."""
+        defaults = trained_class(self.arch).training_defaults
+        values = {
+            name: getattr(defaults, name) if getattr(self, name) is None else getattr(self, name)
+            for name in ARCH_DEFAULTED
         }
+        decay = self.decay_fraction
+        if decay is None:
+            decay = 0.0 if self.weight_average else DEFAULT_DECAY_FRACTION
+        return values | {"decay_fraction": decay}
 
-    def k_value(self) -> int:
-        return self.k or DEFAULT_K
 
-    def lr_value(self) -> float:
-        return self.lr or DEFAULTS[self.arch].lr
+_ZERO_WAS_DEFAULT = ("k", "lr", "decoder_lr_multiple", "adam_beta1")
+_NEGATIVE_WAS_DEFAULT = (
+    "decoder_init_power",
+    "b_enc_init_share",
+    "lr_warmup_fraction",
+    "coefficient",
+    "decay_fraction",
+)
+_EMPTY_WAS_DEFAULT = ("adam_basis", "idle_momentum", "b_dec_init")
 
-    def coefficient_value(self) -> float:
-        return self.coefficient if self.coefficient >= 0 else DEFAULTS[self.arch].coefficient
 
-    def decoder_lr_multiple_value(self) -> float:
-        return self.decoder_lr_multiple or DEFAULTS[self.arch].decoder_lr_multiple
+def from_older_version(settings: dict) -> dict:
+    """Settings recorded by a version before None meant 'the default', with the values that
+    meant it then (0, a negative number or '', by field) as None."""
 
-    def decoder_init_power_value(self) -> float:
-        if self.decoder_init_power >= 0:
-            return self.decoder_init_power
-        return DEFAULTS[self.arch].decoder_init_power
+    def meant_default(name: str, value: object) -> bool:
+        if value is None or isinstance(value, bool):
+            return False
+        if name in _ZERO_WAS_DEFAULT:
+            return value == 0
+        if name in _NEGATIVE_WAS_DEFAULT:
+            return isinstance(value, int | float) and value < 0
+        return name in _EMPTY_WAS_DEFAULT and value == ""
 
-    def adam_basis_value(self) -> str:
-        return self.adam_basis or DEFAULTS[self.arch].adam_basis
-
-    def idle_momentum_value(self) -> str:
-        return self.idle_momentum or DEFAULTS[self.arch].idle_momentum
-
-    def b_enc_init_share_value(self) -> float:
-        if self.b_enc_init_share >= 0:
-            return self.b_enc_init_share
-        return DEFAULTS[self.arch].b_enc_init_share
-
-    def adam_beta1_value(self) -> float:
-        return self.adam_beta1 or DEFAULTS[self.arch].adam_beta1
-
-    def b_dec_init_value(self) -> str:
-        return self.b_dec_init or DEFAULTS[self.arch].b_dec_init
-
-    def decay_value(self) -> float:
-        if self.decay_fraction >= 0:
-            return self.decay_fraction
-        return 0.0 if self.weight_average else DEFAULT_DECAY_FRACTION
-
-    def lr_warmup_value(self) -> float:
-        if self.lr_warmup_fraction >= 0:
-            return self.lr_warmup_fraction
-        return DEFAULTS[self.arch].lr_warmup_fraction
+    return {name: None if meant_default(name, v) else v for name, v in settings.items()}

@@ -9,13 +9,8 @@ momentum of such a latent before the step makes Adam leave its weights exactly w
 (its second moment decays as plain Adam's does); when it next gets a gradient, it starts
 afresh.
 
-Measured on the quality benchmark's workload (topk, 48 / 96 / 192 steps, docs/LOG.md seventh
-session): as low a held-out FVU (0.1550 / 0.1260 / 0.1075 against 0.1549 / 0.1261 / 0.1080),
-and latents that never fire on the 10.7k held-out tokens 8.6% -> 2.2%, 11.5% -> 2.6%, 11.8% ->
-3.3%; on the 200k train tokens 0.31% -> 0%, 2.6% -> 0.02%, 6.2% -> 0.09%. Keeping the momentum
-of idle latents instead (lazy Adam, as sparse embedding tables use it) gave 7.6% / 0.10% at
-one epoch. relu (the quality benchmark's short-run flags): the same FVU at L0 36, dead 20.4% ->
-11.3% held-out, 16.0% -> 1.4% over the train tokens. batchtopk measured slightly worse with it.
+On the quality benchmark (topk, relu) it keeps the held-out FVU and leaves far fewer dead
+latents; batchtopk measured slightly worse with it (docs/LOG.md).
 """
 
 from __future__ import annotations
@@ -46,7 +41,7 @@ class IdleMomentumReset:
         if grad is None:
             return
         # A multiply rather than index_fill_ of the idle indices: no host sync on a GPU, at
-        # 0.3 ms more on the CPU (0.9 against 0.6 ms a step for a 16 x 576 SAE).
+        # a fraction of a millisecond more on the CPU (docs/LOG.md).
         took_part = (grad != 0).to(grad.dtype)
         for p, axis in self.entries:
             momentum = self.optimizer.state.get(p, {}).get("exp_avg")

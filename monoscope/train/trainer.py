@@ -2,56 +2,52 @@
 
 A run killed at any point and started again with the same command continues from its last
 checkpoint and ends bit-identical to an uninterrupted run: the data order is a pure function of
-the seed and the step, and the checkpoint holds every piece of mutable state.
+the seed and the step, and the checkpoint holds every piece of mutable state. `run` opens the
+source, `_train` starts or resumes (start.py), builds the optimizer, runs `_loop` and
+`_finish`es: the final weights, the optional decoder refit, the saved SAE.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import math
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from monoscope.artifacts import remove_write_debris
-from monoscope.folders import first_missing, remove_empty_folders
 from monoscope.runtime import configure_threads
-from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep, build_sae
-from monoscope.sae.files import formats_in
+from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.step_memory import StepMemory
+from monoscope.sae.training import SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
-from monoscope.train.basis import Rotation, rotate_sae
-from monoscope.train.checkpoint import (
-    POINTER,
-    TrainingState,
-    load_checkpoint,
-    optimizer_tensors,
-    restore_optimizer,
-    save_checkpoint,
-)
+from monoscope.train.basis import rotate_sae
+from monoscope.train.checkpoint import POINTER, Checkpointer, RunParts, load_checkpoint
 from monoscope.train.config import TrainConfig
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.loggers import MetricLogger, read_metrics, require_backend
 from monoscope.train.memory import return_large_blocks_when_freed
+from monoscope.train.outdir import prepare_out, removed_if_failed_early
 from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
+from monoscope.train.start import (
+    Start,
+    init_sample,
+    new_start,
+    recorded_settings,
+    resumed_start,
+)
 from monoscope.train.step import apply_gradients
 from monoscope.train.target_l0 import L0Controller
-
-_INIT_SAMPLE = 16_384  # rows used to estimate the input scale and initialise b_dec
-_L0_SAMPLE = 4096  # rows of it that set relu's starting b_enc for --target-l0
 
 
 class TrainingDivergedError(RuntimeError):
@@ -106,101 +102,6 @@ def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch
             )
 
 
-RUN_MARKS = (POINTER, "train_log.jsonl")
-"""Files that make a folder a training run (with a trained SAE's files, `formats_in`)."""
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    held = formats_in(out) if out.is_dir() else []
-    foreign = out.is_dir() and not held and not any((out / m).exists() for m in RUN_MARKS)
-    if foreign and any(out.iterdir()):
-        # Not even --overwrite: it would delete a folder monoscope did not write.
-        found = sorted(p.name for p in out.iterdir())
-        names = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-        raise FileExistsError(
-            f"{out} exists and is not a training run this monoscope writes (it holds {names}, "
-            f"and no {POINTER} or trained SAE); choose another --out, or a new or empty folder"
-        )
-    if held and not (out / POINTER).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds a trained SAE ({', '.join(held)} format): "
-                "pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
-    elif overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_write_debris(out)  # a run killed inside an atomic write leaves its temp file
-
-
-@contextlib.contextmanager
-def _removed_if_failed_early(out: Path) -> Iterator[None]:
-    """If the body fails before a checkpoint or the SAE is written to `out`, and `out` is a
-    folder this run created, remove it (and the parents it created): nothing in it could be
-    resumed. A folder that existed before the run is left as it is."""
-    created = first_missing(out)
-    try:
-        yield
-    except BaseException:
-        kept = (out / POINTER).exists() or formats_in(out)
-        if created is not None and out.is_dir() and not kept:
-            shutil.rmtree(out, ignore_errors=True)  # the error that got us here matters more
-            remove_empty_folders(out.parent, created)
-        raise
-
-
-def _init_sample(source, max_norm: float | None) -> torch.Tensor:
-    """The first train rows [<= _INIT_SAMPLE, d] within the outlier limit."""
-    sample = source.sample(_INIT_SAMPLE)
-    return sample if max_norm is None else sample[sample.norm(dim=-1) <= max_norm]
-
-
-def _new_sae(
-    cfg: TrainConfig, source, max_norm: float | None
-) -> tuple[SparseAutoencoder, Rotation | None]:
-    """A freshly initialised SAE and, for --adam-basis eigen, the rotation it is put in."""
-    n_features = cfg.n_features(source.d)
-    sae_cfg = SAEConfig(
-        arch=cfg.arch,
-        d_in=source.d,
-        n_features=n_features,
-        k=cfg.k_value() if cfg.arch in ("topk", "batchtopk") else None,
-        site=source.site,
-        model=source.model,
-        compute_dtype=cfg.compute_dtype,
-    )
-    sae = build_sae(sae_cfg, seed=cfg.seed)
-    sample = _init_sample(source, max_norm)
-    start_from_sample(sae, cfg, sample)
-    if cfg.adam_basis_value() != "eigen":
-        return sae, None
-    rotation = Rotation.eigen(sample)
-    rotate_sae(sae, rotation.matrix())
-    return sae, rotation
-
-
-def start_from_sample(sae: SparseAutoencoder, cfg: TrainConfig, sample: torch.Tensor) -> None:
-    """Set the input scale and the data-dependent start `cfg` asks for from raw activations
-    [n, d_in] (the trainer's start; benchmarks/train.py starts its SAEs with it too)."""
-    mean_norm = float(sample.norm(dim=-1).mean()) if sample.shape[0] else 0.0
-    if mean_norm == 0:
-        raise ValueError("the training activations are all zero: there is nothing to learn")
-    # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
-    sae.cfg.input_scale = math.sqrt(sae.cfg.d_in) / mean_norm
-    if cfg.b_dec_init_value() == "median":
-        sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
-    if cfg.arch in ("topk", "batchtopk"):
-        if cfg.decoder_init_power_value() > 0:
-            sae.shape_decoder_directions(sample, cfg.decoder_init_power_value())
-        sae.init_encoder_scale(sample)  # after b_dec: the fit is about x - b_dec
-        sae.start_below_firing_cuts(sample, cfg.b_enc_init_share_value())
-    if cfg.arch in ("relu", "jumprelu") and cfg.target_l0:
-        sae.start_at_l0(sample[:_L0_SAMPLE], cfg.target_l0)
-
-
 def run(cfg: TrainConfig) -> SparseAutoencoder:
     """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one."""
     configure_threads()
@@ -223,205 +124,248 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
     _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
     out = Path(cfg.out)
-    with _removed_if_failed_early(out):
-        _prepare_out(out, cfg.overwrite)
+    with removed_if_failed_early(out):
+        prepare_out(out, cfg.overwrite)
         return _train(cfg, source, out, total_steps)
 
 
-def _train(cfg: TrainConfig, source, out: Path, total_steps: int) -> SparseAutoencoder:
+def _train(requested: TrainConfig, source, out: Path, total_steps: int) -> SparseAutoencoder:
     """The run itself, in the prepared folder `out`: new or resumed, trained, saved."""
     median = source.median_norm()
-    max_norm = cfg.outlier_multiple * median if cfg.outlier_multiple > 0 else None
-
+    limit = requested.outlier_multiple
+    max_norm = limit * median if limit > 0 else None
     state = load_checkpoint(out)
-    requested, cfg = cfg, cfg.with_defaults_resolved()
-    rotation = None
     data_id = source.fingerprint()
-    if state is not None:
-        rotation = Rotation.from_tensors(state.tensors)
-        sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
-        changed = _changed_settings(state.scalars["train_config"], requested)
-        if changed:
-            raise ValueError(
-                f"{out} holds a checkpoint of a run with other settings ({'; '.join(changed)}): "
-                "pass --overwrite to start over, or rerun with the same options"
-            )
-        if state.scalars.get("data_fingerprint", data_id) != data_id:
-            raise ValueError(
-                f"{out} holds a checkpoint of a run on other data than {source.description}: "
-                "the activations changed since; pass --overwrite to start over"
-            )
-        # The defaults the run started with, should this version's differ (checkpoints
-        # written before they were recorded go on with this version's; before
-        # --idle-momentum, every run kept it).
-        resolved = {"idle_momentum": "keep"} | state.scalars.get("resolved_defaults", {})
-        cfg = replace(cfg, **resolved)
+    if state is None:
+        start = new_start(requested, source, max_norm)
     else:
-        sae, rotation = _new_sae(cfg, source, max_norm)
-    # fused: one kernel over all parameters; 6 ms against 45 ms per step for a 16x SAE here.
-    betas = (cfg.adam_beta1_value(), 0.999)
-    decoder_multiple = cfg.decoder_lr_multiple_value()
+        start = resumed_start(state, requested, data_id, source.description, out)
+    cfg = start.cfg
+    parts = _parts(start, total_steps)
+    record = {
+        "train_config": recorded_settings(requested),
+        "resolved_defaults": cfg.resolved_defaults(),
+        "data_fingerprint": data_id,
+    }
+    checkpointer = Checkpointer(out, parts, record)
+    first = 0
+    if state is not None:
+        first = checkpointer.restore(state)
+        if cfg.progress:
+            print(f"resuming {out} at step {first} of {total_steps}", file=sys.stderr)
+    _loop(parts, cfg, source, max_norm, range(first, total_steps), checkpointer)
+    parts.sae.cfg.training = _summary(parts, cfg, source, total_steps, median, max_norm)
+    _final_weights(parts)
+    sae = parts.sae
+    # Adam's state (twice the weights) and the average's copy are not needed any more: the
+    # refit's memory is.
+    del parts, checkpointer, start
+    return _finish(sae, cfg, source, max_norm, total_steps)
+
+
+def _parts(start: Start, total_steps: int) -> RunParts:
+    """The optimizer and the run's other state, as the new run starts them."""
+    sae, cfg = start.sae, start.cfg
     groups = [
         {"params": [p for p in sae.parameters() if p is not sae.W_dec], "lr_multiple": 1.0},
-        {"params": [sae.W_dec], "lr_multiple": decoder_multiple},
+        {"params": [sae.W_dec], "lr_multiple": cfg.decoder_lr_multiple},
     ]
-    opt = torch.optim.Adam(groups, lr=cfg.lr_value(), betas=betas, fused=True)
-    reset_idle = IdleMomentumReset(sae, opt) if cfg.idle_momentum_value() == "reset" else None
-    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window)
-    controller = L0Controller(cfg.target_l0, cfg.coefficient_value()) if cfg.target_l0 else None
+    # fused: one kernel over all parameters, several times faster than one per parameter.
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.adam_beta1, 0.999), fused=True)
+    controller = L0Controller(cfg.target_l0, cfg.coefficient) if cfg.target_l0 else None
     average = (
         WeightAverage(sae, max(1.0, cfg.weight_average * total_steps))
         if cfg.weight_average
         else None
     )
-    start = 0
-    if state is not None:
-        sae.load_state_dict({k[4:]: v for k, v in state.tensors.items() if k.startswith("sae.")})
-        restore_optimizer(opt, state.tensors, state.scalars["adam_groups"])
-        tracker.tokens_since_fired = state.tensors["dead.tokens_since_fired"].clone()
-        if controller is not None:
-            controller.load_state(state.scalars["controller"])
-        start = state.step
-        if average is not None:
-            average.load(state.tensors, updates=start)
-        if cfg.progress:
-            print(f"resuming {out} at step {start} of {total_steps}", file=sys.stderr)
+    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window)
+    return RunParts(sae, opt, tracker, controller, average, start.rotation)
 
+
+def _loop(
+    parts: RunParts,
+    cfg: TrainConfig,
+    source,
+    max_norm: float | None,
+    steps: range,
+    checkpointer: Checkpointer,
+) -> None:
+    """Train over `steps`, logging and checkpointing; stop (after a checkpoint) on a signal."""
+    out, total_steps = checkpointer.folder, steps.stop
     logger = MetricLogger(
-        out / "train_log.jsonl", cfg.logger, resume_step=start, config=asdict(cfg)
+        out / "train_log.jsonl", cfg.logger, resume_step=steps.start, config=asdict(cfg)
     )
-    batches = itertools.islice(_batches(source, cfg, max_norm), start, None)
+    batches = itertools.islice(_batches(source, cfg, max_norm), steps.start, None)
     bar = tqdm(
-        total=total_steps, initial=start, unit="step", disable=not cfg.progress, desc="train"
+        total=total_steps, initial=steps.start, unit="step", disable=not cfg.progress, desc="train"
     )
-    t0, tokens_timed = time.perf_counter(), 0
-
-    def checkpoint(step: int) -> None:
-        tensors, groups = optimizer_tensors(opt)
-        tensors |= {f"sae.{k}": v for k, v in sae.state_dict().items()}
-        tensors["dead.tokens_since_fired"] = tracker.tokens_since_fired
-        if rotation is not None:
-            tensors |= rotation.tensors()
-        if average is not None:
-            tensors |= average.tensors()
-        scalars = {
-            "sae": sae.cfg.to_json(),
-            "adam_groups": groups,
-            "controller": controller.state() if controller else None,
-            "train_config": asdict(requested) | {"overwrite": False, "progress": False},
-            "resolved_defaults": cfg.resolved_defaults(),
-            "data_fingerprint": data_id,
-        }
-        save_checkpoint(out, TrainingState(step, scalars, tensors))
-
+    reset_idle = IdleMomentumReset(parts.sae, parts.opt) if cfg.idle_momentum == "reset" else None
+    rate = _Rate()
     with contextlib.ExitStack() as stack:
         stop_requested = stack.enter_context(_stop_requests())
         stack.callback(logger.close)
         stack.callback(bar.close)
         # The loop below drops each step's gradients before the next backward, so the steps
         # may write theirs into the memory of the last step's (no page faults); freed after.
-        sae.step_memory = StepMemory()
-        stack.callback(setattr, sae, "step_memory", None)
-        for step, x in zip(range(start, total_steps), batches, strict=False):
-            lr = learning_rate(
-                step, total_steps, cfg.lr_value(), cfg.decay_fraction, cfg.lr_warmup_value()
-            )
-            for group in opt.param_groups:
-                group["lr"] = lr * group["lr_multiple"]
-            if rotation is not None:
-                x = rotation.apply_(x)  # the sources' batches are the trainer's own
-            coefficient = controller.coefficient if controller else cfg.coefficient_value()
-            if cfg.arch in ("relu", "jumprelu"):
-                coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
-            result = sae.training_step(x, coefficient, dead_mask=tracker.dead_mask)
-            _check_diverged(result, cfg.divergence_fvu, step, out)
-            result.loss.backward()
-            # The gradients are dropped in there, not before the next backward: the next
-            # forward (which for relu forms the gradients itself) runs without them alive.
-            apply_gradients(sae, opt, result, cfg.grad_clip, reset_idle)
-            sae.after_optimizer_step()
-            if average is not None:
-                average.update(sae)
-            tracker.update(result.fired, x.shape[0])
-            if controller is not None:
-                controller.update(float(result.l0))
-            tokens_timed += x.shape[0]
+        parts.sae.step_memory = StepMemory()
+        stack.callback(setattr, parts.sae, "step_memory", None)
+        for step, x in zip(steps, batches, strict=False):
+            result, coefficient = _step(parts, cfg, reset_idle, x, step, total_steps, out)
+            rate.count(x.shape[0])
             bar.update(1)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-                rate = tokens_timed / (time.perf_counter() - t0)
-                metrics = {
-                    "step": step + 1,
-                    "tokens": (step + 1) * cfg.batch_size,
-                    "loss": float(result.loss.detach()),
-                    "mse": float(result.mse),
-                    "fvu": float(result.fvu),
-                    "l0": float(result.l0),
-                    "sparsity": float(result.sparsity),
-                    "coefficient": coefficient,
-                    "lr": opt.param_groups[0]["lr"],
-                    "dead_fraction": tracker.dead_fraction(),
-                    "tokens_per_s": round(rate, 1),
-                }
+                metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second())
                 logger.log(metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3g}",
-                    fvu=f"{metrics['fvu']:.3f}",
-                    l0=f"{metrics['l0']:.1f}",
-                    dead=f"{metrics['dead_fraction']:.1%}",
-                    tok_s=f"{rate:,.0f}",
-                )
+                bar.set_postfix(_postfix(metrics))
             # Gone before the next batch is read, rather than held while it is: one batch
             # alive at a time (9 MiB at batch 4096 x 576).
             del x, result
             if step + 1 == total_steps:
                 if cfg.refit_decoder:  # a kill during the refit's pass resumes at the refit
-                    checkpoint(step + 1)
+                    checkpointer.save(step + 1)
                 break
             stop = stop_requested()
             if stop or (step + 1) % cfg.checkpoint_every == 0:
-                checkpoint(step + 1)
+                checkpointer.save(step + 1)
             if stop:
                 raise TrainingInterrupted(
                     f"{stop} after step {step + 1} of {total_steps}: checkpoint written to {out}"
                 )
 
-    sae.cfg.training = {
+
+def _step(
+    parts: RunParts,
+    cfg: TrainConfig,
+    reset_idle: IdleMomentumReset | None,
+    x: torch.Tensor,
+    step: int,
+    total_steps: int,
+    out: Path,
+) -> tuple[TrainStep, float]:
+    """One optimizer step on batch x [batch_size, d_in] (rotated in place for the eigenbasis);
+    the step's outcome and the sparsity coefficient it used."""
+    sae, opt = parts.sae, parts.opt
+    lr = learning_rate(step, total_steps, cfg.lr, cfg.decay_fraction, cfg.lr_warmup_fraction)
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_multiple"]
+    if parts.rotation is not None:
+        x = parts.rotation.apply_(x)  # the sources' batches are the trainer's own
+    coefficient = parts.controller.coefficient if parts.controller else cfg.coefficient
+    if sae.sparsity == SPARSITY_PENALTY:  # a penalty is warmed up; AuxK's weight is not
+        coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
+    result = sae.training_step(x, coefficient, dead_mask=parts.tracker.dead_mask)
+    _check_diverged(result, cfg.divergence_fvu, step, out)
+    result.loss.backward()
+    # The gradients are dropped in there, not before the next backward: the next forward
+    # (which for relu forms the gradients itself) runs without them alive.
+    apply_gradients(sae, opt, result, cfg.grad_clip, reset_idle)
+    sae.after_optimizer_step()
+    if parts.average is not None:
+        parts.average.update(sae)
+    parts.tracker.update(result.fired, x.shape[0])
+    if parts.controller is not None:
+        parts.controller.update(float(result.l0))
+    return result, coefficient
+
+
+class _Rate:
+    """Tokens a second since the loop began."""
+
+    def __init__(self) -> None:
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def count(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def per_second(self) -> float:
+        return self.tokens / (time.perf_counter() - self.start)
+
+
+def _metrics(
+    parts: RunParts, cfg: TrainConfig, result: TrainStep, step: int, coefficient: float, rate: float
+) -> dict:
+    """The line of train_log.jsonl after `step` (counting from 0)."""
+    return {
+        "step": step + 1,
+        "tokens": (step + 1) * cfg.batch_size,
+        "loss": float(result.loss.detach()),
+        "mse": float(result.mse),
+        "fvu": float(result.fvu),
+        "l0": float(result.l0),
+        "sparsity": float(result.sparsity),
+        "coefficient": coefficient,
+        "lr": parts.opt.param_groups[0]["lr"],
+        "dead_fraction": parts.tracker.dead_fraction(),
+        "tokens_per_s": round(rate, 1),
+    }
+
+
+def _postfix(metrics: dict) -> dict[str, str]:
+    """The progress bar's figures."""
+    return {
+        "loss": f"{metrics['loss']:.3g}",
+        "fvu": f"{metrics['fvu']:.3f}",
+        "l0": f"{metrics['l0']:.1f}",
+        "dead": f"{metrics['dead_fraction']:.1%}",
+        "tok_s": f"{metrics['tokens_per_s']:,.0f}",
+    }
+
+
+def _summary(
+    parts: RunParts,
+    cfg: TrainConfig,
+    source,
+    total_steps: int,
+    median: float,
+    max_norm: float | None,
+) -> dict:
+    """What the saved SAE's config records of its training (`SAEConfig.training`)."""
+    return {
         "tokens": total_steps * cfg.batch_size,
         "steps": total_steps,
         "batch_size": cfg.batch_size,
-        "lr": cfg.lr_value(),
-        "decoder_lr_multiple": decoder_multiple,
-        "decoder_init_power": cfg.decoder_init_power_value(),
-        "adam_betas": list(betas),
-        "adam_basis": "standard" if rotation is None else "eigen",
-        "idle_momentum": cfg.idle_momentum_value(),
-        "b_enc_init_share": cfg.b_enc_init_share_value(),
-        "lr_warmup_fraction": cfg.lr_warmup_value(),
+        "lr": cfg.lr,
+        "decoder_lr_multiple": cfg.decoder_lr_multiple,
+        "decoder_init_power": cfg.decoder_init_power,
+        "adam_betas": [cfg.adam_beta1, 0.999],
+        "adam_basis": "standard" if parts.rotation is None else "eigen",
+        "idle_momentum": cfg.idle_momentum,
+        "b_enc_init_share": cfg.b_enc_init_share,
+        "lr_warmup_fraction": cfg.lr_warmup_fraction,
         "lr_decay_fraction": cfg.decay_fraction,
         "weight_average": cfg.weight_average,
         "refit_decoder": cfg.refit_decoder,
-        "coefficient": controller.coefficient if controller else cfg.coefficient_value(),
+        "coefficient": parts.controller.coefficient if parts.controller else cfg.coefficient,
         "median_norm": median,
         "max_norm": max_norm,
         "dead_window": cfg.dead_window,
-        "dead_fraction": tracker.dead_fraction(),
+        "dead_fraction": parts.tracker.dead_fraction(),
         "data": source.description,
         "seed": cfg.seed,
     }
-    if average is not None:
-        average.copy_to(sae)
-        sae.after_optimizer_step()  # the averaged decoder rows back to unit norm
-    if rotation is not None:
-        rotate_sae(sae, rotation.matrix().T)  # back to the activations' own coordinates
-    sae.after_training(_init_sample(source, max_norm))
+
+
+def _final_weights(parts: RunParts) -> None:
+    """The weights to save: the average if there is one, in the activations' coordinates."""
+    if parts.average is not None:
+        parts.average.copy_to(parts.sae)
+        parts.sae.after_optimizer_step()  # the averaged decoder rows back to unit norm
+    if parts.rotation is not None:
+        rotate_sae(parts.sae, parts.rotation.matrix().T)  # back to the activations' own
+
+
+def _finish(
+    sae: SparseAutoencoder, cfg: TrainConfig, source, max_norm: float | None, total_steps: int
+) -> SparseAutoencoder:
+    """Set what inference needs, refit the decoder if asked, save the SAE in place of the
+    checkpoint."""
+    out = Path(cfg.out)
+    sae.after_training(init_sample(source, max_norm))
     if cfg.refit_decoder:
         # The tokens trained on, in their order, in raw coordinates (the SAE is rotated back).
         trained = itertools.islice(_batches(source, cfg, max_norm), total_steps)
         if cfg.progress:
             print(f"refitting the decoder over {total_steps} batches", file=sys.stderr)
-        # Adam's state (twice the weights) and the average's copy are not needed any more:
-        # the refit's memory is.
-        del opt, reset_idle, average
         refit = refit_decoder(sae, trained, cfg.refit_decoder)
         sae.cfg.training["refit"] = {
             "iterations": refit.iterations,
@@ -436,59 +380,27 @@ def _train(cfg: TrainConfig, source, out: Path, total_steps: int) -> SparseAutoe
             )
     sae.save(out)
     # Finished: the folder now holds a trained SAE, not a run to resume.
-    (out / "checkpoint.json").unlink(missing_ok=True)
+    (out / POINTER).unlink(missing_ok=True)
     for leftover in out.glob("checkpoint-*.safetensors"):
         leftover.unlink()
     return sae.eval()
 
 
-def _check_sparsity(cfg: TrainConfig, n_features: int, tokens: int) -> None:
+def _check_sparsity(requested: TrainConfig, n_features: int, tokens: int) -> None:
     """--k and --target-l0 within the dictionary's size, and --refit-decoder's codes within
     the memory available (before any work)."""
-    if cfg.arch in ("topk", "batchtopk") and cfg.k_value() > n_features:
-        which = f"--k {cfg.k}" if cfg.k else f"the default --k {cfg.k_value()}"
+    cfg = requested.resolved()
+    if cfg.k is not None and cfg.k > n_features:
+        which = f"--k {cfg.k}" if requested.k is not None else f"the default --k {cfg.k}"
         raise ValueError(f"{which} is larger than the number of features {n_features}")
     if cfg.target_l0 > n_features:
         raise ValueError(
             f"--target-l0 {cfg.target_l0:g} is larger than the number of features {n_features}"
         )
     if cfg.refit_decoder:
-        # topk and batchtopk keep about k codes a token; relu and jumprelu about their
+        # k-sparse architectures keep about k codes a token; penalised ones about their
         # target, if they have one (without one, their L0 is not known before training).
-        codes = cfg.k_value() if cfg.arch in ("topk", "batchtopk") else cfg.target_l0
-        check_refit_memory(tokens, codes)
-
-
-LOCATION_SETTINGS = ("acts", "out")
-"""TrainConfig fields that say where things are, not what the run computes."""
-
-
-def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The settings in which a checkpoint's run differs from `cfg`, as 'name: saved -> now'.
-    A setting the checkpoint lacks (one added since it was written) matches only at its
-    default: then the run it belongs to behaves the same under this version."""
-    current = asdict(cfg) | {"overwrite": False, "progress": False}
-    # Where the data and the run live is recorded, not compared: a store reached by another
-    # path, moved or copied is the same data, which `data_fingerprint` checks by content.
-    saved = {k: v for k, v in saved.items() if k not in LOCATION_SETTINGS}
-    current = {k: v for k, v in current.items() if k not in LOCATION_SETTINGS}
-    defaults = asdict(TrainConfig())
-    # The same schedule whether the decay is left to its default or given as that default.
-    current["decay_fraction"] = _decay(current)
-    saved = saved | {"decay_fraction": _decay(defaults | saved)}
-    unknown = [f"{name}: unknown to this version" for name in saved.keys() - current.keys()]
-    return unknown + [
-        f"{name.replace('_', '-')}: {saved.get(name, defaults[name])!r} -> {value!r}"
-        for name, value in current.items()
-        if saved.get(name, defaults[name]) != value
-    ]
-
-
-def _decay(settings: dict) -> float:
-    """The decay fraction a run's requested settings resolve to."""
-    return replace(
-        TrainConfig(), **{name: settings[name] for name in ("decay_fraction", "weight_average")}
-    ).decay_value()
+        check_refit_memory(tokens, cfg.k if cfg.k is not None else cfg.target_l0)
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -71,6 +71,14 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "acts").exists()
 
 
+def test_every_command_has_help():
+    """argparse %-formats help text: a docstring's "5%" once broke `demo --help`."""
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        assert parser.format_help().startswith("usage: "), name
+    assert "5% of" in " ".join(commands["demo"].format_help().split())
+
+
 def test_help_comes_from_field_docstrings():
     harvest = build_parser()._subparsers._group_actions[0].choices["harvest"]
     help_text = " ".join(harvest.format_help().split())

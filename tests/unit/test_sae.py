@@ -71,7 +71,7 @@ def test_config_json_round_trip():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"arch": "gated"}, "unknown SAE architecture 'gated'"),
+        ({"arch": "mystery"}, "unknown SAE architecture 'mystery'"),
         ({"arch": "topk", "k": 40000, "n_features": 9216}, "--k 40000 is larger than the number"),
         ({"arch": "topk", "k": None}, "topk needs k"),
         ({"arch": "relu", "k": 8}, "k is for topk and batchtopk only"),
@@ -459,3 +459,45 @@ def test_sparse_training_step_saves_no_dense_batch_by_features_tensor(arch):
         out = sae.training_step(torch.randn(batch, d), AUXK_COEFFICIENT, torch.rand(n) < 0.5)
     out.loss.backward()
     assert saved and all(math.prod(shape) < batch * n for _, shape in saved), saved
+
+
+def test_the_architectures_are_listed_once_and_declare_their_training():
+    from dataclasses import fields
+
+    from monoscope.sae import SAE_CLASSES, registry
+    from monoscope.sae import config as config_module
+    from monoscope.sae.training import SPARSITY_K, SPARSITY_PENALTY, SampleStart, TrainingDefaults
+
+    assert {cls.arch: cls for cls in (*registry.TRAINED, *registry.FIXED)} == SAE_CLASSES
+    assert ARCHITECTURES == registry.ARCHITECTURES == tuple(c.arch for c in registry.TRAINED)
+    assert not hasattr(config_module, "ARCHITECTURES")  # SAEConfig reads the registry
+    readable = {f.name for f in fields(SampleStart)}
+    for cls in registry.TRAINED:
+        assert isinstance(cls.training_defaults, TrainingDefaults), cls.arch
+        assert cls.sparsity in (SPARSITY_K, SPARSITY_PENALTY), cls.arch
+        assert set(cls.start_settings) <= readable, cls.arch
+        # A k-sparse architecture has a default k; a penalised one has none.
+        assert (cls.training_defaults.k is None) == (cls.sparsity == SPARSITY_PENALTY), cls.arch
+        build_sae(config(cls.arch))  # every listed architecture builds
+    with pytest.raises(ValueError, match="arch must be one of relu, topk, batchtopk, jumprelu"):
+        registry.trained_class("neurons")  # a fixed dictionary is not trained
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_each_architecture_starts_from_a_sample_as_it_declares(arch):
+    from monoscope.sae.training import SampleStart
+
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(512, D, generator=gen) * 3 + 1
+    plain = build_sae(config(arch), seed=0)
+    started = build_sae(config(arch), seed=0)
+    settings = {"decoder_init_power": 0.125, "b_enc_init_share": 0.25, "target_l0": 6.0}
+    chosen = {name: settings[name] for name in type(started).start_settings}
+    started.start_from_sample(sample, SampleStart(**chosen))
+    moved = [n for n, p in started.named_parameters() if not torch.equal(p, plain.get_parameter(n))]
+    # topk/batchtopk: b_enc below the cuts and the encoder's scale; relu/jumprelu: the L0 start.
+    assert "b_enc" in moved or "log_threshold" in moved, arch
+    unstarted = build_sae(config(arch), seed=0)
+    unstarted.start_from_sample(sample, SampleStart())  # every setting at 0
+    if started.sparsity == "penalty":  # without a target L0 nothing moves
+        assert all(torch.equal(p, plain.get_parameter(n)) for n, p in unstarted.named_parameters())

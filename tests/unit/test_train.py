@@ -22,6 +22,7 @@ from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
 from monoscope.train.sources import ModelSource, open_source
+from monoscope.train.start import new_start
 from monoscope.train.target_l0 import L0Controller
 
 
@@ -34,41 +35,80 @@ def test_schedules_follow_the_recipe():
 
 
 def test_architecture_defaults_and_overrides():
-    topk, relu = TrainConfig(arch="topk"), TrainConfig(arch="relu")
-    assert (topk.lr_value(), topk.adam_beta1_value(), topk.lr_warmup_value()) == (4e-3, 0.8, 0.1)
-    assert (relu.lr_value(), relu.adam_beta1_value(), relu.lr_warmup_value()) == (5e-5, 0.9, 0)
-    assert (topk.decoder_lr_multiple_value(), relu.decoder_lr_multiple_value()) == (4.0, 1.0)
-    assert (topk.adam_basis_value(), relu.adam_basis_value()) == ("eigen", "standard")
-    assert TrainConfig(arch="batchtopk").adam_basis_value() == "standard"
-    assert TrainConfig(arch="topk", adam_basis="standard").adam_basis_value() == "standard"
-    with pytest.raises(ValueError, match="adam_basis must be eigen or standard"):
+    topk, relu = TrainConfig(arch="topk").resolved(), TrainConfig(arch="relu").resolved()
+    assert (topk.lr, topk.adam_beta1, topk.lr_warmup_fraction) == (4e-3, 0.8, 0.1)
+    assert (relu.lr, relu.adam_beta1, relu.lr_warmup_fraction) == (5e-5, 0.9, 0)
+    assert (topk.decoder_lr_multiple, relu.decoder_lr_multiple) == (4.0, 1.0)
+    assert (topk.adam_basis, relu.adam_basis) == ("eigen", "standard")
+    assert TrainConfig(arch="batchtopk").resolved().adam_basis == "standard"
+    assert TrainConfig(arch="topk", adam_basis="standard").resolved().adam_basis == "standard"
+    with pytest.raises(ValueError, match="--adam-basis must be eigen or standard"):
         TrainConfig(adam_basis="pca")
-    assert (topk.idle_momentum_value(), relu.idle_momentum_value()) == ("reset", "keep")
-    assert TrainConfig(arch="batchtopk").idle_momentum_value() == "keep"
-    assert TrainConfig(arch="relu", idle_momentum="reset").idle_momentum_value() == "reset"
-    with pytest.raises(ValueError, match="idle_momentum must be reset or keep"):
+    assert (topk.idle_momentum, relu.idle_momentum) == ("reset", "keep")
+    assert TrainConfig(arch="batchtopk").resolved().idle_momentum == "keep"
+    assert TrainConfig(arch="relu", idle_momentum="reset").resolved().idle_momentum == "reset"
+    with pytest.raises(ValueError, match="--idle-momentum must be reset or keep"):
         TrainConfig(idle_momentum="lazy")
-    assert (TrainConfig().k_value(), TrainConfig(k=8).k_value()) == (32, 8)
+    assert (topk.k, TrainConfig(k=8).resolved().k, relu.k) == (32, 8, None)
     for arch in ("relu", "jumprelu"):  # a k they would ignore is refused, not dropped
         with pytest.raises(ValueError, match=f"k applies to topk and batchtopk; {arch}"):
             TrainConfig(arch=arch, k=8)
-    mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0)
-    assert (mine.lr_value(), mine.adam_beta1_value(), mine.lr_warmup_value()) == (1e-3, 0.9, 0)
-    assert TrainConfig(arch="relu", decoder_lr_multiple=2).decoder_lr_multiple_value() == 2
-    with pytest.raises(ValueError, match="adam_beta1"):
+    mine = TrainConfig(arch="topk", lr=1e-3, adam_beta1=0.9, lr_warmup_fraction=0.0).resolved()
+    assert (mine.lr, mine.adam_beta1, mine.lr_warmup_fraction) == (1e-3, 0.9, 0)
+    assert TrainConfig(arch="relu", decoder_lr_multiple=2).resolved().decoder_lr_multiple == 2
+    # β1 0 is a setting now (no momentum), not "the default".
+    assert TrainConfig(arch="topk", adam_beta1=0.0).resolved().adam_beta1 == 0.0
+    with pytest.raises(ValueError, match="--adam-beta1"):
         TrainConfig(adam_beta1=1.0)
-    with pytest.raises(ValueError, match="decoder_lr_multiple"):
-        TrainConfig(decoder_lr_multiple=-1)
-    assert (topk.decoder_init_power_value(), relu.decoder_init_power_value()) == (0.125, 0.0)
-    assert TrainConfig(arch="topk", decoder_init_power=0).decoder_init_power_value() == 0
-    with pytest.raises(ValueError, match="decoder_init_power"):
+    for bad in ({"lr": 0.0}, {"k": 0}, {"decoder_lr_multiple": -1}):
+        with pytest.raises(ValueError, match="--" + next(iter(bad)).replace("_", "-")):
+            TrainConfig(**bad)
+    assert (topk.decoder_init_power, relu.decoder_init_power) == (0.125, 0.0)
+    assert TrainConfig(arch="topk", decoder_init_power=0).resolved().decoder_init_power == 0
+    with pytest.raises(ValueError, match="--decoder-init-power applies to topk and batchtopk"):
         TrainConfig(arch="relu", decoder_init_power=0.5)
     # The recipe's lr decay, off with a weight average (which replaces it) unless given.
-    assert (topk.decay_value(), TrainConfig(weight_average=0.2).decay_value()) == (0.2, 0.0)
-    assert TrainConfig(weight_average=0.2, decay_fraction=0.1).decay_value() == 0.1
-    assert TrainConfig(decay_fraction=0).decay_value() == 0
+    averaged = TrainConfig(weight_average=0.2)
+    assert (topk.decay_fraction, averaged.resolved().decay_fraction) == (0.2, 0.0)
+    assert TrainConfig(weight_average=0.2, decay_fraction=0.1).resolved().decay_fraction == 0.1
+    assert TrainConfig(decay_fraction=0).resolved().decay_fraction == 0
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
+
+
+def test_the_defaults_live_on_the_architectures_and_the_help_shows_them():
+    from monoscope.sae.registry import TRAINED
+
+    for cls in TRAINED:
+        resolved = TrainConfig(arch=cls.arch).resolved()
+        for name, value in vars(cls.training_defaults).items():
+            assert getattr(resolved, name) == value, (cls.arch, name)
+        assert resolved.resolved() == resolved  # nothing left to resolve
+    assert (
+        TrainConfig.default_help("lr") == "relu 5e-05, topk 0.004, batchtopk 0.0025, jumprelu 0.001"
+    )
+    assert TrainConfig.default_help("k") == "topk 32, batchtopk 32"
+    assert TrainConfig.default_help("seed") is None
+    with pytest.raises(ValueError, match="arch must be one of relu, topk, batchtopk, jumprelu"):
+        TrainConfig(arch="gated")
+
+
+def test_settings_of_older_versions_read_their_defaults_as_none():
+    from monoscope.train.config import from_older_version
+
+    old = {"k": 0, "lr": 0.0, "coefficient": -1.0, "adam_basis": "", "decay_fraction": -1.0}
+    old |= {"b_enc_init_share": 0.0, "seed": 0, "tokens": 0, "overwrite": False}
+    assert from_older_version(old) == {
+        "k": None,
+        "lr": None,
+        "coefficient": None,
+        "adam_basis": None,
+        "decay_fraction": None,
+        "b_enc_init_share": 0.0,  # 0 was a setting (b_enc at 0), negative the default
+        "seed": 0,
+        "tokens": 0,
+        "overwrite": False,
+    }
 
 
 def test_the_weight_average_is_a_mean_then_an_exponential_average():
@@ -239,7 +279,7 @@ def test_training_lowers_the_loss_and_writes_the_sae(low_rank_npy, tmp_path, arc
             arch=arch,
             tokens=256 * 40,
             lr=3e-3,
-            coefficient=-1 if arch != "relu" else 0.5,
+            coefficient=None if arch != "relu" else 0.5,
         )
     )
     log = read_log(tmp_path / "sae")
@@ -387,13 +427,13 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(low_rank_npy, tmp_
 def test_a_resumed_run_keeps_the_defaults_it_started_with(low_rank_npy, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from monoscope.train import config as train_config
+    from monoscope.sae import TopKSAE
 
     reference = run(cfg(low_rank_npy, tmp_path / "ref"))
     run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae"), monkeypatch)
     # A later version with other topk defaults: the run goes on with the ones it began with.
-    changed = replace(train_config.DEFAULTS["topk"], lr=0.5, adam_basis="standard")
-    monkeypatch.setitem(train_config.DEFAULTS, "topk", changed)
+    changed = replace(TopKSAE.training_defaults, lr=0.5, adam_basis="standard")
+    monkeypatch.setattr(TopKSAE, "training_defaults", changed)
     resumed = run(cfg(low_rank_npy, tmp_path / "sae"))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
@@ -433,7 +473,7 @@ def test_a_finite_but_exploding_loss_also_stops_the_run(low_rank_npy, tmp_path):
     # The limit is a setting: off, the same run ends (and writes its poor SAE).
     run(cfg(low_rank_npy, tmp_path / "off", lr=1e3, divergence_fvu=0))
     assert (tmp_path / "off" / "config.json").exists()
-    with pytest.raises(ValueError, match="divergence_fvu must be >= 0"):
+    with pytest.raises(ValueError, match="--divergence-fvu must be at least 0"):
         cfg(low_rank_npy, tmp_path / "x", divergence_fvu=-1)
 
 
@@ -455,7 +495,7 @@ def test_a_target_l0_run_starts_at_that_l0(low_rank_npy, tmp_path, arch):
     sample = source.sample(2048)
     for target in (0.0, 6.0, 20.0):
         config = cfg(low_rank_npy, tmp_path / "x", arch=arch, target_l0=target)
-        sae, _ = train_run._new_sae(config, source, None)
+        sae = new_start(config, source, None).sae
         with torch.no_grad():
             f = sae.encode(sample)
             error = fvu(sample, sae.decode(f))
@@ -484,7 +524,7 @@ def test_bad_input_is_refused(low_rank_npy, tmp_path):
     with pytest.raises(ValueError, match="activations not found"):
         run(cfg(tmp_path / "missing.npy", tmp_path / "c"))
     with pytest.raises(ValueError, match="the default --k 32 is larger"):
-        run(cfg(low_rank_npy, tmp_path / "a", features="16", k=0))
+        run(cfg(low_rank_npy, tmp_path / "a", features="16", k=None))
     with pytest.raises(ValueError, match="--target-l0 20 is larger"):
         run(cfg(low_rank_npy, tmp_path / "a", arch="relu", features="16", target_l0=20))
     assert not (tmp_path / "a").exists()  # refused before the output folder is made
@@ -532,8 +572,9 @@ def test_an_output_folder_holding_an_sae_of_another_format_is_refused(low_rank_n
         ({"arch": "relu", "weight_average": 0.2}, "--weight-average applies to topk and batchtopk"),
         ({"warmup_fraction": -1.0}, r"--warmup-fraction must be in \[0, 1\]"),
         ({"outlier_multiple": 0.5}, "--outlier-multiple must be 0"),
-        ({"decoder_init_power": 100.0}, "--decoder-init-power is at most 1"),
-        ({"b_enc_init_share": 1.5}, "--b-enc-init-share is at most 1"),
+        ({"decoder_init_power": 100.0}, r"--decoder-init-power must be in \[0, 1\]"),
+        ({"decoder_init_power": -1.0}, r"--decoder-init-power must be in \[0, 1\]"),
+        ({"b_enc_init_share": 1.5}, r"--b-enc-init-share must be in \[0, 1\]"),
         ({"arch": "relu", "b_enc_init_share": 0.25}, "--b-enc-init-share applies to topk"),
         ({"arch": "batchtopk", "target_l0": 8.0}, "batchtopk sets L0 with --k"),
         ({"refit_decoder": -0.1}, "--refit-decoder must be at least 0"),
@@ -695,14 +736,14 @@ def test_b_dec_starts_where_the_config_says(low_rank_npy, tmp_path):
 
     source = open_source(low_rank_npy)
     for arch, b_dec_init, moved in [
-        ("relu", "", False),
+        ("relu", None, False),
         ("relu", "median", True),
-        ("topk", "", True),
+        ("topk", None, True),
     ]:
         config = cfg(low_rank_npy, tmp_path / "x", arch=arch, b_dec_init=b_dec_init)
-        sae, _ = train_run._new_sae(config, source, None)
+        sae = new_start(config, source, None).sae
         assert bool(sae.b_dec.abs().sum() > 0) is moved, (arch, b_dec_init)
-    with pytest.raises(ValueError, match="b_dec_init must be median or zero"):
+    with pytest.raises(ValueError, match="--b-dec-init must be median or zero"):
         TrainConfig(b_dec_init="mean")
 
 
@@ -815,5 +856,55 @@ def test_a_copied_data_file_and_a_moved_run_folder_resume(low_rank_npy, tmp_path
     shutil.copy(low_rank_npy, copy)
     (tmp_path / "sae").rename(tmp_path / "moved")
     resumed = run(cfg(copy, tmp_path / "moved"))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_the_trainer_holds_no_per_architecture_branches():
+    """What differs by architecture is declared on the SAE classes (monoscope/sae/training.py)."""
+    import re
+    from pathlib import Path
+
+    import monoscope.train
+
+    for path in Path(monoscope.train.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"\barch\s*(==|!=|\bin\b|\bnot in\b)\s*[(\"'A-Z]", text), path
+        assert not re.search(r"isinstance\([^)]*(TopK|Relu|ReLU|JumpReLU|Neuron)", text), path
+        assert not re.search(r"def \w+_value\(", text), path  # no sentinel resolvers
+
+
+def test_the_cli_offers_the_registered_architectures():
+    from monoscope.cli import build_parser
+    from monoscope.sae.registry import ARCHITECTURES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    arch = next(a for a in train._actions if a.dest == "arch")
+    assert tuple(arch.choices) == ARCHITECTURES
+    lr = next(a for a in train._actions if a.dest == "lr")
+    assert lr.default is None and "topk 0.004" in lr.help  # each architecture's default shown
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_a_checkpoint_of_the_version_before_none_defaults_resumes(
+    low_rank_npy, tmp_path, monkeypatch, arch
+):
+    """Checkpoints written when 0, a negative number or '' meant 'the default' resume
+    bit-identically, their settings compared as the defaults they meant."""
+    options = {"arch": arch, "target_l0": 6.0} if arch == "relu" else {"arch": arch}
+    reference = run(cfg(low_rank_npy, tmp_path / "ref", **options))
+    run_killed_at(7, cfg(low_rank_npy, tmp_path / "sae", **options), monkeypatch)
+    pointer = tmp_path / "sae" / "checkpoint.json"
+    saved = json.loads(pointer.read_text())
+    del saved["checksum"]  # pointers written before they were sealed had none
+    legacy = {"lr": 0.0, "decoder_lr_multiple": 0.0, "adam_beta1": 0.0, "coefficient": -1.0}
+    legacy |= {"decoder_init_power": -1.0, "b_enc_init_share": -1.0, "decay_fraction": -1.0}
+    legacy |= {"lr_warmup_fraction": -1.0, "adam_basis": "", "idle_momentum": "", "b_dec_init": ""}
+    if arch == "relu":
+        legacy["k"] = 0
+        saved["resolved_defaults"]["k"] = 0  # recorded so for relu then
+    saved["train_config"] |= legacy
+    pointer.write_text(json.dumps(saved))
+    resumed = run(cfg(low_rank_npy, tmp_path / "sae", **options))
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
