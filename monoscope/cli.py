@@ -254,7 +254,7 @@ def _add_pipeline_commands(commands) -> None:
 
     convert = commands.add_parser("convert", help="convert an SAE between formats")
     convert.add_argument("src", help="SAE folder: monoscope, SAELens or sparsify format")
-    convert.add_argument("--to", required=True, choices=["saelens", "monoscope"])
+    convert.add_argument("--to", required=True, choices=["saelens", "monoscope", "sparsify"])
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--overwrite", action="store_true", help="replace files in --out")
     convert.set_defaults(func=_convert)

@@ -85,8 +85,9 @@ def attribution_pass(
 
     def splice(x: Tensor) -> Tensor:  # x [1, P, d]
         rows = x[0, start:].detach()
-        f = sae.encode(rows.to(param.device, param.dtype)).detach().requires_grad_(True)
-        x_hat = sae.decode(f)
+        rows_on_device = rows.to(param.device, param.dtype)
+        f = sae.encode(rows_on_device).detach().requires_grad_(True)
+        x_hat = sae.finish_reconstruction(sae.decode(f), rows_on_device)
         error = rows.to(x_hat) - x_hat.detach()
         leaf.append(f)
         return torch.cat([x[:, :start].detach(), (x_hat + error).to(x)[None]], dim=1)

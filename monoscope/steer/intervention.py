@@ -81,6 +81,16 @@ def same_model(a: str, b: str) -> bool:
 def check_sae(lm: LanguageModel, sae: SparseAutoencoder, key: str = "sae") -> str:
     """The SAE's site; SteeringError unless the SAE was made for this model and site."""
     site = sae.cfg.site
+    if sae.cfg.transcoder:
+        raise SteeringError(
+            f"SAE {key!r} is a transcoder ({site} -> {sae.cfg.output_site}): steering writes a "
+            "reconstruction back where the SAE reads, and a transcoder's output belongs elsewhere"
+        )
+    if sae.cfg.input_norm != "none":
+        raise SteeringError(
+            f"SAE {key!r} normalises each token ({sae.cfg.input_norm}), so a feature's decoder "
+            "direction is scaled per token: steering by fixed directions would not be exact"
+        )
     if site is None:
         raise SteeringError(f"SAE {key!r} names no site in its config: it cannot be placed")
     if sae.cfg.model is not None and not same_model(sae.cfg.model, lm.name):

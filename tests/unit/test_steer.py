@@ -350,3 +350,13 @@ def test_max_activations_from_a_feature_store(saes, tmp_path):
     conn.close()
     with pytest.raises(SteeringError, match=f"SAE of {n + 1} features"):
         from_feature_store(path, sae)
+
+
+def test_an_sae_that_normalises_each_token_is_not_steered(tiny_llama, saes, monkeypatch):
+    """Its decoder directions are scaled by each token's own norm: no fixed direction is exact."""
+    from monoscope.steer import check_sae
+
+    sae = saes["topk"]
+    monkeypatch.setattr(sae, "cfg", replace(sae.cfg, input_norm="layer_norm"))
+    with pytest.raises(SteeringError, match="normalises each token"):
+        check_sae(tiny_llama, sae)
