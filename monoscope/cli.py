@@ -7,6 +7,8 @@ import sys
 from contextlib import nullcontext
 
 from monoscope.config_args import add_config_arguments, config_from_args
+from monoscope.runtime import configure_threads
+from monoscope.train.memory import return_large_blocks_when_freed
 
 
 def _sites(args: argparse.Namespace) -> None:
@@ -29,6 +31,7 @@ def _train(args: argparse.Namespace) -> None:
     from monoscope.train import TrainConfig, run
 
     cfg = config_from_args(TrainConfig, args)
+    return_large_blocks_when_freed()  # peak memory: see monoscope.train.memory
     sae = run(cfg)
     summary = sae.cfg.training
     print(
@@ -77,6 +80,7 @@ def _export_site(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from monoscope.demo import DemoConfig, run
 
+    return_large_blocks_when_freed()  # the demo trains
     run(config_from_args(DemoConfig, args))
 
 
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a 1 s load are noise here
+    configure_threads()  # every core (torch may count 1 on a small VM); MONOSCOPE_THREADS
     try:
         with _sae_verification(args):
             args.func(args)

@@ -49,7 +49,7 @@ from monoscope.evaluate.metrics import density_histogram
 from monoscope.folders import made_folder
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
-from monoscope.runtime import configure_threads, intra_op_threads
+from monoscope.runtime import intra_op_threads
 
 
 def encode(sae: nn.Module, x: Tensor) -> Tensor:
@@ -307,7 +307,6 @@ def run(
     cfg.model); resume an interrupted store at cfg.out; returns its path. `logit_directions`
     [n_features, d_model]: what each feature writes to the residual stream, for dictionaries
     whose decoder rows are not residual directions (MLP neurons); default W_dec."""
-    configure_threads()
     if cfg.map:
         require_umap()  # before the pass, not after it
     if cfg.export == "parquet":

@@ -24,7 +24,7 @@ from monoscope.harvest.shards import check_shard_file
 from monoscope.harvest.store import MANIFEST, ActivationStore, StoreError
 from monoscope.harvest.writer import ShardWriter
 from monoscope.models import LanguageModel, load_model
-from monoscope.runtime import configure_threads, dtype_name, parse_dtype
+from monoscope.runtime import dtype_name, parse_dtype
 
 # Manifest keys that must match for a rerun to resume an existing store.
 _IDENTITY_KEYS = (
@@ -125,7 +125,6 @@ def _batches(contexts: Iterator[Context], size: int) -> Iterator[list[Context]]:
 
 def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
     """Harvest activations as `cfg` says; resume an incomplete store at cfg.out."""
-    configure_threads()
     lm = lm or load_model(cfg.model, dtype=cfg.model_dtype)
     spec, out, manifest = _open_store(cfg, lm)
     if manifest["complete"]:

@@ -31,7 +31,6 @@ from monoscope.harvest.store import MANIFEST
 from monoscope.interpret import compare_plots, compare_scores
 from monoscope.interpret.correlation import best_matches, correlate, upstream_layers
 from monoscope.models import LanguageModel, load_model
-from monoscope.runtime import configure_threads
 
 PAPER_FRACTION = 0.82
 """Templeton et al. 2024: 82% of features have a best-matching neuron with r ≤ 0.3."""
@@ -287,7 +286,6 @@ def _write(report: dict, out: Path, plots: bool, seed: int) -> None:
 def run_compare_neurons(cfg: CompareNeuronsConfig, lm: LanguageModel | None = None) -> dict:
     """Both halves of the comparison; writes the report folder (cfg.out); returns report.json's
     contents. Missing scores are noted in the report, not an error."""
-    configure_threads()
     if cfg.plots:
         compare_plots.require_matplotlib()  # before the pass, not after it
     meta, feature_scores, live = _read_store(cfg.features_db)

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from monoscope.runtime import configure_threads
 from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import SPARSITY_PENALTY
@@ -33,7 +32,6 @@ from monoscope.train.config import TrainConfig
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.loggers import MetricLogger, read_metrics, require_backend
-from monoscope.train.memory import return_large_blocks_when_freed
 from monoscope.train.outdir import prepare_out, removed_if_failed_early
 from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
@@ -104,8 +102,6 @@ def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:
     """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one."""
-    configure_threads()
-    return_large_blocks_when_freed()  # peak memory: see monoscope.train.memory
     require_backend(cfg.logger)  # a missing optional package fails before anything is done
     if cfg.stream_model:
         # The shuffle buffer need not hold more than the run trains on: a short run would

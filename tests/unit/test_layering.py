@@ -61,3 +61,47 @@ def test_every_module_imports_only_its_layer_and_below():
             if above or sideways:
                 wrong.append(f"{path.relative_to(root)} imports monoscope.{other}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_library_calls_leave_process_settings_alone(tiny_llama, corpus_file, tmp_path):
+    """Threads (and glibc's mmap threshold) are the CLI's to set, not a side effect of
+    `harvest`, `train` or `analyze` called from a user's program."""
+    import torch
+
+    from monoscope.analyze import analyze
+    from monoscope.harvest import HarvestConfig
+    from monoscope.harvest import run as harvest
+    from monoscope.train import TrainConfig
+    from monoscope.train import run as train
+
+    site = "blocks.1.hook_resid_post"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = harvest(
+            HarvestConfig(
+                model=tiny_llama.name,
+                sites=[site],
+                corpus=str(corpus_file),
+                tokens=1200,
+                out=str(tmp_path / "acts"),
+                context=32,
+                progress=False,
+            ),
+            tiny_llama,
+        )
+        sae = train(
+            TrainConfig(
+                acts=str(store.path),
+                out=str(tmp_path / "sae"),
+                k=4,
+                features="2x",
+                batch_size=256,
+                tokens=512,
+                progress=False,
+            )
+        )
+        analyze(sae, store, model=tiny_llama, out=tmp_path / "f.db", map=False, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
