@@ -82,20 +82,31 @@ class SAEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if cls.uses_k:
-            if self.k is None:
-                raise ValueError(f"{self.arch} needs k, the number of active latents per token")
-            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
-                raise ValueError(f"k must be a positive integer, got {self.k!r}")
-            if self.k > self.n_features:
+        self._check_k(cls.uses_k)
+        self._check_numbers()
+        self._check_choices(cls.convention)
+        if self.subtract_b_dec_in_encoder is None:
+            self.subtract_b_dec_in_encoder = cls.subtracts_b_dec
+        cls.check_config(self)
+
+    def _check_k(self, uses_k: bool) -> None:
+        if not uses_k:
+            if self.k is not None:
                 raise ValueError(
-                    f"--k {self.k} is larger than the number of features {self.n_features}"
+                    f"k is for topk and batchtopk only (and groupmax imports); leave it unset "
+                    f"for {self.arch}"
                 )
-        elif self.k is not None:
+            return
+        if self.k is None:
+            raise ValueError(f"{self.arch} needs k, the number of active latents per token")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+        if self.k > self.n_features:
             raise ValueError(
-                f"k is for topk and batchtopk only (and groupmax imports); leave it unset for "
-                f"{self.arch}"
+                f"--k {self.k} is larger than the number of features {self.n_features}"
             )
+
+    def _check_numbers(self) -> None:
         _positive("input_scale", self.input_scale)
         _positive("jumprelu_bandwidth", self.jumprelu_bandwidth)
         _positive("jumprelu_init_threshold", self.jumprelu_init_threshold)
@@ -105,12 +116,15 @@ class SAEConfig:
             raise ValueError(
                 f"batchtopk_threshold must be a finite number >= 0, got {self.batchtopk_threshold}"
             )
-        expected = cls.convention
+
+    def _check_choices(self, convention: str) -> None:
+        """The activation convention (filled in from the architecture's when unset), compute
+        dtype and input normalisation."""
         if self.activation_convention is None:
-            self.activation_convention = expected
-        elif self.activation_convention != expected:
+            self.activation_convention = convention
+        elif self.activation_convention != convention:
             raise ValueError(
-                f"{self.arch} SAEs report activations as {expected!r}, "
+                f"{self.arch} SAEs report activations as {convention!r}, "
                 f"not {self.activation_convention!r}"
             )
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -122,9 +136,6 @@ class SAEConfig:
             raise ValueError(
                 f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}"
             )
-        if self.subtract_b_dec_in_encoder is None:
-            self.subtract_b_dec_in_encoder = cls.subtracts_b_dec
-        cls.check_config(self)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": SAE_FORMAT, "version": SAE_FORMAT_VERSION, **asdict(self)}
