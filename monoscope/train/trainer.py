@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -98,6 +99,14 @@ def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch
                 f"no full batch of {cfg.batch_size} tokens in the training data{skipped}: "
                 "lower --batch-size"
             )
+
+
+def train(acts: str | Path, out: str | Path, **options: Any) -> SparseAutoencoder:
+    """Train an SAE on `acts` (an activation store, or an .npy / .safetensors array [n, d])
+    into folder `out`: `run(TrainConfig(acts=..., out=..., **options))`, the options being
+    TrainConfig's fields (arch, features, k, tokens, lr, ...; unset: the architecture's
+    defaults). Resumes from a checkpoint in `out` as the CLI does."""
+    return run(TrainConfig(acts=str(acts), out=str(out), **options))
 
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from monoscope.cli import build_parser, main
@@ -141,12 +143,13 @@ def test_train_eval_and_convert_commands(tiny_model_dirs, corpus_file, tmp_path,
 
 
 def test_an_interrupted_command_says_how_to_resume(monkeypatch, capsys):
-    import monoscope.train
+    # The subpackage (`monoscope.train` itself is the Python helper `train`).
+    train_package = sys.modules["monoscope.train"]
 
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(monoscope.train, "run", interrupted)
+    monkeypatch.setattr(train_package, "run", interrupted)
     assert main(["train", "--acts", "a.npy", "--out", "o"]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
     assert main(["train", "--acts", "a.npy", "--out", "o", "--overwrite"]) == 130

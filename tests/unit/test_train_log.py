@@ -9,10 +9,9 @@ import logging
 import numpy as np
 import pytest
 
-import monoscope.train.trainer as trainer
 from monoscope.artifacts import CorruptFileError
 from monoscope.cli import main
-from monoscope.train import TrainConfig, read_log, run
+from monoscope.train import TrainConfig, read_log, run, trainer
 
 ROWS = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
 
