@@ -25,12 +25,15 @@ defaults otherwise:
   momentum of latents without a gradient zeroed (as topk's default): `--lr 2e-3
   --decoder-lr-multiple 5 --coefficient 1.5 --b-dec-init median --idle-momentum reset`
   (docs/LOG.md, 2026-11-26).
-FVU is pooled and centred (monoscope.evaluate), on the held-out split, where tokens over 10x
-the median norm are reported apart. It is also given on the train split including those
-outlier tokens (in-sample, as a tool that filters nothing and holds nothing out reports it):
-a few tokens after BOS carry about half of the train split's variance, so that figure is not
-comparable with the held-out one. Dead: latents that never fire on the held-out tokens
-(~10k), and ("dead@train") on the ~200k train tokens. The held-out figure counts every latent
+FVU is pooled and centred (monoscope.evaluate), on the held-out split: on all its rows
+("FVU"), without the outlier rows ("w/o out": norm over 10x the train split's median, the rows
+the trainer skips), and on the outlier rows alone ("out only", each subset centred on its own
+mean), with the outliers' count ("out") and share of the held-out variance ("out var").
+It is also given on the train split including those outlier tokens (in-sample, as a tool that
+filters nothing and holds nothing out reports it): a few tokens after BOS carry about half of
+the train split's variance, so that figure is not comparable with the held-out one.
+Dead: latents that never fire on the held-out tokens (~10k), and ("dead@train") on the ~200k
+train tokens. The held-out figure counts every latent
 rarer than about 1 in 10k tokens as dead; the paper's window is 10^7 tokens.
 With --model, loss recovered (zero and mean ablation) on held-out contexts.
 
@@ -142,32 +145,38 @@ def store_for(args: argparse.Namespace) -> ActivationStore:
     return harvest(cfg)
 
 
-def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm) -> dict:
-    """Train as `cfg` says, then evaluate on the held-out split (and the train split)."""
-    start = time.perf_counter()
-    sae = train(cfg)
-    seconds = time.perf_counter() - start
+def evaluated(sae, store: ActivationStore, lm) -> dict:
+    """The table's metrics of `sae`: on the held-out split (all rows, without and on only the
+    outlier rows, with a model the splice metrics) and on the train split."""
     held = evaluate(sae, store, lm, max_tokens=0)
     seen = evaluate(sae, store, split="train", max_tokens=0)
     rec = held["reconstruction"]
     row = {
-        "run": name,
-        "steps": sae.cfg.training["steps"],
         "fvu": rec["fvu"],
-        "fvu_without_outliers": rec.get("without_outliers", {}).get("fvu"),
-        "heldout_outliers": rec.get("without_outliers", {}).get("excluded"),
+        "fvu_without_outliers": rec["without_outliers"]["fvu"],
+        "fvu_outliers_only": rec["outliers_only"]["fvu"],
+        "heldout_outliers": rec["without_outliers"]["excluded"],
+        "outlier_share_of_variance": rec["outliers_only"]["share_of_variance"],
         "train_fvu_with_outliers": seen["reconstruction"]["fvu"],
         "l0": rec["l0"],
         "dead": rec["features"]["dead_fraction"],
         "dead_train": seen["reconstruction"]["features"]["dead_fraction"],
-        "coefficient": sae.cfg.training["coefficient"],
-        "seconds": seconds,
     }
     if held["splice"] is not None:
         recovered = held["splice"]["loss_recovered"]
         row["loss_recovered_zero"] = recovered["zero_ablation"]
         row["loss_recovered_mean"] = recovered["mean_ablation"]
         row["ce"] = held["splice"]["ce"]
+    return row
+
+
+def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm) -> dict:
+    """Train as `cfg` says, then evaluate on the held-out split (and the train split)."""
+    start = time.perf_counter()
+    sae = train(cfg)
+    seconds = time.perf_counter() - start
+    row = {"run": name, "steps": sae.cfg.training["steps"], **evaluated(sae, store, lm)}
+    row |= {"coefficient": sae.cfg.training["coefficient"], "seconds": seconds}
     print(format_row(row), flush=True)
     return row
 
@@ -202,7 +211,7 @@ def sparsify_reference(
     max_norm = cfg.outlier_multiple * source.median_norm()
     n_features = cfg.n_features(source.d)
     torch.manual_seed(cfg.seed)
-    coder = SparseCoder(source.d, SparseCoderConfig(num_latents=n_features, k=cfg.k_value()))
+    coder = SparseCoder(source.d, SparseCoderConfig(num_latents=n_features, k=cfg.resolved().k))
     lr = 5e-3 / (n_features / 2**14) ** 0.5  # sparsify's default for "signum"
     opt = ScheduleFreeWrapper(SignSGD([dict(params=coder.parameters(), lr=lr)]), momentum=0.95)
     opt.train()
@@ -219,25 +228,8 @@ def sparsify_reference(
     opt.eval()  # the schedule-free average: what sparsify saves
     seconds = time.perf_counter() - start
     coder.save_to_disk(out)
-    sae = load_sae(out)
-    held = evaluate(sae, store, lm, max_tokens=0)
-    seen = evaluate(sae, store, split="train", max_tokens=0)
-    rec = held["reconstruction"]
-    row = {
-        "run": name,
-        "steps": steps,
-        "fvu": rec["fvu"],
-        "fvu_without_outliers": rec.get("without_outliers", {}).get("fvu"),
-        "train_fvu_with_outliers": seen["reconstruction"]["fvu"],
-        "l0": rec["l0"],
-        "dead": rec["features"]["dead_fraction"],
-        "dead_train": seen["reconstruction"]["features"]["dead_fraction"],
-        "seconds": seconds,
-    }
-    if held["splice"] is not None:
-        recovered = held["splice"]["loss_recovered"]
-        row["loss_recovered_zero"] = recovered["zero_ablation"]
-        row["loss_recovered_mean"] = recovered["mean_ablation"]
+    row = {"run": name, "steps": steps, **evaluated(load_sae(out), store, lm)}
+    row["seconds"] = seconds
     print(format_row(row), flush=True)
     return row
 
@@ -247,7 +239,8 @@ def _num(value: float | None, spec: str) -> str:
 
 
 HEADER = (
-    f"{'run':22} {'steps':>5} {'FVU':>7} {'w/o out':>7} {'train+out':>9} {'L0':>6} "
+    f"{'run':22} {'steps':>5} {'FVU':>7} {'w/o out':>7} {'out only':>8} {'out':>5} "
+    f"{'out var':>7} {'train+out':>9} {'L0':>6} "
     f"{'dead':>6} {'dead@train':>10} {'LR zero':>8} {'LR mean':>8} {'train s':>8}"
 )
 
@@ -256,6 +249,8 @@ def format_row(row: dict) -> str:
     return (
         f"{row['run']:22} {row['steps']:5d} {_num(row['fvu'], '.4f'):>7} "
         f"{_num(row['fvu_without_outliers'], '.4f'):>7} "
+        f"{_num(row['fvu_outliers_only'], '.4f'):>8} {row['heldout_outliers']:5d} "
+        f"{_num(row['outlier_share_of_variance'], '.1%'):>7} "
         f"{_num(row['train_fvu_with_outliers'], '.4f'):>9} {row['l0']:6.1f} "
         f"{row['dead']:6.1%} {row['dead_train']:10.1%} "
         f"{_num(row.get('loss_recovered_zero'), '.2%'):>8} "

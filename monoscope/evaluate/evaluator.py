@@ -1,19 +1,23 @@
 """`evaluate`: an SAE on its store's held-out split -> metrics, eval.json and plots.
 
 The activations are a store folder, or the `.npy`/`.safetensors` [n, d] array an SAE was trained
-on: its held-out rows are the ones the trainer held out (the last 5%). An array has no tokens,
-so there are no splice metrics for it.
+on: its held-out rows are the ones the trainer held out (the last 5%). Split "train" measures
+the other rows (in-sample), "all" every row (both splits of a store: e.g. an imported SAE on
+one's own array). An array has no tokens, so there are no splice metrics for it.
 
 eval.json layout:
   format, version      "monoscope.eval", 1
   sae                  site, d_in, n_features, model (from the SAE's config), path (run only)
-  store                path, model (null for an array), split ("heldout", or "train"),
-                       max_tokens
+  store                path, model (null for an array), split ("heldout", "train" or "all"),
+                       max_tokens, rows (which rows were measured, in words); for an array also
+                       first_row, last_row (inclusive, 0-based) and n_rows (the array's)
   reconstruction       tokens, fvu, explained_variance, mse, mse_per_element, l0,
                        features {n_features, dead_fraction, dense_fraction, dense_threshold,
                                  density_histogram {log10_edges, counts, dead}},
+                       when outlier_multiple > 0 (definitions: metrics.py's docstring):
                        without_outliers {median_norm, outlier_multiple, threshold_norm, excluded,
-                                         tokens, fvu, ...} (when outlier_multiple > 0)
+                                         excluded_fraction, tokens, fvu, ...},
+                       outliers_only {share_of_variance, share_of_squared_error, tokens, fvu, ...}
   splice               null, or contexts, predictions, ce {clean, sae, sae_with_error,
                        zero_ablation, mean_ablation}, ce_increase, kl {...}, loss_recovered
                        {zero_ablation, mean_ablation} (see splice.py for the conventions)
@@ -38,10 +42,30 @@ from monoscope.evaluate.splice import heldout_contexts, run_sae, splice_metrics
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
 from monoscope.plotting import save_png
-from monoscope.runtime import configure_threads
 from monoscope.train.sources import ArraySource
 
 EVAL_FORMAT_VERSION = 1
+SPLITS = ("heldout", "train", "all")
+_STORE_SPLITS = {
+    "heldout": "the store's held-out split",
+    "train": "the store's train split (in-sample)",
+    "all": "both splits of the store (held-out and train)",
+}
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be heldout, train or all, got {split!r}")
+
+
+def _check_reconstructs(sae: nn.Module) -> None:
+    """ValueError for a transcoder: its output is another site's, not a reconstruction."""
+    if sae.cfg.transcoder:
+        raise ValueError(
+            f"the SAE is a transcoder ({sae.cfg.site} -> {sae.cfg.output_site}): it predicts "
+            "another site's activations from its input, so eval's reconstruction metrics do "
+            "not apply"
+        )
 
 
 @dataclass
@@ -49,8 +73,8 @@ class EvalConfig:
     sae: str = "runs/demo/sae"
     """SAE folder to evaluate."""
     acts: str = "runs/demo/acts"
-    """Activation store the SAE was trained on, or the .npy/.safetensors [n, d] array it was
-    trained on; its held-out split is evaluated (an array's: the rows the trainer held out)."""
+    """Activation store the SAE was trained on, or a .npy/.safetensors [n, d] array (the rows
+    `train` holds out of an array: its last 5%); --split picks the rows measured."""
     model: str | None = None
     """Model to splice the SAE into for loss recovered and KL (none: reconstruction only)."""
     out: str | None = None
@@ -60,15 +84,16 @@ class EvalConfig:
     max_tokens: int = 200_000
     """Tokens to evaluate, the first of the split in store order (0: the whole split)."""
     split: str = "heldout"
-    """Store split to evaluate: heldout, or train (as seen in training: in-sample, for
-    comparing with tools that report training-set metrics; no splice metrics)."""
+    """Rows to evaluate: heldout; train (as seen in training: in-sample, for comparing with
+    tools that report training-set metrics); or all (every row of an array, both splits of a
+    store). Splice metrics need heldout."""
     n_contexts: int = 64
     """Held-out contexts for the splice metrics."""
     splice_batch: int = 8
     """Contexts per model forward pass (memory: a few splice_batch x context x vocab floats)."""
     outlier_multiple: float = 10.0
-    """Also report metrics without tokens of norm over this multiple of the train split's median
-    norm, the trainer's outlier filter (0: off)."""
+    """Also report metrics without, and on only, the tokens of norm over this multiple of the
+    train split's median norm: the rows `train` skips at the same --outlier-multiple (0: off)."""
     plots: bool = False
     """Plot the feature-density histogram (needs matplotlib: pip install monoscope[plots])."""
 
@@ -76,8 +101,7 @@ class EvalConfig:
         for name in ("batch_size", "n_contexts", "splice_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.split not in ("heldout", "train"):
-            raise ValueError(f"split must be heldout or train, got {self.split!r}")
+        _check_split(self.split)
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0 (0: all), got {self.max_tokens}")
         if self.outlier_multiple != 0 and self.outlier_multiple < 1:
@@ -139,12 +163,12 @@ def evaluate(
     outlier_multiple: float = EvalConfig.outlier_multiple,
     split: str = EvalConfig.split,
 ) -> dict:
-    """Metrics of `sae` on the held-out split of `store` (or the train split), and with `model`
-    the splice metrics: the eval.json document (see the module docstring). `store` may also be
-    the path of an [n, d] array file. Options are EvalConfig's fields."""
+    """Metrics of `sae` on the held-out split of `store` (or the train split, or all rows), and
+    with `model` the splice metrics: the eval.json document (see the module docstring). `store`
+    may also be the path of an [n, d] array file. Options are EvalConfig's fields."""
     start = time.perf_counter()
-    if split not in ("heldout", "train"):
-        raise ValueError(f"split must be heldout or train, got {split!r}")
+    _check_split(split)
+    _check_reconstructs(sae)
     if not isinstance(store, ActivationStore) and Path(store).is_file():
         if model is not None:
             raise ValueError(
@@ -179,8 +203,39 @@ def evaluate(
     if lm is not None:
         contexts = heldout_contexts(store.manifest, lm.tokenizer, n_contexts)
         splice = splice_metrics(lm, sae, site, contexts, stats.mean, splice_batch)
-    about = {"path": str(store.path), "model": store.manifest["model"]["name"]}
+    measured = (max_tokens or store.n_tokens) - left
+    about = {
+        "path": str(store.path),
+        "model": store.manifest["model"]["name"],
+        "rows": _store_rows(split, measured, max_tokens),
+    }
     return _report(sae, site, about, split, max_tokens, stats, splice, start)
+
+
+def _store_rows(split: str, measured: int, max_tokens: int) -> str:
+    """Which rows of a store were measured, in words."""
+    if max_tokens and measured == max_tokens:
+        return f"the first {measured:,} tokens of {_STORE_SPLITS[split]} (--max-tokens)"
+    return f"{_STORE_SPLITS[split]}: all {measured:,} tokens"
+
+
+def _array_rows(source: ArraySource, split: str, max_tokens: int, path: Path) -> dict:
+    """The rows of the array at `path` measured for `split` (at most max_tokens, 0: all):
+    {rows (in words), first_row, last_row (inclusive), n_rows (the array's)}."""
+    n, n_train, name = source.data.shape[0], source.train.shape[0], path.name
+    first, stop = {"heldout": (n_train, n), "train": (0, n_train), "all": (0, n)}[split]
+    if stop == first:
+        raise StoreError(f"{path} has no {split} rows ({n} in all)")
+    whole = {
+        "heldout": f"the held-out {(n - n_train) / n:.0%} of {name}",
+        "train": f"the train {n_train / n:.0%} of {name} (in-sample)",
+        "all": f"all {n:,} rows of {name}",
+    }[split]
+    if max_tokens and stop - first > max_tokens:
+        stop = first + max_tokens
+        whole = f"the first {max_tokens:,} of {whole} (--max-tokens)"
+    rows = f"{whole}: rows {first:,}..{stop - 1:,}"
+    return {"rows": rows, "first_row": first, "last_row": stop - 1, "n_rows": n}
 
 
 def _evaluate_array(
@@ -192,22 +247,20 @@ def _evaluate_array(
     outlier_multiple: float,
     start: float,
 ) -> dict:
-    """`evaluate` on an array file's rows of `split`, as the trainer split them (`start`: the
-    evaluation's start time)."""
+    """`evaluate` on an array file's rows of `split` ("all": every row), as the trainer split
+    them (`start`: the evaluation's start time)."""
     source = ArraySource(path)  # stops on a bad shape or a NaN/Inf, with the row named
     if source.d != sae.cfg.d_in:
         raise StoreError(f"the SAE has d_in {sae.cfg.d_in}, but {path} has width {source.d}")
-    rows = source.test if split == "heldout" else source.train
-    if rows.shape[0] == 0:
-        raise StoreError(f"{path} has no {split} rows ({source.train.shape[0]} in all)")
+    about = {"path": str(path), "model": None, **_array_rows(source, split, max_tokens, path)}
+    # The trainer's outlier filter: a multiple of the median norm of the train rows.
     median = source.median_norm() if outlier_multiple > 0 else None
     stats = ReconstructionStats(median, outlier_multiple)
     with torch.no_grad():
-        for x in rows[: max_tokens or None].split(batch_size):
+        for x in source.data[about["first_row"] : about["last_row"] + 1].split(batch_size):
             x = x.float()
             f, x_hat = run_sae(sae, x)
             stats.update(x.to(x_hat.device), x_hat, f, x.norm(dim=-1))
-    about = {"path": str(path), "model": None}
     return _report(sae, sae.cfg.site, about, split, max_tokens, stats, None, start)
 
 
@@ -268,7 +321,6 @@ def plot_density(report: dict, path: Path) -> None:
 def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None = None) -> dict:
     """Evaluate as `cfg` says (`sae`/`lm` given: used instead of loading cfg.sae/cfg.model);
     write eval.json and, with cfg.plots, plots/feature_density.png beside it."""
-    configure_threads()
     if cfg.plots:
         _require_matplotlib()  # fail before the evaluation, not after it
     if sae is None:
@@ -296,11 +348,41 @@ def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None 
     return report
 
 
-_SPLIT_NAMES = {"heldout": "held-out", "train": "train-split (in-sample)"}
-
-
 def _num(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+_ROWS = (
+    ("FVU", "fvu", ".4f"),
+    ("explained variance", "explained_variance", ".2%"),
+    ("MSE per token", "mse", ".4g"),
+    ("MSE per element", "mse_per_element", ".4g"),
+    ("L0", "l0", ".1f"),
+)
+
+
+def _reconstruction_lines(rec: dict) -> list[str]:
+    """The reconstruction metrics: a column for all tokens and, when outliers are set apart,
+    one without them and one for them alone, with the outliers' definition and shares."""
+    columns = [("all tokens", rec)]
+    clean, alone = rec.get("without_outliers"), rec.get("outliers_only")
+    if clean is not None and alone is not None:
+        columns.append((f"without {clean['excluded']:,} outliers", clean))
+        columns.append(("outliers only", alone))
+    lines = [f"{'':24}" + "".join(f"{title:>24}" for title, _ in columns)]
+    for label, key, spec in _ROWS:
+        lines.append(f"{label:24}" + "".join(f"{_num(c.get(key), spec):>24}" for _, c in columns))
+    if clean is not None and alone is not None:
+        lines.append(
+            f"{'':24}outliers: |x| > {clean['outlier_multiple']:g} x median "
+            f"{clean['median_norm']:.4g} = {clean['threshold_norm']:.4g} (the rows train skips)"
+        )
+        lines.append(
+            f"{'':24}{clean['excluded']:,} of {rec['tokens']:,} tokens "
+            f"({clean['excluded_fraction']:.3%}): {_num(alone['share_of_variance'], '.1%')} of "
+            f"the variance, {_num(alone['share_of_squared_error'], '.1%')} of the squared error"
+        )
+    return lines
 
 
 def format_table(report: dict) -> str:
@@ -309,35 +391,16 @@ def format_table(report: dict) -> str:
     feats = rec["features"]
     lines = [
         f"SAE at {sae['site'] or 'an unnamed site'}: d_in {sae['d_in']} -> "
-        f"{sae['n_features']:,} features; "
-        f"{rec['tokens']:,} {_SPLIT_NAMES[report['store']['split']]} tokens of "
-        f"{report['store']['path']}",
+        f"{sae['n_features']:,} features",
+        f"rows: {report['store']['rows']} (in {report['store']['path']})",
+        *_reconstruction_lines(rec),
     ]
-    columns = [("all tokens", rec)]
-    clean = rec.get("without_outliers")
-    if clean is not None:
-        columns.append((f"without {clean['excluded']:,} outliers", clean))
-    rows = [
-        ("FVU", "fvu", ".4f"),
-        ("explained variance", "explained_variance", ".2%"),
-        ("MSE per token", "mse", ".4g"),
-        ("MSE per element", "mse_per_element", ".4g"),
-        ("L0", "l0", ".1f"),
-    ]
-    lines.append(f"{'':24}" + "".join(f"{title:>26}" for title, _ in columns))
-    for label, key, spec in rows:
-        lines.append(f"{label:24}" + "".join(f"{_num(c.get(key), spec):>26}" for _, c in columns))
-    if clean is not None:
-        lines.append(
-            f"{'':24}outliers: |x| > {clean['outlier_multiple']:g} x median "
-            f"{clean['median_norm']:.4g} = {clean['threshold_norm']:.4g}"
-        )
     # A latent rarer than about one in this many tokens also counts as dead here.
     lines.append(
-        f"{'dead features':24}{feats['dead_fraction']:>26.2%}"
+        f"{'dead features':24}{feats['dead_fraction']:>24.2%}"
         f"   (fired on none of these {rec['tokens']:,} tokens)"
     )
-    lines.append(f"{'dense features':24}{feats['dense_fraction']:>26.2%}")
+    lines.append(f"{'dense features':24}{feats['dense_fraction']:>24.2%}")
     splice = report.get("splice")
     if splice:
         names = ["clean", "sae", "sae_with_error", "zero_ablation", "mean_ablation"]

@@ -6,6 +6,15 @@ f [tokens, n_features] (feature activations). A feature "fires" on a token when 
 FVU = Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − x̄‖², pooled over tokens and dimensions, with x̄ the mean
 over tokens of each dimension (the variance of the whole evaluated set around its mean, not per
 batch, not around 0, not per token). Explained variance = 1 − FVU.
+
+Outlier rows: given a median norm m and a multiple c > 0 (the trainer's --outlier-multiple; m the
+median ‖x‖ of the train split), a row is an outlier when ‖x_t‖ > c·m, exactly the rows training
+skips. The metrics are then also given on the other rows alone and on the outliers alone, each
+subset S as a data set of its own (FVU_S = SE_S / Σ_{t∈S} ‖x_t − x̄_S‖², centred on S's own
+mean), with the outliers' share of the rows, of the variance V_out / V (V_S = Σ_{t∈S} ‖x_t − x̄‖²,
+x̄ the mean of all rows) and of the squared error SE_out / SE (SE_S = Σ_{t∈S} ‖x_t − x̂_t‖²).
+The pooled FVU is (SE_in + SE_out) / (V_in + V_out): in SmolLM2's residual stream a few dozen
+huge-norm rows (the first position after BOS) can carry half of V, so they can decide it.
 """
 
 from __future__ import annotations
@@ -99,6 +108,9 @@ def loss_recovered(ce_ablated: float, ce_spliced: float, ce_clean: float) -> flo
     return (ce_ablated - ce_spliced) / gap if gap != 0 else math.nan
 
 
+_METRICS = ("fvu", "explained_variance", "mse", "mse_per_element", "l0")
+
+
 class _Pool:
     """Exact one-pass sums over a growing set of tokens, in float64.
 
@@ -133,9 +145,16 @@ class _Pool:
         self.squared_error += squared_error.sum().item()
         self.active += int(active.sum())
 
+    def variance_about(self, mean: Tensor) -> float:
+        """Σ_t ‖x_t − mean‖² over this pool's tokens: M2 + n ‖x̄ − mean‖² (exact)."""
+        if self.m2 is None or self.mean is None:
+            return 0.0
+        return (self.m2.sum() + self.n * (self.mean - mean).pow(2).sum()).item()
+
     def summary(self) -> dict:
+        """The pool's metrics; None for each when it holds no token (a subset may be empty)."""
         if self.m2 is None:
-            raise ValueError("no tokens were evaluated")
+            return {"tokens": 0, **dict.fromkeys(_METRICS)}
         fvu_ = _ratio(self.squared_error, self.m2.sum().item())
         mse_ = self.squared_error / self.n
         return {
@@ -153,9 +172,8 @@ class ReconstructionStats:
     concatenation of all batches.
 
     With `median_norm` given and outlier_multiple > 0, the reconstruction metrics are also
-    reported without the tokens whose norm exceeds outlier_multiple × median_norm: in SmolLM2 a
-    few tokens right after BOS have norms near 11,000 against a typical 175, and 0.1% of the
-    tokens carry a third of the variance, so the pooled FVU is mostly about them.
+    reported without, and on only, the outlier tokens (norm over outlier_multiple ×
+    median_norm; see the module docstring).
     """
 
     def __init__(self, median_norm: float | None = None, outlier_multiple: float = 10.0) -> None:
@@ -167,6 +185,7 @@ class ReconstructionStats:
         self.threshold = outlier_multiple * median_norm if enabled else None
         self._all = _Pool()
         self._inliers = _Pool()
+        self._outliers = _Pool()
         self._counts: Tensor | None = None  # [n_features] int64
 
     @property
@@ -190,10 +209,13 @@ class ReconstructionStats:
             norms = x64.norm(dim=-1) if norms is None else norms.to(x64.device)
             keep = norms <= self.threshold
             self._inliers.add(x64[keep], squared_error[keep], active[keep])
+            self._outliers.add(x64[~keep], squared_error[~keep], active[~keep])
 
     def result(self) -> dict:
         """{tokens, fvu, explained_variance, mse, mse_per_element, l0, features: {...}} and,
-        when outliers are excluded, without_outliers: {threshold, excluded, the same metrics}."""
+        when outliers are set apart, without_outliers {median_norm, outlier_multiple,
+        threshold_norm, excluded, excluded_fraction, the same metrics} and outliers_only
+        {share_of_variance, share_of_squared_error, the same metrics} (None where empty)."""
         if self._counts is None:
             raise ValueError("no tokens were evaluated")
         report = self._all.summary()
@@ -207,13 +229,20 @@ class ReconstructionStats:
             "density_histogram": density_histogram(self._counts, n),
         }
         if self.threshold is not None:
-            # A threshold below every norm leaves nothing to summarise but the count.
-            kept = self._inliers.summary() if self._inliers.n else {"tokens": 0}
             report["without_outliers"] = {
                 "median_norm": self.median_norm,
                 "outlier_multiple": self.outlier_multiple,
                 "threshold_norm": self.threshold,
-                "excluded": n - self._inliers.n,
-                **kept,
+                "excluded": self._outliers.n,
+                "excluded_fraction": self._outliers.n / n,
+                **self._inliers.summary(),
+            }
+            variance = self._all.variance_about(self.mean)
+            report["outliers_only"] = {
+                "share_of_variance": _ratio(self._outliers.variance_about(self.mean), variance),
+                "share_of_squared_error": _ratio(
+                    self._outliers.squared_error, self._all.squared_error
+                ),
+                **self._outliers.summary(),
             }
         return report

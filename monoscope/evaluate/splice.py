@@ -30,14 +30,17 @@ Rows = Callable[[Tensor], Tensor]
 
 
 def run_sae(sae: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(f [n, n_features], x_hat [n, d_in]) for x [n, d_in], on the SAE's device and dtype."""
+    """(f [n, n_features], x_hat [n, d_in]) for x [n, d_in], on the SAE's device and dtype;
+    x_hat is the whole reconstruction, with the terms decode leaves to finish_reconstruction
+    (a skip connection, a per-token normalisation undone)."""
     device, dtype = torch.device("cpu"), torch.float32
     for t in itertools.chain(sae.parameters(), sae.buffers()):
         if t.is_floating_point():
             device, dtype = t.device, t.dtype
             break
-    f = sae.encode(x.to(device=device, dtype=dtype))
-    return f, sae.decode(f)
+    x = x.to(device=device, dtype=dtype)
+    f = sae.encode(x)
+    return f, sae.finish_reconstruction(sae.decode(f), x)
 
 
 def heldout_contexts(manifest: dict, tokenizer: object, n_contexts: int) -> Tensor:

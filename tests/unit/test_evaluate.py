@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -41,12 +42,15 @@ D = 32  # width of the tiny llama's residual stream
 
 
 class StandInSAE(nn.Module):
-    """A ReLU SAE with given weights, on the protocol the evaluation reads: cfg, encode, decode."""
+    """A ReLU SAE with given weights, on the protocol the evaluation reads: cfg, encode, decode,
+    finish_reconstruction."""
 
     def __init__(self, w_enc: torch.Tensor, w_dec: torch.Tensor, site: str = SITE) -> None:
         super().__init__()
         d_in, n_features = w_enc.shape
-        self.cfg = SimpleNamespace(d_in=d_in, n_features=n_features, site=site, model=None)
+        self.cfg = SimpleNamespace(
+            d_in=d_in, n_features=n_features, site=site, model=None, transcoder=False
+        )
         self.w_enc = nn.Parameter(w_enc)  # [d_in, n_features]
         self.w_dec = nn.Parameter(w_dec)  # [n_features, d_in]
 
@@ -55,6 +59,9 @@ class StandInSAE(nn.Module):
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:  # [b, n_features] -> [b, d_in]
         return f @ self.w_dec
+
+    def finish_reconstruction(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x_hat  # no skip connection, no per-token normalisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -197,7 +204,9 @@ def test_run_writes_eval_json_and_plot(store, tmp_path):
     assert rec["l0"] == pytest.approx(mean_l0(f))
     assert rec["without_outliers"]["median_norm"] == store.median_norm(SITE)
     assert report["sae"]["path"] == cfg.sae and report["splice"] is None
-    assert "FVU" in format_table(report) and "held-out tokens" in format_table(report)
+    table = format_table(report)
+    rows = f"the store's held-out split: all {x.shape[0]:,} tokens"
+    assert report["store"]["rows"] == rows and "FVU" in table and f"rows: {rows}" in table
 
 
 def test_the_train_split_can_be_evaluated_in_sample(store, tiny_llama):
@@ -209,12 +218,15 @@ def test_the_train_split_can_be_evaluated_in_sample(store, tiny_llama):
     assert report["store"]["split"] == "train"
     assert report["reconstruction"]["tokens"] == x.shape[0]
     assert report["reconstruction"]["fvu"] == pytest.approx(fvu(x, x_hat))
-    assert "train-split (in-sample) tokens" in format_table(report)
+    assert "the store's train split (in-sample): all" in format_table(report)
     with pytest.raises(ValueError, match="held-out contexts"):
         evaluate(sae, store, tiny_llama, split="train")
-    with pytest.raises(ValueError, match="split must be heldout or train"):
-        EvalConfig(split="all")
-    assert evaluate(sae, store, max_tokens=50)["reconstruction"]["tokens"] == 50
+    with pytest.raises(ValueError, match="split must be heldout, train or all"):
+        EvalConfig(split="both")
+    capped = evaluate(sae, store, max_tokens=50)
+    assert capped["reconstruction"]["tokens"] == 50
+    expected = "the first 50 tokens of the store's held-out split (--max-tokens)"
+    assert capped["store"]["rows"] == expected
 
 
 def test_splice_identity_perfect_and_zero_saes(store, tiny_llama):
@@ -257,7 +269,6 @@ def test_site_and_width_mismatches_are_refused(store):
 
 
 def test_an_array_file_is_evaluated_on_the_rows_the_trainer_held_out(tmp_path, tiny_llama):
-    import numpy as np
     from safetensors.torch import save_file
 
     from monoscope.train.sources import open_source
@@ -280,6 +291,10 @@ def test_an_array_file_is_evaluated_on_the_rows_the_trainer_held_out(tmp_path, t
             "model": None,
             "split": "heldout",
             "max_tokens": 200_000,
+            "rows": f"the held-out 5% of {path.name}: rows 380..399",
+            "first_row": 380,
+            "last_row": 399,
+            "n_rows": 400,
         }
     train = evaluate(sae, npy, split="train", max_tokens=100)["reconstruction"]
     with torch.no_grad():
@@ -323,3 +338,131 @@ def test_plots_need_matplotlib_and_config_is_validated(store, tmp_path, monkeypa
         EvalConfig(outlier_multiple=0.5)
     with pytest.raises(ValueError, match="is a folder: give the report's file"):
         EvalConfig(out=str(tmp_path))
+
+
+# -- which rows, and the outlier rows apart ------------------------------------------------------
+
+
+def test_outlier_subsets_against_hand_computed_values():
+    # Median norm 1, multiple 2: rows of norm over 2 are outliers (the last two).
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [10.0, 0.0], [0.0, 10.0]])
+    x_hat = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [8.0, 0.0], [0.0, 9.0]])
+    f = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    stats = ReconstructionStats(median_norm=1.0, outlier_multiple=2.0)
+    for rows in torch.arange(5).split(2):  # the outliers arrive in two batches
+        stats.update(x[rows], x_hat[rows], f[rows])
+    result = stats.result()
+    # All rows: mean (2.4, 2.4); per dimension Σ(x − 2.4)² = 1.96+5.76+1.96+57.76+5.76 = 73.2,
+    # so V = 146.4; squared errors 0, 1, 0, 4, 1: SE = 6.
+    assert result["fvu"] == pytest.approx(6 / 146.4)
+    # Inliers: mean (2/3, 2/3), Σ‖x − x̄‖² = 5/9 + 5/9 + 2/9 = 4/3; SE = 1.
+    clean = result["without_outliers"]
+    assert clean["excluded"] == 2 and clean["tokens"] == 3
+    assert clean["excluded_fraction"] == pytest.approx(0.4)
+    assert clean["threshold_norm"] == 2.0
+    assert clean["fvu"] == pytest.approx(0.75)
+    assert clean["l0"] == pytest.approx(1.0)  # 1, 0, 2 features fire
+    # Outliers: mean (5, 5), Σ‖x − x̄‖² = 50 + 50; SE = 4 + 1. About the mean of all rows
+    # (2.4, 2.4) they hold 2 × (7.6² + 2.4²) = 127.04 of the 146.4.
+    alone = result["outliers_only"]
+    assert alone["tokens"] == 2 and alone["fvu"] == pytest.approx(0.05)
+    assert alone["mse"] == pytest.approx(2.5) and alone["l0"] == pytest.approx(1.5)
+    assert alone["share_of_variance"] == pytest.approx(127.04 / 146.4)
+    assert alone["share_of_squared_error"] == pytest.approx(5 / 6)
+
+
+def test_no_outliers_leaves_the_outlier_metrics_undefined():
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    stats = ReconstructionStats(median_norm=float(x.norm(dim=-1).median()), outlier_multiple=10)
+    stats.update(x, 0.5 * x, torch.ones(20, 4))
+    result = stats.result()
+    assert result["without_outliers"]["fvu"] == pytest.approx(result["fvu"])
+    assert result["without_outliers"]["excluded_fraction"] == 0.0
+    alone = result["outliers_only"]
+    assert alone["tokens"] == 0 and alone["fvu"] is None and alone["share_of_variance"] == 0.0
+
+
+def outlier_array(path: Path) -> torch.Tensor:
+    """[400, D] rows, every 50th (8 of them, some in the held-out last 20) of a huge norm."""
+    x = torch.randn(400, D, generator=torch.Generator().manual_seed(5)) + 0.5
+    x[::50] = x[::50] * 3 + 400 * torch.eye(D)[7]  # like SmolLM2's first position after BOS
+    np.save(path, x.numpy())
+    return x
+
+
+def test_split_all_of_an_array_and_its_outliers(tmp_path):
+    x = outlier_array(tmp_path / "acts.npy")
+    sae = random_sae(site=None)
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    # The trainer's rule, computed here: norm over 10 × the median norm of the first 380 rows.
+    out = x.norm(dim=-1) > 10 * x[:380].norm(dim=-1).median()
+    assert out.sum() == 8
+    report = evaluate(sae, tmp_path / "acts.npy", split="all", batch_size=64)
+    rec = report["reconstruction"]
+    assert rec["tokens"] == 400 and rec["fvu"] == pytest.approx(fvu(x, x_hat))
+    assert rec["without_outliers"]["fvu"] == pytest.approx(fvu(x[~out], x_hat[~out]))
+    assert rec["outliers_only"]["fvu"] == pytest.approx(fvu(x[out], x_hat[out]))
+    assert rec["without_outliers"]["excluded_fraction"] == pytest.approx(8 / 400)
+    centred = (x.double() - x.double().mean(dim=0)).pow(2).sum(dim=-1)
+    share = float(centred[out].sum() / centred.sum())
+    assert rec["outliers_only"]["share_of_variance"] == pytest.approx(share)
+    assert report["store"]["rows"] == "all 400 rows of acts.npy: rows 0..399"
+    assert (report["store"]["first_row"], report["store"]["last_row"]) == (0, 399)
+    table = format_table(report)
+    assert "rows: all 400 rows of acts.npy: rows 0..399" in table
+    assert "outliers only" in table and "8 of 400 tokens (2.000%)" in table
+    assert f"{share:.1%} of the variance" in table
+    capped = evaluate(sae, tmp_path / "acts.npy", max_tokens=10)["store"]
+    expected = "the first 10 of the held-out 5% of acts.npy (--max-tokens): rows 380..389"
+    assert capped["rows"] == expected
+    train = evaluate(sae, tmp_path / "acts.npy", split="train")["store"]["rows"]
+    assert train == "the train 95% of acts.npy (in-sample): rows 0..379"
+    np.save(tmp_path / "one.npy", x[:1].numpy())  # 1 row: the trainer holds it out
+    with pytest.raises(StoreError, match=r"one.npy has no train rows \(1 in all\)"):
+        evaluate(sae, tmp_path / "one.npy", split="train")
+
+
+def test_split_all_of_a_store_measures_both_splits(store):
+    sae = random_sae()
+    x = torch.cat([acts for acts, _ in store.rows(SITE, split="all")])
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    report = evaluate(sae, store, split="all", max_tokens=0, batch_size=64)
+    assert report["reconstruction"]["tokens"] == x.shape[0] == store.n_tokens
+    assert report["reconstruction"]["fvu"] == pytest.approx(fvu(x, x_hat))
+    expected = f"both splits of the store (held-out and train): all {x.shape[0]:,} tokens"
+    assert report["store"]["rows"] == expected
+
+
+def test_eval_command_takes_split_all(tiny_llama, tmp_path, capsys):
+    from monoscope.cli import main
+    from monoscope.testing import tiny_sae
+
+    tiny_sae(tiny_llama, SITE).save(tmp_path / "sae")
+    outlier_array(tmp_path / "acts.npy")
+    args = ["eval", "--sae", str(tmp_path / "sae"), "--acts", str(tmp_path / "acts.npy")]
+    assert main([*args, "--split", "all", "--outlier-multiple", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "rows: all 400 rows of acts.npy: rows 0..399" in printed
+    assert "8 of 400 tokens" in printed
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["store"]["split"] == "all" and saved["reconstruction"]["tokens"] == 400
+
+
+def test_the_reconstruction_includes_a_skip_connection_and_transcoders_are_refused(tmp_path):
+    from monoscope.sae import SAEConfig, build_sae
+
+    cfg = SAEConfig(arch="topk", d_in=D, n_features=4 * D, k=4, site=None, skip_connection=True)
+    sae = build_sae(cfg, seed=0).eval()
+    with torch.no_grad():
+        sae.W_skip.copy_(torch.randn(D, D, generator=torch.Generator().manual_seed(2)) / D)
+    x = torch.randn(200, D, generator=torch.Generator().manual_seed(4))
+    np.save(tmp_path / "acts.npy", x.numpy())
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x)) + x @ sae.W_skip.T  # the skip term, written out
+    report = evaluate(sae, tmp_path / "acts.npy", split="all")
+    assert report["reconstruction"]["fvu"] == pytest.approx(fvu(x, x_hat), rel=1e-5)
+    sae.cfg.transcoder, sae.cfg.site, sae.cfg.output_site = True, SITE, "blocks.1.hook_mlp_out"
+    with pytest.raises(ValueError, match=rf"is a transcoder \({SITE} -> blocks.1.hook_mlp_out\)"):
+        evaluate(sae, tmp_path / "acts.npy")
