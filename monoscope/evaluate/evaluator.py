@@ -40,9 +40,9 @@ from monoscope.artifacts import atomic_write_json
 from monoscope.evaluate.metrics import ReconstructionStats
 from monoscope.evaluate.splice import heldout_contexts, run_sae, splice_metrics
 from monoscope.harvest import ActivationStore, StoreError
+from monoscope.harvest.arrays import ArraySource
 from monoscope.models import LanguageModel, load_model
 from monoscope.plotting import save_png
-from monoscope.train.sources import ArraySource
 
 EVAL_FORMAT_VERSION = 1
 SPLITS = ("heldout", "train", "all")

@@ -24,8 +24,6 @@ LAYERS = [
     {"__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-# Side by side in one layer, but one way only: evaluate reads what train writes, not back.
-SIBLINGS_BELOW = {("evaluate", "train"), ("interpret", "steer")}
 
 
 def unit(path: Path, root: Path) -> str:
@@ -56,9 +54,7 @@ def test_every_module_imports_only_its_layer_and_below():
         assert own in RANK, f"{own} is in no layer: add it to LAYERS"
         for other in imported_units(path) - {own}:
             assert other in RANK, f"{path} imports monoscope.{other}, which is in no layer"
-            above = RANK[other] > RANK[own]
-            sideways = RANK[other] == RANK[own] and (own, other) not in SIBLINGS_BELOW
-            if above or sideways:
+            if RANK[other] >= RANK[own]:
                 wrong.append(f"{path.relative_to(root)} imports monoscope.{other}")
     assert not wrong, "\n".join(wrong)
 
