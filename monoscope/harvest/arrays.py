@@ -17,6 +17,7 @@ from monoscope.harvest.store import StoreError, first_nonfinite_row
 ARRAY_HELDOUT = 0.05
 """Arrays carry no split: the last 5% of rows (a fixed rule) are held out."""
 
+
 class ArraySource:
     """Training batches from a `.npy` or `.safetensors` file holding one [n, d] array."""
 
