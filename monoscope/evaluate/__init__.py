@@ -1,6 +1,7 @@
 """SAE -> metrics on held-out activations; loss recovered with the SAE spliced into the model."""
 
-from monoscope.evaluate.evaluator import EvalConfig, evaluate, format_table, run
+from monoscope.evaluate.config import EvalConfig
+from monoscope.evaluate.evaluator import evaluate, format_table, run
 from monoscope.evaluate.metrics import (
     ReconstructionStats,
     dead_fraction,
