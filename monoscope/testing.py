@@ -389,3 +389,15 @@ def _judged(scorer: str, window: tuple, rng) -> dict:
         marked = int(np.argmax(acts)) if firing else int(rng.integers(len(acts)))
         return {**judged, "answer": answer, "batch": 0, "marked": [marked]}
     return {**judged, "answer": answer, "batch": 0}
+
+
+def harvest_tiny(lm, corpus: str | Path, out: str | Path, site: str, tokens: int = 1200, **options):
+    """A small activation store of `lm` (a tiny model) on `corpus` at `site`: `tokens` rows in
+    contexts of 32 tokens unless `options` say otherwise (HarvestConfig's fields)."""
+    from monoscope.harvest import HarvestConfig, run
+
+    options = {"context": 32, "progress": False, **options}
+    cfg = HarvestConfig(
+        model=lm.name, sites=[site], corpus=str(corpus), tokens=tokens, out=str(out), **options
+    )
+    return run(cfg, lm)

@@ -25,7 +25,7 @@ from monoscope.analyze import analyze
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.serve import FeatureStore, export_site, open_app
-from monoscope.testing import tiny_sae, write_interpretation
+from monoscope.testing import harvest_tiny, tiny_sae, write_interpretation
 from monoscope.train import TrainConfig
 from monoscope.train import run as train
 from monoscope.web.security import CSP, META_CSP
@@ -430,18 +430,7 @@ def hostile(tiny_llama, tmp_path_factory) -> tuple[Path, list[int]]:
     with open(corpus, "w") as f:
         for i in range(40):
             f.write(json.dumps({"text": f"Doc {i}: " + " ".join(PAYLOADS) + " "}) + "\n")
-    store = harvest(
-        HarvestConfig(
-            model=tiny_llama.name,
-            sites=[SITE],
-            corpus=str(corpus),
-            tokens=2400,
-            out=str(root / "acts"),
-            context=160,
-            progress=False,
-        ),
-        tiny_llama,
-    )
+    store = harvest_tiny(tiny_llama, corpus, root / "acts", SITE, tokens=2400, context=160)
     db = analyze(
         tiny_sae(tiny_llama, SITE),
         store,

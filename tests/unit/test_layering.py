@@ -65,8 +65,7 @@ def test_library_calls_leave_process_settings_alone(tiny_llama, corpus_file, tmp
     import torch
 
     from monoscope.analyze import analyze
-    from monoscope.harvest import HarvestConfig
-    from monoscope.harvest import run as harvest
+    from monoscope.testing import harvest_tiny
     from monoscope.train import TrainConfig
     from monoscope.train import run as train
 
@@ -74,18 +73,7 @@ def test_library_calls_leave_process_settings_alone(tiny_llama, corpus_file, tmp
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        store = harvest(
-            HarvestConfig(
-                model=tiny_llama.name,
-                sites=[site],
-                corpus=str(corpus_file),
-                tokens=1200,
-                out=str(tmp_path / "acts"),
-                context=32,
-                progress=False,
-            ),
-            tiny_llama,
-        )
+        store = harvest_tiny(tiny_llama, corpus_file, tmp_path / "acts", site)
         sae = train(
             TrainConfig(
                 acts=str(store.path),

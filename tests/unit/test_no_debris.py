@@ -16,9 +16,9 @@ from monoscope.analyze.opening import create_store, identity
 from monoscope.analyze.schema import open_readonly
 from monoscope.cli import build_parser, main
 from monoscope.config_args import config_from_args
-from monoscope.harvest import ActivationStore, HarvestConfig
-from monoscope.harvest import run as harvest
+from monoscope.harvest import ActivationStore
 from monoscope.sae import SAEConfig, build_sae
+from monoscope.testing import harvest_tiny
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -102,18 +102,9 @@ def test_train_refuses_a_folder_that_is_not_a_run(acts_npy, tmp_path, capsys):
 def inputs(tiny_llama, corpus_file, tmp_path_factory) -> tuple[Path, Path]:
     """(sae folder, activation store) whose first shard has one byte flipped."""
     root = tmp_path_factory.mktemp("debris")
-    cfg = HarvestConfig(
-        model=tiny_llama.name,
-        sites=[SITE],
-        corpus=str(corpus_file),
-        tokens=1200,
-        out=str(root / "acts"),
-        context=32,
-        batch_tokens=128,
-        shard_tokens=600,
-        progress=False,
+    store = harvest_tiny(
+        tiny_llama, corpus_file, root / "acts", SITE, batch_tokens=128, shard_tokens=600
     )
-    store = harvest(cfg, tiny_llama)
     shard = store.path / store.shards[0]["file"]
     data = bytearray(shard.read_bytes())
     data[-7] ^= 0x55

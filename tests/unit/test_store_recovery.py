@@ -16,11 +16,10 @@ import pytest
 from monoscope.analyze import analyze
 from monoscope.analyze.schema import journal_path, open_readonly, read_meta
 from monoscope.cli import main
-from monoscope.harvest import HarvestConfig
-from monoscope.harvest import run as harvest
 from monoscope.interpret.session import open_store
 from monoscope.sae import SAEConfig, build_sae
 from monoscope.serve import FeatureStore
+from monoscope.testing import harvest_tiny
 
 SITE = "blocks.1.hook_resid_post"
 OPTIONS = dict(map=False, batch_size=200, progress=False)
@@ -61,18 +60,9 @@ conn.commit()
 def analysed(tiny_llama, corpus_file, tmp_path_factory):
     """(sae, store, db): a complete feature store written by `analyze` from a tiny store."""
     root = tmp_path_factory.mktemp("recovery")
-    cfg = HarvestConfig(
-        model=tiny_llama.name,
-        sites=[SITE],
-        corpus=str(corpus_file),
-        tokens=1200,
-        out=str(root / "acts"),
-        context=32,
-        batch_tokens=128,
-        shard_tokens=600,
-        progress=False,
+    store = harvest_tiny(
+        tiny_llama, corpus_file, root / "acts", SITE, batch_tokens=128, shard_tokens=600
     )
-    store = harvest(cfg, tiny_llama)
     sae = build_sae(SAEConfig(arch="topk", d_in=32, n_features=64, k=4, site=SITE), seed=0)
     db = analyze(sae.eval(), store, model=tiny_llama, out=root / "features.db", **OPTIONS)
     return sae, store, db
