@@ -8,7 +8,7 @@ stage reuses what a previous run finished, so a rerun is quick.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from monoscope.analyze import AnalyzeConfig
@@ -19,6 +19,7 @@ from monoscope.evaluate import run as run_eval
 from monoscope.harvest import ActivationStore, HarvestConfig
 from monoscope.harvest import run as run_harvest
 from monoscope.models import LanguageModel, load_model
+from monoscope.sae.training import RECIPES
 from monoscope.train import TrainConfig
 from monoscope.train import run as run_train
 
@@ -41,6 +42,8 @@ class DemoConfig:
     """Dictionary size: a count or a multiple of d_model."""
     k: int | None = None
     """Active latents per token (topk, batchtopk; unset: 32)."""
+    recipe: str = field(default="short-run", metadata={"choices": RECIPES})
+    """Training recipe (see `monoscope train --recipe`): the demo's 200k tokens are a short run."""
     model_dtype: str = "float32"
     """Model compute dtype (bfloat16 is about twice as fast on recent CPUs)."""
     explain: bool = True
@@ -62,6 +65,7 @@ def run(cfg: DemoConfig) -> dict:
         arch=cfg.arch,
         features=cfg.features,
         k=cfg.k,
+        recipe=cfg.recipe,
         overwrite=cfg.overwrite,
         dead_window=65_536,
     )

@@ -33,8 +33,31 @@ the demo workload (4: candidates cost more; 1: too many rows recomputed)."""
 
 class BatchTopKSAE(TopKFamilySAE):
     arch = "batchtopk"
-    # As topk, at its own lr and decoder multiple; the eigenbasis and the idle-momentum reset
-    # measured no gain for it (docs/LOG.md).
+    # Bussmann et al.: AuxK as Gao's, Adam (0.9, 0.999) at 2e-4 / √(F / 2^14), b_dec at the
+    # geometric median.
+    paper_recipe = TrainingDefaults(
+        lr=2e-4,
+        lr_reference_features=2**14,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.9,
+        lr_warmup_fraction=0.0,
+        b_dec_init="median",
+        k=DEFAULT_K,
+    )
+    # As topk's short-run recipe, at its own lr and decoder multiple; the eigenbasis and the
+    # idle-momentum reset measured no gain for it (docs/LOG.md).
+    short_run_recipe = TrainingDefaults(
+        lr=2.5e-3,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.8,
+        lr_warmup_fraction=0.1,
+        b_dec_init="median",
+        decoder_lr_multiple=5.0,
+        decoder_init_power=0.125,
+        b_enc_init_share=0.25,
+        k=DEFAULT_K,
+    )
+    # What won at 2M tokens (docs/LOG.md).
     training_defaults = TrainingDefaults(
         lr=2.5e-3,
         coefficient=AUXK_COEFFICIENT,

@@ -40,9 +40,22 @@ class ReluSAE(SparseAutoencoder):
     start_settings = ("target_l0",)
     # The April 2024 update as reimplemented (a secondary source): λ = 5 in the convention
     # E‖x‖² ≈ d, Adam β1 0.9, no lr warm-up, zero biases.
-    training_defaults = TrainingDefaults(
+    paper_recipe = TrainingDefaults(
         lr=5e-5, coefficient=5.0, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
     )
+    # For a few hundred steps (docs/LOG.md): a faster lr, the decoder's at 5x, b_dec at the
+    # median, a lower starting λ, the idle-momentum reset.
+    short_run_recipe = TrainingDefaults(
+        lr=2e-3,
+        coefficient=1.5,
+        adam_beta1=0.9,
+        lr_warmup_fraction=0.0,
+        b_dec_init="median",
+        decoder_lr_multiple=5.0,
+        idle_momentum="reset",
+    )
+    # What won at 2M tokens (docs/LOG.md).
+    training_defaults = paper_recipe
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

@@ -81,6 +81,8 @@ class TopKFamilySAE(SparseAutoencoder):
     sparsity: ClassVar[str] = SPARSITY_K
     start_settings: ClassVar[tuple[str, ...]] = ("decoder_init_power", "b_enc_init_share")
     training_defaults: ClassVar[TrainingDefaults]
+    short_run_recipe: ClassVar[TrainingDefaults]
+    paper_recipe: ClassVar[TrainingDefaults]
 
     chunk_rows: ClassVar[int] = 256
     """Rows of pre-activations computed at a time while selecting. Their per-block temporaries
@@ -416,9 +418,32 @@ def _merge(
 
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
-    # Gao et al.: AuxK 1/32, b_dec at the geometric median. The rest (lr and its warm-up,
-    # β1, the decoder's lr multiple and start, the eigenbasis, the idle-momentum reset, the
-    # b_enc start) chosen by the quality benchmark (docs/LOG.md).
+    # Gao et al.: AuxK 1/32, b_dec at the geometric median, Adam (0.9, 0.999) at lr 1e-4 (their
+    # code's default), nothing else changed. Their Adam eps (6.25e-10) is not set: torch's.
+    paper_recipe = TrainingDefaults(
+        lr=1e-4,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.9,
+        lr_warmup_fraction=0.0,
+        b_dec_init="median",
+        k=DEFAULT_K,
+    )
+    # Tuned on 46-192 steps of 200k tokens (docs/LOG.md): the lr and its warm-up, β1, the
+    # decoder's lr multiple and start, the eigenbasis, the idle-momentum reset, the b_enc start.
+    short_run_recipe = TrainingDefaults(
+        lr=4e-3,
+        coefficient=AUXK_COEFFICIENT,
+        adam_beta1=0.8,
+        lr_warmup_fraction=0.1,
+        b_dec_init="median",
+        decoder_lr_multiple=4.0,
+        decoder_init_power=0.125,
+        adam_basis="eigen",
+        idle_momentum="reset",
+        b_enc_init_share=0.25,
+        k=DEFAULT_K,
+    )
+    # What won at 2M tokens (docs/LOG.md).
     training_defaults = TrainingDefaults(
         lr=4e-3,
         coefficient=AUXK_COEFFICIENT,

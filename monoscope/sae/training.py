@@ -1,9 +1,10 @@
 """What the trainer asks of an architecture: its training defaults, how its sparsity is set,
 and the settings its start from a sample of the data reads.
 
-Each trainable SAE class declares these (`training_defaults`, `sparsity`, `start_settings`,
-`start_from_sample`), so monoscope.train holds no per-architecture branches. Nothing here
-imports the trainer: sae/ sits below train/.
+Each trainable SAE class declares these (`training_defaults`, and its other recipes
+`short_run_recipe` and `paper_recipe`; `sparsity`, `start_settings`, `start_from_sample`), so
+monoscope.train holds no per-architecture branches. Nothing here imports the trainer: sae/ sits
+below train/.
 """
 
 from __future__ import annotations
@@ -37,6 +38,36 @@ class TrainingDefaults:
     idle_momentum: str = "keep"
     b_enc_init_share: float = 0.0
     k: int | None = None
+    lr_reference_features: int = 0
+    """Not a TrainConfig field: when set, `lr` is for a dictionary of this many features and
+    scales as √(lr_reference_features / n_features), as Bussmann et al.'s 2e-4 / √(F / 2^14)."""
+
+    def lr_for(self, n_features: int | None) -> float | None:
+        """The learning rate for a dictionary of `n_features`; None where it scales with a
+        size not yet known (the trainer resolves it once the data gives the width)."""
+        if not self.lr_reference_features:
+            return self.lr
+        if n_features is None:
+            return None
+        return self.lr * (self.lr_reference_features / n_features) ** 0.5
+
+
+RECIPES = ("default", "short-run", "paper")
+"""--recipe: 'default', the settings that won at millions of tokens (docs/LOG.md);
+'short-run', the ones tuned for runs of a few hundred steps on ~200k tokens (the demo);
+'paper', the architecture's published recipe as far as its sources give it (docs/training.md)."""
+
+
+def recipe_defaults(cls: type, recipe: str) -> TrainingDefaults:
+    """The training defaults trainable SAE class `cls` declares for `recipe`."""
+    by_name = {
+        "default": cls.training_defaults,
+        "short-run": cls.short_run_recipe,
+        "paper": cls.paper_recipe,
+    }
+    if recipe not in by_name:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    return by_name[recipe]
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from monoscope.sae.registry import ARCHITECTURES, TRAINED, archs_where, trained_class
-from monoscope.sae.training import SPARSITY_K, SPARSITY_PENALTY, TrainingDefaults
+from monoscope.sae.training import (
+    RECIPES,
+    SPARSITY_K,
+    SPARSITY_PENALTY,
+    TrainingDefaults,
+    recipe_defaults,
+)
 
-ARCH_DEFAULTED = tuple(f.name for f in fields(TrainingDefaults))
-"""The TrainConfig fields whose None means the architecture's default."""
+ARCH_DEFAULTED = tuple(
+    f.name for f in fields(TrainingDefaults) if f.name != "lr_reference_features"
+)
+"""The TrainConfig fields whose None means the architecture's default (under --recipe)."""
 DEFAULT_DECAY_FRACTION = 0.2
 B_DEC_INITS = ("median", "zero")
 ADAM_BASES = ("eigen", "standard")
@@ -52,6 +60,10 @@ class TrainConfig:
     """Output folder of the SAE (config.json, weights.safetensors, train_log.jsonl)."""
     arch: str = field(default="topk", metadata={"choices": ARCHITECTURES})
     """SAE architecture (each one's training defaults: monoscope/sae/<arch>.py)."""
+    recipe: str = field(default="default", metadata={"choices": RECIPES})
+    """Which of the architecture's recipes fills the settings left unset: 'default' (what won
+    at millions of tokens), 'short-run' (tuned for a few hundred steps) or 'paper' (the
+    published recipe); docs/training.md lists each."""
     features: str = "16x"
     """Dictionary size: a count (9216) or a multiple of the input width (16x)."""
     k: int | None = None
@@ -188,6 +200,7 @@ class TrainConfig:
             )
 
     def _check_choices(self) -> None:
+        _one_of("recipe", self.recipe, RECIPES)
         _one_of("adam_basis", self.adam_basis, ADAM_BASES)
         _one_of("idle_momentum", self.idle_momentum, IDLE_MOMENTA)
         _one_of("b_dec_init", self.b_dec_init, B_DEC_INITS)
@@ -240,19 +253,22 @@ class TrainConfig:
                 f"features must be a count (9216) or a multiple like 16x, got {self.features!r}"
             ) from None
 
-    def resolved(self) -> TrainConfig:
-        """This config with every None written out as the value it stands for."""
-        return replace(self, **self.resolved_defaults())
+    def resolved(self, n_features: int | None = None) -> TrainConfig:
+        """This config with every None written out as the value it stands for (a recipe whose
+        lr scales with the dictionary needs `n_features`)."""
+        return replace(self, **self.resolved_defaults(n_features))
 
-    def resolved_defaults(self) -> dict:
+    def resolved_defaults(self, n_features: int | None = None) -> dict:
         """{field: value} of the fields whose None means a default: what a checkpoint records,
         so that a resumed run keeps the defaults it started with even if a later version
         changes them."""
-        defaults = trained_class(self.arch).training_defaults
+        defaults = recipe_defaults(trained_class(self.arch), self.recipe)
         values = {
             name: getattr(defaults, name) if getattr(self, name) is None else getattr(self, name)
             for name in ARCH_DEFAULTED
         }
+        if self.lr is None:
+            values["lr"] = defaults.lr_for(n_features)
         decay = self.decay_fraction
         if decay is None:
             decay = 0.0 if self.weight_average else DEFAULT_DECAY_FRACTION

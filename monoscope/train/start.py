@@ -40,7 +40,7 @@ def init_sample(source, max_norm: float | None) -> torch.Tensor:
 def new_start(requested: TrainConfig, source, max_norm: float | None) -> Start:
     """A freshly initialised SAE, started from a sample of `source`, and for --adam-basis
     eigen the rotation it is put in."""
-    cfg = requested.resolved()
+    cfg = requested.resolved(requested.n_features(source.d))
     sae_cfg = SAEConfig(
         arch=cfg.arch,
         d_in=source.d,

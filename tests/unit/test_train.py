@@ -13,10 +13,12 @@ import torch
 
 from monoscope.evaluate import fvu
 from monoscope.sae import SAEConfig, build_sae, load_sae
+from monoscope.sae.training import RECIPES, recipe_defaults
 from monoscope.train import TrainConfig, TrainingDivergedError, TrainingInterrupted, read_log, run
 from monoscope.train import refit as refit_module
 from monoscope.train import trainer as train_run
 from monoscope.train.average import WeightAverage
+from monoscope.train.config import ARCH_DEFAULTED
 from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.refit import refit_decoder
@@ -76,14 +78,29 @@ def test_architecture_defaults_and_overrides():
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
 
 
+def test_recipes_fill_only_what_is_unset_and_a_size_scaled_lr_needs_the_size():
+    paper = TrainConfig(arch="batchtopk", recipe="paper")
+    # Bussmann et al.: 2e-4 / sqrt(F / 2^14); unknown until the width is.
+    assert paper.resolved(4 * 2**14).lr == pytest.approx(1e-4)
+    assert paper.resolved().lr is None
+    gao = TrainConfig(recipe="paper", adam_beta1=0.5).resolved()
+    assert (gao.lr, gao.adam_basis, gao.adam_beta1) == (1e-4, "standard", 0.5)
+    assert TrainConfig(recipe="short-run").resolved().adam_basis == "eigen"
+    with pytest.raises(ValueError, match="--recipe must be default, short-run or paper"):
+        TrainConfig(recipe="fast")
+
+
 def test_the_defaults_live_on_the_architectures_and_the_help_shows_them():
     from monoscope.sae.registry import TRAINED
 
     for cls in TRAINED:
-        resolved = TrainConfig(arch=cls.arch).resolved()
-        for name, value in vars(cls.training_defaults).items():
-            assert getattr(resolved, name) == value, (cls.arch, name)
-        assert resolved.resolved() == resolved  # nothing left to resolve
+        for recipe in RECIPES:
+            resolved = TrainConfig(arch=cls.arch, recipe=recipe).resolved(9216)
+            defaults = recipe_defaults(cls, recipe)
+            for name in ARCH_DEFAULTED:
+                assert getattr(resolved, name) == getattr(defaults, name) or name == "lr"
+            assert resolved.lr == defaults.lr_for(9216), (cls.arch, recipe)
+            assert resolved.resolved() == resolved  # nothing left to resolve
     assert (
         TrainConfig.default_help("lr") == "relu 5e-05, topk 0.004, batchtopk 0.0025, jumprelu 0.001"
     )
