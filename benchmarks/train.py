@@ -35,6 +35,10 @@ figures from a store).
 
 Run from the repository root:
     python benchmarks/train.py [--acts runs/demo/acts] [--steps 6] [--repeats 5]
+        [--against sparsify]
+With --against sparsify (installed: `pip install eai-sparsify==1.3.3 schedulefree`), sparsify's
+own step is timed on the same batches, in fp32 and under bf16 autocast, and our topk steps are
+given as multiples of it (targets: >= 2x its fp32 step in fp32, >= 3x in bf16).
 """
 
 from __future__ import annotations
@@ -155,6 +159,50 @@ class Trainer:
         return seconds / len(self.data)
 
 
+class SparsifyTrainer:
+    """EleutherAI sparsify's training step with its trainer's defaults (k 32, sign SGD in
+    schedule-free averaging, decoder rows renormalised before the step and their gradients'
+    parallel part removed, the FVU loss), on raw activations; `autocast` runs it under
+    torch.autocast in bfloat16, as sparsify's trainer does on a GPU."""
+
+    def __init__(self, data: list[torch.Tensor], autocast: bool = False) -> None:
+        try:
+            from schedulefree import ScheduleFreeWrapper
+            from sparsify.config import SparseCoderConfig
+            from sparsify.sign_sgd import SignSGD
+            from sparsify.sparse_coder import SparseCoder
+        except ImportError as err:
+            raise SystemExit(
+                f"--against sparsify needs `pip install eai-sparsify==1.3.3 schedulefree` ({err})"
+            ) from err
+        torch.manual_seed(0)
+        self.coder = SparseCoder(D, SparseCoderConfig(num_latents=N_FEATURES, k=K))
+        self.coder.b_dec.data = data[0].float().mean(0)
+        lr = 5e-3 / (N_FEATURES / 2**14) ** 0.5
+        self.opt = ScheduleFreeWrapper(
+            SignSGD([dict(params=self.coder.parameters(), lr=lr)]), momentum=0.95
+        )
+        self.opt.train()
+        self.autocast = autocast
+        self.data = data
+
+    def steps(self) -> float:
+        seconds = 0.0
+        for batch in self.data:
+            x = batch.float()  # untimed, as our step's copy
+            start = time.perf_counter()
+            self.coder.set_decoder_norm_to_unit_norm()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+                fvu = self.coder(x).fvu
+            fvu.backward()
+            self.coder.remove_gradient_parallel_to_decoder_directions()
+            self.opt.step()
+            self.opt.zero_grad()
+            seconds += time.perf_counter() - start
+            del x, fvu
+        return seconds / len(self.data)
+
+
 PEAK_TAG = "RSS_GROWTH_KB"
 
 # Run in a fresh interpreter. The peak is the kernel's high-water mark of this process's own
@@ -266,18 +314,40 @@ VARIANTS = {  # name: (architecture, compute dtype, Adam's basis (None: the trai
 }
 
 
+def print_against_sparsify(best: dict[str, float]) -> None:
+    """Our topk steps against sparsify's, timed side by side (targets: issue 23)."""
+    for name in ("sparsify", "sparsify bf16"):
+        print(f"{name:13s} {best[name] * 1e3:7.1f} ms/step  {BATCH / best[name]:8,.0f} tok/s")
+    for ours, target in (("topk", 2.0), ("topk std", 2.0), ("topk bf16", 3.0)):
+        ratio = best["sparsify"] / best[ours]
+        verdict = "PASS" if ratio >= target else "below target"
+        print(
+            f"{ours:9s} {ratio:.2f}x sparsify's fp32 step (target >= {target:g}) {verdict}; "
+            f"{best['sparsify bf16'] / best[ours]:.2f}x its bf16-autocast step"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--acts", default=None, help="activation store to read batches from")
     p.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--against",
+        choices=("sparsify",),
+        default=None,
+        help="also time EleutherAI sparsify's step on the same batches (fp32 and bf16 autocast)",
+    )
     args = p.parse_args()
     threads = configure_threads()
     data = batches(args.acts, args.steps)
-    trainers = {
+    trainers: dict[str, Trainer | SparsifyTrainer] = {
         name: Trainer(arch, data, compute_dtype=dtype, adam_basis=basis, weight_average=average)
         for name, (arch, dtype, basis, average) in VARIANTS.items()
     }
+    if args.against == "sparsify":
+        trainers["sparsify"] = SparsifyTrainer(data)
+        trainers["sparsify bf16"] = SparsifyTrainer(data, autocast=True)
     for t in trainers.values():  # warm-up: allocator, threads
         t.data, full = t.data[:1], t.data
         t.steps()
@@ -324,6 +394,8 @@ def main() -> None:
         f"topk avg  {best['topk avg'] * 1e3:7.1f} ms/step  {rate:8,.0f} tok/s  "
         f"ratio {rate / bound_topk:.2f}, {best['topk'] / best['topk avg']:.2f}x the topk step"
     )
+    if args.against == "sparsify":
+        print_against_sparsify(best)
     for name, arch, average in (
         ("topk", "topk", False),
         ("relu", "relu", False),
