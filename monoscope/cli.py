@@ -85,65 +85,65 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _steer(args: argparse.Namespace) -> None:
-    from monoscope.steer.commands import SteerConfig, run_steer
+    from monoscope.steer import SteerConfig, run
     from monoscope.steer.report import format_steer
 
-    print(format_steer(run_steer(config_from_args(SteerConfig, args))))
+    print(format_steer(run(config_from_args(SteerConfig, args))))
 
 
 def _attribute(args: argparse.Namespace) -> None:
-    from monoscope.steer.commands import AttributeConfig, run_attribute
+    from monoscope.steer import AttributeConfig, run
     from monoscope.steer.report import format_attribution
 
-    print(format_attribution(run_attribute(config_from_args(AttributeConfig, args))))
+    print(format_attribution(run(config_from_args(AttributeConfig, args))))
 
 
 def _features_for(args: argparse.Namespace) -> None:
-    from monoscope.steer.commands import FeaturesForConfig, run_features_for
+    from monoscope.steer import FeaturesForConfig, run
     from monoscope.steer.report import format_features
 
-    print(format_features(run_features_for(config_from_args(FeaturesForConfig, args))))
+    print(format_features(run(config_from_args(FeaturesForConfig, args))))
 
 
 def _explain(args: argparse.Namespace) -> None:
-    from monoscope.interpret.commands import ExplainConfig, run_explain
+    from monoscope.interpret import ExplainConfig, run
     from monoscope.interpret.report import format_run
 
-    print(format_run("explain", run_explain(config_from_args(ExplainConfig, args))))
+    print(format_run("explain", run(config_from_args(ExplainConfig, args))))
 
 
 def _score(args: argparse.Namespace) -> None:
-    from monoscope.interpret.commands import ScoreConfig, run_score
+    from monoscope.interpret import ScoreConfig, run
     from monoscope.interpret.report import format_run
 
-    print(format_run("score", run_score(config_from_args(ScoreConfig, args))))
+    print(format_run("score", run(config_from_args(ScoreConfig, args))))
 
 
 def _specificity(args: argparse.Namespace) -> None:
+    from monoscope.interpret import SpecificityConfig, run
     from monoscope.interpret.report import format_specificity
-    from monoscope.interpret.specificity import SpecificityConfig, run_specificity
 
-    print(format_specificity(run_specificity(config_from_args(SpecificityConfig, args))))
+    print(format_specificity(run(config_from_args(SpecificityConfig, args))))
 
 
 def _neurons(args: argparse.Namespace) -> None:
-    from monoscope.interpret.neurons import NeuronsConfig, run_neurons
+    from monoscope.interpret import NeuronsConfig, run
 
-    out = run_neurons(config_from_args(NeuronsConfig, args))
+    out = run(config_from_args(NeuronsConfig, args))
     print(f"wrote the neurons' feature store {out}; explain it like any other")
 
 
 def _compare_neurons(args: argparse.Namespace) -> None:
-    from monoscope.interpret.compare import CompareNeuronsConfig, run_compare_neurons
+    from monoscope.interpret import CompareNeuronsConfig, run
     from monoscope.interpret.report import format_comparison
 
-    print(format_comparison(run_compare_neurons(config_from_args(CompareNeuronsConfig, args))))
+    print(format_comparison(run(config_from_args(CompareNeuronsConfig, args))))
 
 
 def _llm_server(args: argparse.Namespace) -> None:
-    from monoscope.interpret.llm_server import LLMServerConfig, run_llm_server
+    from monoscope.interpret import LLMServerConfig, run
 
-    run_llm_server(config_from_args(LLMServerConfig, args))
+    run(config_from_args(LLMServerConfig, args))
 
 
 SAE_COMMANDS = (
@@ -171,11 +171,14 @@ def _add_no_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_interpret_commands(commands) -> None:
-    from monoscope.interpret.commands import ExplainConfig, ScoreConfig
-    from monoscope.interpret.compare import CompareNeuronsConfig
-    from monoscope.interpret.llm_server import LLMServerConfig
-    from monoscope.interpret.neurons import NeuronsConfig
-    from monoscope.interpret.specificity import SpecificityConfig
+    from monoscope.interpret.config import (
+        CompareNeuronsConfig,
+        ExplainConfig,
+        LLMServerConfig,
+        NeuronsConfig,
+        ScoreConfig,
+        SpecificityConfig,
+    )
 
     table = [
         (
@@ -266,7 +269,7 @@ def _add_pipeline_commands(commands) -> None:
 
 def _add_steer_commands(commands) -> None:
     """Commands that run the model with an SAE: steer, attribute, features-for."""
-    from monoscope.steer.commands import AttributeConfig, FeaturesForConfig, SteerConfig
+    from monoscope.steer.config import AttributeConfig, FeaturesForConfig, SteerConfig
 
     steer = commands.add_parser(
         "steer", help="generate with SAE features clamped, added or ablated"

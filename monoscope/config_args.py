@@ -15,6 +15,7 @@ import re
 import textwrap
 import types
 import typing
+from typing import Any
 
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmb]?)\s*$", re.IGNORECASE)
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
@@ -57,6 +58,15 @@ def _own_field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A config field's default value (every config field has one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"config field {f.name} has no default")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -70,7 +80,7 @@ def add_config_arguments(
     docs = {name: text.replace("%", "%%") for name, text in field_docs(cls).items()}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default(f)
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
         # A config may say what a default stands for (TrainConfig: each architecture's value).
         shown = getattr(cls, "default_help", lambda name: None)(f.name)

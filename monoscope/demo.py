@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from monoscope.analyze import AnalyzeConfig
 from monoscope.analyze import run as run_analyze
@@ -114,7 +115,7 @@ def run(cfg: DemoConfig) -> dict:
 def explain_features(db: Path, lm: LanguageModel, n: int) -> None:
     """Step 5: explanations and scores of a few features, the built-in model as the LLM (a
     135M explainer is weak: this shows the pipeline a stronger model plugs into)."""
-    from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+    from monoscope.interpret import ExplainConfig, ScoreConfig, run
     from monoscope.interpret.embedding import EmbedderMissingError, default_model_dir
     from monoscope.interpret.report import format_run
 
@@ -125,10 +126,10 @@ def explain_features(db: Path, lm: LanguageModel, n: int) -> None:
     except EmbedderMissingError as err:
         print(f"      no embedding scorer: {err}")
         scorers = "detection"
-    common = {"db": str(db), "features": f"random:{n}", "progress": False}
-    print(format_run("explain", run_explain(ExplainConfig(**common), lm=lm)))
-    caps = {"max_activating": 8, "max_non_activating": 8}  # a few minutes on 2 CPU cores
-    print(format_run("score", run_score(ScoreConfig(**common, scorers=scorers, **caps), lm=lm)))
+    common: dict[str, Any] = {"db": str(db), "features": f"random:{n}", "progress": False}
+    print(format_run("explain", run(ExplainConfig(**common), lm=lm)))
+    caps: dict[str, Any] = {"max_activating": 8, "max_non_activating": 8}  # minutes on 2 cores
+    print(format_run("score", run(ScoreConfig(**common, scorers=scorers, **caps), lm=lm)))
     print(f"      stronger explainers: monoscope explain {db} --backend openai --model NAME ...")
 
 

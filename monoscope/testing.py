@@ -6,6 +6,7 @@ Everything here is built locally in well under a second: no hub, no download.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,8 +47,9 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 3, d_model: int = 
         Qwen2Config,
     )
 
-    common = {"vocab_size": vocab_size, "bos_token_id": 256, "eos_token_id": 257}
-    llama_like = dict(
+    # Any: each transformers config types its keyword arguments one by one.
+    common: dict[str, Any] = {"vocab_size": vocab_size, "bos_token_id": 256, "eos_token_id": 257}
+    llama_like: dict[str, Any] = dict(
         hidden_size=d_model,
         intermediate_size=2 * d_model,
         num_hidden_layers=n_layers,
@@ -204,7 +206,9 @@ def _random_levels(
 ) -> list[tuple]:
     """[(kind, bucket, rank, act)] of a feature's examples: `top_n` top ones falling from
     max_act, then `quantile_examples` at a random level inside each of `n_quantiles` buckets."""
-    levels = [("top", None, r, max_act * (1 - r / (2 * top_n))) for r in range(top_n)]
+    levels: list[tuple[str, int | None, int, float]] = [
+        ("top", None, r, max_act * (1 - r / (2 * top_n))) for r in range(top_n)
+    ]
     levels += [
         ("quantile", b, r, max_act * (b + rng.uniform()) / n_quantiles)
         for b in range(n_quantiles)
@@ -326,8 +330,8 @@ def write_interpretation(
     for fid, text in explanations.items():
         write_explanation(conn, fid, explainer, ExplanationResult("ok", text, text, [], [], prompt))
     for fid, raw in (unparsable or {}).items():
-        result = ExplanationResult("unparsable", None, raw, [], [], prompt)
-        write_explanation(conn, fid, f"{explainer}-2", result)
+        unparsed = ExplanationResult("unparsable", None, raw, [], [], prompt)
+        write_explanation(conn, fid, f"{explainer}-2", unparsed)
     for fid, by_scorer in (scores or {}).items():
         windows = _held_out_windows(conn, fid, n_random, rng)
         scored = {"explainer": explainer, "prompt_version": prompt, "text": explanations[fid]}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+from monoscope.interpret import ExplainConfig, ScoreConfig, run
 from monoscope.models import LanguageModel, load_model
 from monoscope.testing import TINY_FAMILIES, save_tiny_model
 
@@ -61,16 +61,16 @@ def _explain_and_score_over_http(db, base_url: str, model: str, features: str) -
         "progress": False,
         "max_concurrency": 2,
     }
-    explained = run_explain(ExplainConfig(**common))
+    explained = run(ExplainConfig(**common))
     assert explained["calls_sent"] == explained["done"] > 0
-    scored = run_score(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
+    scored = run(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT feature, status, raw FROM explanations").fetchall()
     assert len(rows) == explained["done"] and all(raw for _, _, raw in rows)
     scores = conn.execute("SELECT scorer, status, score, details FROM scores").fetchall()
     assert len(scores) == 2 * scored["done"]
     assert all(s is None or 0 <= s <= 1 for _, _, s, _ in scores)
-    again = run_score(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
+    again = run(ScoreConfig(**common, scorers="detection,fuzzing", hard_negatives=0))
     assert again["calls_sent"] == 0
-    redone = run_explain(ExplainConfig(**common, overwrite=True))
+    redone = run(ExplainConfig(**common, overwrite=True))
     assert redone["calls_sent"] == 0 and redone["calls_cached"] == explained["done"]

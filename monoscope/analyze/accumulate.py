@@ -82,24 +82,24 @@ class Accumulator:
         self.per_interval, self.random_examples = quantile_examples, random_examples
         self.neighbour_index, self.cache = neighbour_index, cache
         m, pool = max(quantile_examples, 1), POOL_PER_EXAMPLE * max(random_examples, 1)
-        i64 = dict(dtype=torch.int64)
+        i64 = torch.int64
         self.state: dict[str, Tensor] = {
-            "tokens_seen": torch.zeros((), **i64),
-            "last_loc": torch.full((), -1, **i64),  # of the last token seen
-            "n_fired": torch.zeros(f, **i64),
+            "tokens_seen": torch.zeros((), dtype=i64),
+            "last_loc": torch.full((), -1, dtype=i64),  # of the last token seen
+            "n_fired": torch.zeros(f, dtype=i64),
             "act_sum": torch.zeros(f, dtype=torch.float64),
             "act_max": torch.zeros(f),
-            "hist": torch.zeros(f * n_bins, **i64),
+            "hist": torch.zeros(f * n_bins, dtype=i64),
             "log10_edges": torch.zeros(0, dtype=torch.float64),  # set by the first firing
             "top_values": torch.zeros(f, top_n),  # descending; 0 = empty slot
-            "top_locs": torch.full((f, top_n), -1, **i64),
+            "top_locs": torch.full((f, top_n), -1, dtype=i64),
             "fine_exponent": torch.full((f,), EXPONENT_NONE, dtype=torch.int32),  # 2^e
-            "fine_keys": torch.full((f * self.fine, m), KEY_EMPTY, **i64),  # ascending
+            "fine_keys": torch.full((f * self.fine, m), KEY_EMPTY, dtype=i64),  # ascending
             "fine_values": torch.zeros(f * self.fine, m),
-            "fine_locs": torch.full((f * self.fine, m), -1, **i64),
-            "pool_keys": torch.full((pool,), KEY_EMPTY, **i64),
-            "pool_locs": torch.full((pool,), -1, **i64),
-            "cooccur": torch.zeros(f, k, **i64),
+            "fine_locs": torch.full((f * self.fine, m), -1, dtype=i64),
+            "pool_keys": torch.full((pool,), KEY_EMPTY, dtype=i64),
+            "pool_locs": torch.full((pool,), -1, dtype=i64),
+            "cooccur": torch.zeros(f, k, dtype=i64),
         }
         self._pending_top: list[tuple[Tensor, ...]] = []
         self._pending_fine: list[tuple[Tensor, ...]] = []

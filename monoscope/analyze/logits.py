@@ -42,7 +42,8 @@ def direct_map(lm: LanguageModel) -> tuple[Tensor, bool, Tensor]:
     norm = lm.model.get_submodule(FINAL_NORMS[family_of(lm.model).name])
     centre = isinstance(norm, nn.LayerNorm)
     unembed = lm.model.get_output_embeddings().weight[: vocab_size(lm)]
-    return norm.weight.detach().float().cpu(), centre, unembed.detach().float().cpu()
+    weight = norm.get_parameter("weight").detach().float().cpu()
+    return weight, centre, unembed.detach().float().cpu()
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from monoscope.analyze.config import AnalyzeConfig
 from monoscope.artifacts import sha256_file
 from monoscope.harvest import ActivationStore
 from monoscope.harvest.store import MANIFEST
+from monoscope.sae import SparseAutoencoder
 
 
 def _sae_sha256(sae: nn.Module) -> str:
@@ -30,7 +31,7 @@ def _sae_sha256(sae: nn.Module) -> str:
     return hashlib.sha256(save_bytes(weights)).hexdigest()
 
 
-def identity(cfg: AnalyzeConfig, sae: nn.Module, store: ActivationStore, site: str) -> dict:
+def identity(cfg: AnalyzeConfig, sae: SparseAutoencoder, store: ActivationStore, site: str) -> dict:
     c = sae.cfg
     return {
         "sae": {

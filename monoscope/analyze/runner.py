@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +52,11 @@ from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
 from monoscope.runtime import intra_op_threads
 
+if TYPE_CHECKING:
+    from monoscope.sae import SparseAutoencoder
 
-def encode(sae: nn.Module, x: Tensor) -> Tensor:
+
+def encode(sae: SparseAutoencoder, x: Tensor) -> Tensor:
     """Feature activations [b, n_features] (reporting convention, float32, CPU) of raw x
     [b, d_in], computed on the SAE's device and dtype."""
     param = next(sae.parameters())
@@ -60,7 +64,9 @@ def encode(sae: nn.Module, x: Tensor) -> Tensor:
         return sae.encode(x.to(device=param.device, dtype=param.dtype)).float().cpu()
 
 
-def _model(cfg: AnalyzeConfig, store: ActivationStore, lm: LanguageModel | None):
+def _model(
+    cfg: AnalyzeConfig, store: ActivationStore, lm: LanguageModel | None
+) -> LanguageModel | None:
     """The model for logit effects and token texts, or None (with a warning) when --no-logits
     was asked and it cannot be loaded."""
     name = cfg.model or store.manifest["model"]["name"]
@@ -107,12 +113,12 @@ class _Analysis:
     """One analysis run on an opened store (`conn`), from resume to the final transaction."""
 
     cfg: AnalyzeConfig
-    sae: nn.Module
+    sae: SparseAutoencoder
     store: ActivationStore
     site: str
     lm: LanguageModel | None
     out: Path
-    identity: dict
+    identity: dict[str, Any]
     conn: sqlite3.Connection
     logit_directions: Tensor | None = None
     """[n_features, d_model] residual directions for the logit effects (default: W_dec)."""
@@ -124,6 +130,7 @@ class _Analysis:
         self.threads = torch.get_num_threads()  # configure_threads' choice, for the encodes
         n = self.sae.cfg.n_features
         saved = load_checkpoint(self.out, self.identity)
+        self.neighbours: tuple[Tensor, Tensor]  # (index, cosine) [n_features, k]
         with self._timed("neighbours"):
             if saved is not None:
                 self.neighbours = saved.pop("neighbour_index"), saved.pop("neighbour_cosine")
@@ -183,10 +190,10 @@ class _Analysis:
         with self._timed("map"):
             coords = None
             if self.cfg.map:
-                knn = (n[:, : MAP_NEIGHBOURS - 1] for n in self.neighbours)
-                coords = feature_map(*knn, directions, self.cfg.map_epochs, self.cfg.seed)
+                index, cosine = (n[:, : MAP_NEIGHBOURS - 1] for n in self.neighbours)
+                coords = feature_map(index, cosine, directions, self.cfg.map_epochs, self.cfg.seed)
         s, k = self.acc.state, self.cfg.neighbours
-        table = [n[:, :k] for n in self.neighbours]
+        index, cosine = (n[:, :k] for n in self.neighbours)
         self._write_start = time.perf_counter()
         write_tables(
             self.conn,
@@ -202,7 +209,7 @@ class _Analysis:
             ),
             # The windows are read while their rows are written.
             example_rows(examples, reader.read(examples.feature, examples.loc), self.context),
-            neighbour_rows(*table, s["cooccur"] if k else None, s["n_fired"]),
+            neighbour_rows(index, cosine, s["cooccur"] if k else None, s["n_fired"]),
             vocab,
             self._final_meta,
         )
@@ -274,7 +281,7 @@ class _Analysis:
             loc=torch.cat([p[5] for p in parts]),
         )
 
-    def _final_meta(self) -> dict:
+    def _final_meta(self) -> dict[str, Any]:
         model, tokens = self.store.manifest["model"], self.acc.tokens_seen
         density = density_histogram(self.acc.state["n_fired"], tokens)
         return {
@@ -298,7 +305,7 @@ class _Analysis:
 
 def run(
     cfg: AnalyzeConfig,
-    sae: nn.Module | None = None,
+    sae: SparseAutoencoder | None = None,
     store: ActivationStore | None = None,
     lm: LanguageModel | None = None,
     logit_directions: Tensor | None = None,
@@ -337,11 +344,11 @@ def run(
 
 
 def analyze(
-    sae: nn.Module | str | Path,
+    sae: SparseAutoencoder | str | Path,
     acts: ActivationStore | str | Path,
     model: LanguageModel | str | None = None,
     out: str | Path = "features.db",
-    **options,
+    **options: Any,
 ) -> Path:
     """Python entry point: `analyze(sae, store, model=lm, out="runs/a/features.db")`.
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from monoscope.artifacts import atomic_write_json
 from monoscope.evaluate.config import EvalConfig, check_split
@@ -44,6 +44,9 @@ from monoscope.harvest.arrays import ArraySource
 from monoscope.models import LanguageModel, load_model
 from monoscope.plotting import save_png
 
+if TYPE_CHECKING:
+    from monoscope.sae import SparseAutoencoder
+
 EVAL_FORMAT_VERSION = 1
 _STORE_SPLITS = {
     "heldout": "the store's held-out split",
@@ -52,7 +55,7 @@ _STORE_SPLITS = {
 }
 
 
-def _check_reconstructs(sae: nn.Module) -> None:
+def _check_reconstructs(sae: SparseAutoencoder) -> None:
     """ValueError for a transcoder: its output is another site's, not a reconstruction."""
     if sae.cfg.transcoder:
         raise ValueError(
@@ -62,12 +65,14 @@ def _check_reconstructs(sae: nn.Module) -> None:
         )
 
 
-def _site(sae: nn.Module, store: ActivationStore) -> str:
+def _site(sae: SparseAutoencoder, store: ActivationStore) -> str:
     """The SAE's site; for an SAE that names none (some imports), the store's only site."""
     return sae.cfg.site if sae.cfg.site is not None else store.resolve_site(None)
 
 
-def check_compatible(sae: nn.Module, store: ActivationStore, lm: LanguageModel | None) -> str:
+def check_compatible(
+    sae: SparseAutoencoder, store: ActivationStore, lm: LanguageModel | None
+) -> str:
     """The SAE's site; StoreError unless the store holds it at the SAE's width (and came from
     `lm`)."""
     site, d_in = _site(sae, store), sae.cfg.d_in
@@ -83,7 +88,7 @@ def check_compatible(sae: nn.Module, store: ActivationStore, lm: LanguageModel |
     return site
 
 
-def _json_safe(value):
+def _json_safe(value: object) -> object:
     """The report with nan and inf (undefined metrics) as None, which JSON can hold."""
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
@@ -95,7 +100,7 @@ def _json_safe(value):
 
 
 def evaluate(
-    sae: nn.Module,
+    sae: SparseAutoencoder,
     store: ActivationStore | str | Path,
     model: LanguageModel | str | None = None,
     *,
@@ -105,7 +110,7 @@ def evaluate(
     splice_batch: int = EvalConfig.splice_batch,
     outlier_multiple: float = EvalConfig.outlier_multiple,
     split: str = EvalConfig.split,
-) -> dict:
+) -> dict[str, Any]:
     """Metrics of `sae` on the held-out split of `store` (or the train split, or all rows), and
     with `model` the splice metrics: the eval.json document (see the module docstring). `store`
     may also be the path of an [n, d] array file. Options are EvalConfig's fields."""
@@ -162,7 +167,7 @@ def _store_rows(split: str, measured: int, max_tokens: int) -> str:
     return f"{_STORE_SPLITS[split]}: all {measured:,} tokens"
 
 
-def _array_rows(source: ArraySource, split: str, max_tokens: int, path: Path) -> dict:
+def _array_rows(source: ArraySource, split: str, max_tokens: int, path: Path) -> dict[str, Any]:
     """The rows of the array at `path` measured for `split` (at most max_tokens, 0: all):
     {rows (in words), first_row, last_row (inclusive), n_rows (the array's)}."""
     n, n_train, name = source.data.shape[0], source.train.shape[0], path.name
@@ -182,14 +187,14 @@ def _array_rows(source: ArraySource, split: str, max_tokens: int, path: Path) ->
 
 
 def _evaluate_array(
-    sae: nn.Module,
+    sae: SparseAutoencoder,
     path: Path,
     split: str,
     batch_size: int,
     max_tokens: int,
     outlier_multiple: float,
     start: float,
-) -> dict:
+) -> dict[str, Any]:
     """`evaluate` on an array file's rows of `split` ("all": every row), as the trainer split
     them (`start`: the evaluation's start time)."""
     source = ArraySource(path)  # stops on a bad shape or a NaN/Inf, with the row named
@@ -208,15 +213,15 @@ def _evaluate_array(
 
 
 def _report(
-    sae: nn.Module,
+    sae: SparseAutoencoder,
     site: str | None,
-    about: dict,
+    about: dict[str, Any],
     split: str,
     max_tokens: int,
     stats: ReconstructionStats,
-    splice: dict | None,
+    splice: dict[str, Any] | None,
     start: float,
-) -> dict:
+) -> dict[str, Any]:
     report = {
         "format": "monoscope.eval",
         "version": EVAL_FORMAT_VERSION,
@@ -231,7 +236,7 @@ def _report(
         "splice": splice,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    return _json_safe(report)
+    return {key: _json_safe(value) for key, value in report.items()}
 
 
 def _require_matplotlib() -> None:
@@ -243,7 +248,7 @@ def _require_matplotlib() -> None:
         ) from None
 
 
-def plot_density(report: dict, path: Path) -> None:
+def plot_density(report: dict[str, Any], path: Path) -> None:
     """Write the feature-density histogram of an eval report as a PNG, atomically."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
@@ -261,7 +266,9 @@ def plot_density(report: dict, path: Path) -> None:
     save_png(fig, path)
 
 
-def run(cfg: EvalConfig, sae: nn.Module | None = None, lm: LanguageModel | None = None) -> dict:
+def run(
+    cfg: EvalConfig, sae: SparseAutoencoder | None = None, lm: LanguageModel | None = None
+) -> dict[str, Any]:
     """Evaluate as `cfg` says (`sae`/`lm` given: used instead of loading cfg.sae/cfg.model);
     write eval.json and, with cfg.plots, plots/feature_density.png beside it."""
     if cfg.plots:
@@ -304,7 +311,7 @@ _ROWS = (
 )
 
 
-def _reconstruction_lines(rec: dict) -> list[str]:
+def _reconstruction_lines(rec: dict[str, Any]) -> list[str]:
     """The reconstruction metrics: a column for all tokens and, when outliers are set apart,
     one without them and one for them alone, with the outliers' definition and shares."""
     columns = [("all tokens", rec)]
@@ -328,7 +335,7 @@ def _reconstruction_lines(rec: dict) -> list[str]:
     return lines
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict[str, Any]) -> str:
     """The metrics of an eval report as a plain-text table."""
     sae, rec = report["sae"], report["reconstruction"]
     feats = rec["features"]

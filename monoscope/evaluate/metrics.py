@@ -179,10 +179,13 @@ class ReconstructionStats:
     def __init__(self, median_norm: float | None = None, outlier_multiple: float = 10.0) -> None:
         if outlier_multiple < 0:
             raise ValueError(f"outlier_multiple must be >= 0 (0 disables), got {outlier_multiple}")
-        enabled = median_norm is not None and outlier_multiple > 0
         self.median_norm = median_norm
         self.outlier_multiple = outlier_multiple
-        self.threshold = outlier_multiple * median_norm if enabled else None
+        self.threshold = (
+            outlier_multiple * median_norm
+            if median_norm is not None and outlier_multiple > 0
+            else None
+        )
         self._all = _Pool()
         self._inliers = _Pool()
         self._outliers = _Pool()

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from monoscope.data import CorpusSpec, iter_contexts
 from monoscope.evaluate.metrics import loss_recovered
@@ -25,11 +26,16 @@ from monoscope.harvest import StoreError, heldout_mask
 from monoscope.models import LanguageModel
 from monoscope.models.hooks import SiteEdit
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from monoscope.sae import SparseAutoencoder
+
 Rows = Callable[[Tensor], Tensor]
 """A replacement for activation rows: [n, d] -> [n, d]."""
 
 
-def run_sae(sae: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def run_sae(sae: SparseAutoencoder, x: Tensor) -> tuple[Tensor, Tensor]:
     """(f [n, n_features], x_hat [n, d_in]) for x [n, d_in], on the SAE's device and dtype;
     x_hat is the whole reconstruction, with the terms decode leaves to finish_reconstruction
     (a skip connection, a per-token normalisation undone)."""
@@ -43,7 +49,9 @@ def run_sae(sae: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return f, sae.finish_reconstruction(sae.decode(f), x)
 
 
-def heldout_contexts(manifest: dict, tokenizer: object, n_contexts: int) -> Tensor:
+def heldout_contexts(
+    manifest: dict[str, Any], tokenizer: PreTrainedTokenizerBase, n_contexts: int
+) -> Tensor:
     """The first n_contexts held-out contexts of a store [n, context] int64 (fewer if the corpus
     runs out), rebuilt from the corpus spec in its manifest."""
     fraction = float(manifest["heldout_fraction"])
@@ -73,7 +81,7 @@ def _after_bos(replace: Rows) -> SiteEdit:
     return edit
 
 
-def _variants(sae: nn.Module, mean: Tensor) -> dict[str, SiteEdit]:
+def _variants(sae: SparseAutoencoder, mean: Tensor) -> dict[str, SiteEdit]:
     def with_error(rows: Tensor) -> Tensor:
         x_hat = run_sae(sae, rows)[1]
         return x_hat + (rows.to(x_hat) - x_hat)  # x̂ + error = x: checks the hooks, not the SAE
@@ -93,7 +101,7 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 def splice_metrics(
     lm: LanguageModel,
-    sae: nn.Module,
+    sae: SparseAutoencoder,
     site: str,
     contexts: Tensor,
     mean: Tensor,

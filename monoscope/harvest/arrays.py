@@ -64,7 +64,8 @@ class ArraySource:
 
     def fingerprint(self) -> str:
         """Changes with the data: a sha256 of the array's bytes."""
-        digest = hashlib.sha256(self.data.flatten().view(torch.uint8).numpy())
+        # An ndarray is a buffer; numpy's stubs declare its __buffer__ only for Python >= 3.12.
+        digest = hashlib.sha256(self.data.flatten().view(torch.uint8).numpy())  # type: ignore[arg-type]
         return f"{tuple(self.data.shape)} {self.data.dtype} {digest.hexdigest()}"
 
     def median_norm(self) -> float:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -39,7 +40,7 @@ _IDENTITY_KEYS = (
 )
 
 
-def _identity(manifest: dict) -> dict:
+def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a rerun must agree on to continue a store (not its progress or statistics)."""
     sites = {site: info["d"] for site, info in manifest["sites"].items()}
     return {"sites": sites, **{k: manifest.get(k) for k in _IDENTITY_KEYS}}
@@ -49,7 +50,7 @@ def _corpus_spec(cfg: HarvestConfig) -> CorpusSpec:
     return CorpusSpec(cfg.corpus, cfg.text_field, cfg.corpus_config, cfg.corpus_split, cfg.seed)
 
 
-def _new_manifest(cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec) -> dict:
+def _new_manifest(cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec) -> dict[str, Any]:
     return {
         "format": "monoscope.activation_store",
         "version": STORE_FORMAT_VERSION,
@@ -76,11 +77,14 @@ def _new_manifest(cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec) -> di
 
 
 def _bos_id(lm: LanguageModel) -> int | None:
-    tok = lm.tokenizer
-    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    bos: int | None = lm.tokenizer.bos_token_id
+    eos: int | None = lm.tokenizer.eos_token_id
+    return bos if bos is not None else eos
 
 
-def _open_folder(out: Path, fresh: dict, overwrite: bool, checksums: bool) -> dict:
+def _open_folder(
+    out: Path, fresh: dict[str, Any], overwrite: bool, checksums: bool
+) -> dict[str, Any]:
     """Return the manifest to continue from: `fresh` for a new store, or the existing one,
     its shards checked (sizes; sha256 with `checksums`)."""
     manifest_path = out / MANIFEST
@@ -110,7 +114,7 @@ def _open_folder(out: Path, fresh: dict, overwrite: bool, checksums: bool) -> di
     return fresh
 
 
-def _remove_unrecorded_files(out: Path, manifest: dict) -> None:
+def _remove_unrecorded_files(out: Path, manifest: dict[str, Any]) -> None:
     """Drop temp files and shards a crash left behind before the manifest recorded them."""
     recorded = {s["file"] for s in manifest["shards"]}
     for f in out.iterdir():
@@ -141,7 +145,7 @@ def run(cfg: HarvestConfig, lm: LanguageModel | None = None) -> ActivationStore:
     return ActivationStore(out)
 
 
-def _open_store(cfg: HarvestConfig, lm: LanguageModel) -> tuple[CorpusSpec, Path, dict]:
+def _open_store(cfg: HarvestConfig, lm: LanguageModel) -> tuple[CorpusSpec, Path, dict[str, Any]]:
     """Check the sites and the corpus before any file is written, then open cfg.out:
     (corpus spec, store folder, the manifest to continue from)."""
     for site in cfg.sites:
@@ -153,7 +157,7 @@ def _open_store(cfg: HarvestConfig, lm: LanguageModel) -> tuple[CorpusSpec, Path
 
 
 def _fill(
-    cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec, out: Path, manifest: dict
+    cfg: HarvestConfig, lm: LanguageModel, spec: CorpusSpec, out: Path, manifest: dict[str, Any]
 ) -> None:
     """Run the model on the contexts after the last one stored, writing a shard each time
     cfg.shard_tokens rows are pending, until cfg.tokens are stored or the corpus ends. The
@@ -201,7 +205,7 @@ def _fill(
         writer.close()
 
 
-def _finish(cfg: HarvestConfig, out: Path, manifest: dict, seconds: float) -> None:
+def _finish(cfg: HarvestConfig, out: Path, manifest: dict[str, Any], seconds: float) -> None:
     """Mark the store complete, or refuse if the corpus ran out first (the partial store kept)."""
     if manifest["tokens"] < cfg.tokens:
         raise StoreError(
@@ -240,7 +244,7 @@ def _rows(
 
 
 def _submit(
-    writer: ShardWriter, pending: list[dict], n_contexts: int, sites: Sequence[str]
+    writer: ShardWriter, pending: list[dict[str, Any]], n_contexts: int, sites: Sequence[str]
 ) -> None:
     tensors = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
     norm_sums = {s: float(tensors[f"norms.{s}"].double().sum()) for s in sites}
@@ -253,7 +257,7 @@ def harvest(
     sites: Sequence[str] = ("blocks.15.hook_resid_post",),
     tokens: int = 1_000_000,
     out: str | Path = "runs/demo/acts",
-    **options,
+    **options: Any,
 ) -> ActivationStore:
     """Python entry point: `harvest(lm, "builtin", ["blocks.15.hook_resid_post"], 10**6, "acts")`.
 

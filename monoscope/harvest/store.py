@@ -8,8 +8,9 @@ shard and recording it) is ignored and overwritten on resume.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,7 +63,7 @@ class ActivationStore:
         if not manifest_path.exists():
             raise StoreError(f"{self.path} is not an activation store (no {MANIFEST})")
         try:
-            self.manifest: dict = read_sealed_json(manifest_path)
+            self.manifest: dict[str, Any] = read_sealed_json(manifest_path)
         except CorruptFileError as err:
             raise StoreError(
                 f"{err}: restore it, or harvest the store again (harvest --overwrite)"
@@ -90,8 +91,9 @@ class ActivationStore:
         return int(self.manifest["tokens"])
 
     @property
-    def shards(self) -> list[dict]:
-        return self.manifest["shards"]
+    def shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = self.manifest["shards"]
+        return shards
 
     @property
     def heldout_fraction(self) -> float:
@@ -232,7 +234,7 @@ class ActivationStore:
     @staticmethod
     def _emit(
         pool: Tensor, batch_size: int, shuffle: bool, gen: torch.Generator, dtype: torch.dtype
-    ) -> Iterator[Tensor]:
+    ) -> Generator[Tensor, None, Tensor]:
         """Yield full batches from the pool (permuted if shuffling); return the remainder."""
         if shuffle:
             pool = pool[torch.randperm(pool.shape[0], generator=gen)]

@@ -10,4 +10,27 @@ explainer.py  examples -> a one-phrase explanation (prompts/ holds the versioned
 scorers/      detection, fuzzing, simulation, embedding
 specificity.py  the paper's 0-3 rubric per activation interval
 neurons.py    MLP neurons as a dictionary; correlation.py / compare.py: features vs neurons
+config.py     the commands' configs; runner.py: `run(cfg)`, which runs the command a config is for
 """
+
+from monoscope.interpret.config import (
+    CompareNeuronsConfig,
+    ExplainConfig,
+    LLMOptions,
+    LLMServerConfig,
+    NeuronsConfig,
+    ScoreConfig,
+    SpecificityConfig,
+)
+from monoscope.interpret.runner import run
+
+__all__ = [
+    "CompareNeuronsConfig",
+    "ExplainConfig",
+    "LLMOptions",
+    "LLMServerConfig",
+    "NeuronsConfig",
+    "ScoreConfig",
+    "SpecificityConfig",
+    "run",
+]

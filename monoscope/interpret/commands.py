@@ -1,4 +1,4 @@
-"""`monoscope explain` and `monoscope score`: configs, the plan, and the runs.
+"""`monoscope explain` and `monoscope score`: the plan and the runs (configs: config.py).
 
 Each selected feature is one job: its calls go through the client (cache, limits, budget) and
 its rows are written in one transaction as soon as it is done, so Ctrl-C, a budget reached or a
@@ -8,14 +8,12 @@ kill -9 keeps every finished feature, and a rerun skips them.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from typing import Any
 
 from monoscope.interpret.backends.base import CallResult, ChatResponse
+from monoscope.interpret.config import ExplainConfig, LLMOptions, ScoreConfig
 from monoscope.interpret.examples import FeatureExamples, load_features, read_vocab, split_examples
-from monoscope.interpret.options import LLMOptions
-from monoscope.interpret.scorers import SCORERS, make_scorer
-from monoscope.interpret.scorers.binary import check_answers
+from monoscope.interpret.scorers import make_scorer
 from monoscope.interpret.selection import select_features
 from monoscope.interpret.session import judge_name, open_client, open_store
 from monoscope.interpret.store import (
@@ -24,52 +22,6 @@ from monoscope.interpret.store import (
     write_explanation,
     write_score,
 )
-
-
-@dataclass
-class ExplainConfig(LLMOptions):
-    prompt_version: str = "explain-v1"
-    """Explainer prompt (a file in monoscope/interpret/prompts/), stored with each explanation."""
-    with_logits: bool = True
-    """Show the explainer the feature's top direct-logit tokens as well as its examples."""
-    overwrite: bool = False
-    """Explain again features that already have an explanation from this explainer and prompt."""
-
-
-@dataclass
-class ScoreConfig(LLMOptions):
-    scorers: str = "detection,fuzzing"
-    """Scorers to run, comma-separated: detection, fuzzing, simulation, embedding."""
-    explainer: str = ""
-    """Whose explanations to score, as 'backend:model' (default: each feature's newest)."""
-    hard_negatives: int = 10
-    """Non-activating windows from decoder neighbours added to detection's negatives, each
-    checked silent by encoding it again (0: none; needs the SAE and activation store)."""
-    max_activating: int = 0
-    """Held-out activating windows a scorer uses per feature, spread over the activation
-    intervals (0: all the store holds out, 30 with analyze's defaults)."""
-    max_non_activating: int = 0
-    """Non-activating windows per feature, non-firing and hard negatives (0: all)."""
-    answers: str = "auto"
-    """How detection and fuzzing read the judge: text (a list of 0/1 for a batch of windows),
-    logprobs (one window a call, the answer and its probability from the first token's
-    logprobs), auto (logprobs where the backend has them)."""
-    overwrite: bool = False
-    """Score again what this judge already scored."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_answers(self.answers)
-        if self.max_activating < 0 or self.max_non_activating < 0:
-            raise ValueError("max_activating and max_non_activating must be >= 0")
-        unknown = set(self.scorer_list()) - set(SCORERS)
-        if unknown or not self.scorer_list():
-            raise ValueError(f"--scorers takes {', '.join(SCORERS)}; got {self.scorers!r}")
-        if self.hard_negatives < 0:
-            raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
-
-    def scorer_list(self) -> list[str]:
-        return [s.strip() for s in self.scorers.split(",") if s.strip()]
 
 
 class PlanningCaller:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from monoscope.analyze.recorded import locate
 from monoscope.analyze.schema import FeatureStoreError, open_readonly, read_meta
@@ -29,59 +29,13 @@ from monoscope.artifacts import atomic_write_bytes, atomic_write_json, sha256_fi
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.harvest.store import MANIFEST
 from monoscope.interpret import compare_plots, compare_scores
+from monoscope.interpret.config import CompareNeuronsConfig
 from monoscope.interpret.correlation import best_matches, correlate, upstream_layers
 from monoscope.models import LanguageModel, load_model
+from monoscope.sae import SparseAutoencoder
 
 PAPER_FRACTION = 0.82
 """Templeton et al. 2024: 82% of features have a best-matching neuron with r ≤ 0.3."""
-
-
-@dataclass
-class CompareNeuronsConfig:
-    features_db: str = "runs/demo/features.db"
-    """The SAE's feature store (its SAE and activation store are found from its meta)."""
-    neurons_db: str = "runs/demo/neurons/features.db"
-    """The neurons' feature store, written by `monoscope neurons`."""
-    out: str = "runs/demo/features_vs_neurons"
-    """Report folder."""
-    n_features: int = 500
-    """Random live SAE features whose max correlation with the neurons is measured."""
-    n_scored: int = 100
-    """Features and neurons, each a random sample of those scored, compared on scores."""
-    seed: int = 0
-    """Seed of both random samples."""
-    threshold: float = 0.3
-    """The max |r| at or below which a feature has no neuron counterpart (the paper's 0.3)."""
-    bins: int = 20
-    """Bins of the max |r| histogram over [0, 1]."""
-    model: str = ""
-    """Model to run (default: the feature store's)."""
-    sae: str = ""
-    """SAE folder (default: the one the feature store records, or the folder of that name
-    next to the feature store)."""
-    acts: str = ""
-    """The SAE's activation store, whose tokens are re-run (default: as for --sae)."""
-    max_tokens: int = 0
-    """Correlate over at most this many tokens of the store (0: all)."""
-    batch_size: int = 4096
-    """Tokens per forward pass (whole contexts, at least one)."""
-    specificity_features: str = ""
-    """Folder of a `monoscope specificity` report on the SAE's features (specificity.json)."""
-    specificity_neurons: str = ""
-    """Folder of a `monoscope specificity` report on the neurons' store."""
-    plots: bool = True
-    """Write the PNG figures (needs matplotlib: pip install 'monoscope[plots]')."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_features", "n_scored", "bins", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
 
 def _read_store(path: str) -> tuple[dict, dict[str, dict], list[int]]:
@@ -98,7 +52,9 @@ def _read_store(path: str) -> tuple[dict, dict[str, dict], list[int]]:
     return meta, scores, live
 
 
-def _open_inputs(cfg: CompareNeuronsConfig, meta: dict) -> tuple[nn.Module, ActivationStore]:
+def _open_inputs(
+    cfg: CompareNeuronsConfig, meta: dict
+) -> tuple[SparseAutoencoder, ActivationStore]:
     from monoscope.sae import load_sae
 
     db = Path(cfg.features_db)
@@ -142,6 +98,10 @@ def correlation_report(
     store.check_compatible(revision=lm.revision)
     sae = sae.to(lm.device)
     chosen = sorted(random.Random(cfg.seed).sample(live, min(cfg.n_features, len(live))))
+    if sae.cfg.site is None:
+        raise ValueError(
+            f"the SAE of {cfg.features_db} names no site to find the neurons upstream of"
+        )
     layers = upstream_layers(sae.cfg.site)
     acc = correlate(
         lm, sae, store, torch.tensor(chosen), layers, cfg.batch_size, cfg.max_tokens, cfg.progress
@@ -176,9 +136,8 @@ def scores_report(cfg: CompareNeuronsConfig, features: dict, neurons: dict) -> t
         for name, entry in sides.items():
             if entry is None:
                 missing.append(f"no {scorer} scores in the {name}' store")
-        report[scorer] = compare_scores.compare(
-            *((e or {}).get("scores", {}) for e in sides.values()), cfg.n_scored, cfg.seed
-        )
+        ours, theirs = ((e or {}).get("scores", {}) for e in sides.values())
+        report[scorer] = compare_scores.compare(ours, theirs, cfg.n_scored, cfg.seed)
         for key in ("judges", "explainers"):
             report[scorer][key] = {k: sorted((e or {}).get(key, ())) for k, e in sides.items()}
         chances = [c for e in sides.values() for c in (e or {}).get("chance", {}).values()]
@@ -262,7 +221,7 @@ def _write(report: dict, out: Path, plots: bool, seed: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     c = report["correlation"]
     atomic_write_json(out / "report.json", report)
-    keys = ("tokens", "layers", "threshold", "fraction_at_most_threshold")
+    keys: tuple[str, ...] = ("tokens", "layers", "threshold", "fraction_at_most_threshold")
     keys += ("fraction_by_last_layer", "histogram", "features")
     atomic_write_json(out / "correlation.json", {k: c[k] for k in keys})
     atomic_write_bytes(out / "summary.md", summary_markdown(report).encode())

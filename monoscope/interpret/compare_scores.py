@@ -70,7 +70,9 @@ def rank_test(a: list[float], b: list[float]) -> tuple[float, float]:
     if not n_a or not n_b:
         return math.nan, math.nan
     # U / (n_a n_b) is the AUROC of a against b, ties counting one half.
-    u = auroc([True] * n_a + [False] * n_b, a + b) * n_a * n_b
+    auc = auroc([True] * n_a + [False] * n_b, a + b)
+    assert auc is not None  # both sides hold values
+    u = auc * n_a * n_b
     ties = sum(c**3 - c for c in Counter(a + b).values())
     n = n_a + n_b
     variance = n_a * n_b / 12 * ((n + 1) - ties / (n * (n - 1)))

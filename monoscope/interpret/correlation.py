@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from monoscope.harvest import ActivationStore, StoreError
-from monoscope.interpret.neurons import neuron_site
+from monoscope.interpret.config import neuron_site
 from monoscope.models import LanguageModel
 from monoscope.models.sites import SITE_PATTERN
+from monoscope.sae import SparseAutoencoder
 
 BEFORE_THE_MLP = ("hook_resid_pre", "hook_attn_out")
 """Sites of layer L that the MLP of layer L does not feed (its neurons come after them)."""
@@ -41,11 +42,13 @@ class StreamingCorrelation:
     float64 sums updated one batch of rows at a time (on the tensors' device)."""
 
     def __init__(self, p: int, q: int, device: torch.device | str = "cpu") -> None:
-        f64 = dict(dtype=torch.float64, device=device)
+        f64 = torch.float64
         self.n = 0
-        self.sx, self.sxx = torch.zeros(p, **f64), torch.zeros(p, **f64)
-        self.sy, self.syy = torch.zeros(q, **f64), torch.zeros(q, **f64)
-        self.sxy = torch.zeros(p, q, **f64)
+        self.sx = torch.zeros(p, dtype=f64, device=device)
+        self.sxx = torch.zeros(p, dtype=f64, device=device)
+        self.sy = torch.zeros(q, dtype=f64, device=device)
+        self.syy = torch.zeros(q, dtype=f64, device=device)
+        self.sxy = torch.zeros(p, q, dtype=f64, device=device)
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Add rows: x [rows, p], y [rows, q] (the same rows)."""
@@ -131,7 +134,7 @@ def context_batches(
 
 def correlate(
     lm: LanguageModel,
-    sae: nn.Module,
+    sae: SparseAutoencoder,
     store: ActivationStore,
     features: Tensor,
     layers: list[int],
@@ -142,6 +145,8 @@ def correlate(
     """{layer: the correlations of its neurons with `features` [q] of the SAE}, over the store's
     tokens (up to max_tokens), the SAE reading its own site from the same forward passes."""
     site = sae.cfg.site
+    if site is None:
+        raise ValueError("the SAE names no site: its features cannot be read from the model")
     sites = [neuron_site(layer) for layer in layers]
     widths = {layer: lm.site(s).width for layer, s in zip(layers, sites, strict=True)}
     param = next(sae.parameters())

@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from monoscope.interpret.backends.base import (
@@ -31,6 +30,7 @@ from monoscope.interpret.backends.base import (
     ChatResponse,
     RetryableError,
 )
+from monoscope.interpret.config import LLMServerConfig
 
 DEFAULT_MAX_TOKENS = 256
 ERROR_TYPES = {
@@ -48,18 +48,6 @@ class ApiError(Exception):
     def __init__(self, status: int, kind: str, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.status, self.kind, self.message, self.retry_after = status, kind, message, retry_after
-
-
-@dataclass
-class LLMServerConfig:
-    model: str = "smollm2-135m"
-    """Model the server answers with (the local backend: a built-in name, folder or hub id)."""
-    host: str = "127.0.0.1"
-    """Address to listen on (loopback by default: anyone who can reach it can use the model)."""
-    port: int = 8001
-    """Port to listen on; clients use --base-url http://127.0.0.1:PORT/v1."""
-    api_key_env: str = ""
-    """Name of an environment variable holding a key that clients must send (empty: no key)."""
 
 
 def _text(content: Any) -> str:

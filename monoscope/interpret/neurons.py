@@ -20,7 +20,6 @@ residual stream:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,61 +29,12 @@ from monoscope.analyze import AnalyzeConfig
 from monoscope.analyze import run as run_analyze
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as run_harvest
+from monoscope.interpret.config import NeuronsConfig
 from monoscope.models import LanguageModel, load_model
-from monoscope.sae.identity import SIGNS, NeuronDictionary, neuron_config
+from monoscope.sae.identity import NeuronDictionary, neuron_config
 
 ACTS, SAE, FEATURES = "acts", "sae", "features.db"
 """What `run_neurons` writes under its --out folder."""
-
-
-def neuron_site(layer: int) -> str:
-    """The site of a layer's MLP neurons (after the nonlinearity and the gating product)."""
-    return f"blocks.{layer}.mlp.hook_post"
-
-
-@dataclass
-class NeuronsConfig:
-    model: str = "smollm2-135m"
-    """Model: a built-in name (smollm2-135m), a local folder, or a Hugging Face hub id."""
-    layer: int = 15
-    """Layer whose MLP neurons (site blocks.LAYER.mlp.hook_post) are the dictionary."""
-    corpus: str = "builtin"
-    """Corpus: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET."""
-    tokens: int = 200_000
-    """Number of tokens to harvest and analyse."""
-    out: str = "runs/demo/neurons"
-    """Output folder: acts/ (activation store), sae/ (the identity dictionary), features.db."""
-    context: int = 128
-    """Tokens per packed context, BOS included (the SAE's store's, to compare on the same
-    text)."""
-    dtype: str = "bfloat16"
-    """Storage dtype of the activations: float32, bfloat16 (bf16) or float16 (fp16)."""
-    seed: int = 0
-    """Seed of the corpus document order and of analyze's random samples."""
-    signs: str = "positive"
-    """Which side of each signed gate×up unit is a feature: positive (one feature per neuron,
-    max(x, 0)), or both (2 × width features: max(x, 0), then max(-x, 0))."""
-    batch_size: int = 4096
-    """Activation rows per analyze batch."""
-    logit_tokens: int = 10
-    """Top and bottom tokens kept per neuron by direct logit effect."""
-    overwrite: bool = False
-    """Replace an existing activation store and feature store under --out."""
-    progress: bool = True
-    """Show progress bars."""
-
-    def __post_init__(self) -> None:
-        if self.layer < 0:
-            raise ValueError(f"layer must be >= 0, got {self.layer}")
-        if self.signs not in SIGNS:
-            raise ValueError(f"signs must be one of {', '.join(SIGNS)}, got {self.signs!r}")
-        for name in ("tokens", "batch_size", "logit_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def site(self) -> str:
-        return neuron_site(self.layer)
 
 
 def run_neurons(cfg: NeuronsConfig, lm: LanguageModel | None = None) -> Path:

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from monoscope.analyze import schema
-from monoscope.interpret.options import LLMOptions
+from monoscope.interpret.config import LLMOptions
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 CACHE_FILE = "llm_cache.sqlite"

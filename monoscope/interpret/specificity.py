@@ -20,13 +20,12 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from monoscope.interpret.backends.base import Caller, ChatRequest, ChatResponse
+from monoscope.interpret.config import SpecificityConfig
 from monoscope.interpret.examples import Example, FeatureExamples
 from monoscope.interpret.formatting import marked_text
-from monoscope.interpret.options import LLMOptions
 from monoscope.interpret.prompts import Prompt, load_prompt
 from monoscope.interpret.scorers.binary import TOP_LOGPROBS
 from monoscope.interpret.specificity_report import (
@@ -45,33 +44,6 @@ PROMPT_VERSION = "specificity-v1"
 ANSWER_TOKENS = 8
 """The judge answers one digit; a few tokens of slack for 'Score: 3'-style answers (text)."""
 _DIGIT = re.compile(r"(?<!\d)(\d)(?!\d)")
-
-
-@dataclass
-class SpecificityConfig(LLMOptions):
-    features: str = "random:50"
-    """Features to grade: ids and ranges (0:200,512), random:N (with --seed), top-density:N.
-    The paper grades a random sample."""
-    out: str = ""
-    """Report folder: specificity.json and specificity.png (default: specificity/ next to the
-    feature store)."""
-    explainer: str = ""
-    """Whose explanations to grade: an explainer name 'backend:model' of the store's
-    explanations table (default: each feature's latest ok explanation, features.explanation)."""
-    per_interval: int = 0
-    """Windows graded per activation interval and feature, a seeded sample (0: all the store
-    has: top and quantile examples in their intervals, the non-firing ones)."""
-    plot: bool = True
-    """Write the stacked histogram PNG (needs matplotlib: pip install 'monoscope[plots]')."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.per_interval < 0:
-            raise ValueError(f"per_interval must be >= 0, got {self.per_interval}")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.db).with_name("specificity")
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,7 @@ def _tick(label: str, n_intervals: int) -> str:
 def feature_means(report: dict[str, Any] | str | Path) -> dict[int, float]:
     """Each graded feature's mean rubric grade over its firing windows (its specificity, 0-3),
     from a report or the path of its JSON; features with no parsable firing grade are left out."""
-    if not isinstance(report, dict):
-        report = json.loads(Path(report).read_text(encoding="utf-8"))
+    data = report if isinstance(report, dict) else json.loads(Path(report).read_text("utf-8"))
     return {
-        f["feature"]: f["mean_firing"] for f in report["features"] if f["mean_firing"] is not None
+        f["feature"]: f["mean_firing"] for f in data["features"] if f["mean_firing"] is not None
     }

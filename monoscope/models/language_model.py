@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from monoscope.models.hooks import SiteEdit, capture, patch
 from monoscope.models.sites import Site, SiteResolver
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -21,8 +25,8 @@ class LanguageModel:
     pins the weights (a hub commit, or the sha256 of the weight files).
     """
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     revision: str
     resolver: SiteResolver = field(init=False, repr=False)
@@ -74,7 +78,14 @@ class LanguageModel:
         with patch([(self.site(name), fn) for name, fn in edits.items()]):
             yield
 
+    def decode(self, ids: list[int] | Tensor, skip_special_tokens: bool = False) -> str:
+        """The text of one sequence of token ids (a list, or a 1-D tensor)."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        assert isinstance(text, str)  # one sequence decodes to one string
+        return text
+
     def logits(self, input_ids: Tensor) -> Tensor:
         """Full forward pass: logits [batch, pos, vocab]."""
         with torch.no_grad():
-            return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
+            logits: Tensor = self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
+        return logits

@@ -39,7 +39,8 @@ def load_model(
 
     torch_dtype = parse_dtype(dtype)
     device = torch.device(device) if device is not None else default_device()
-    source, revision, options = name_or_path, "", {}
+    source, revision = name_or_path, ""
+    options: dict[str, str | bool] = {}
     if name_or_path in BUILTIN_MODELS:
         folder, revision = converted_dir(name_or_path)
         source = str(folder)
@@ -63,4 +64,7 @@ def load_model(
         ) from err
     if not revision:
         revision = getattr(model.config, "_commit_hash", None) or "unknown"
-    return LanguageModel(model.to(device), tokenizer, name_or_path, revision)
+    # PreTrainedModel.to is decorated with functools.wraps, whose typeshed type does not bind
+    # `self`: mypy reads `device` as the model.
+    model = model.to(device)  # type: ignore[arg-type]
+    return LanguageModel(model, tokenizer, name_or_path, revision)

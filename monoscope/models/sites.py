@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from monoscope.models.site_tables import FAMILIES, MODEL_TYPES, Family
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 SITE_KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.(" + "|".join(map(re.escape, SITE_KINDS)) + r")$")
@@ -33,7 +37,7 @@ class Site:
     width: int
 
 
-def family_of(model: nn.Module) -> Family:
+def family_of(model: PreTrainedModel) -> Family:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(
@@ -46,15 +50,21 @@ def input_width(module: nn.Module) -> int:
     """Width of the input of a projection (nn.Linear, or GPT-2's transposed Conv1D)."""
     if isinstance(module, nn.Linear):
         return module.in_features
-    return int(module.weight.shape[0])  # transformers' Conv1D stores [in, out]
+    return int(module.get_parameter("weight").shape[0])  # transformers' Conv1D stores [in, out]
 
 
 class SiteResolver:
     """Maps site names of one model onto its modules; lists every site with its width."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         self.family = family_of(model)
-        self.layers: nn.ModuleList = model.get_submodule(self.family.layers)
+        layers = model.get_submodule(self.family.layers)
+        if not isinstance(layers, nn.ModuleList):
+            raise UnsupportedModelError(
+                f"{self.family.layers} of this {type(model).__name__} is a "
+                f"{type(layers).__name__}, not the list of its layers"
+            )
+        self.layers = layers
         self.n_layers = len(self.layers)
         self.d_model = int(model.config.hidden_size)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from safetensors.torch import save as save_bytes
@@ -26,6 +26,9 @@ from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
 from monoscope.sae.normalization import denormalise_tokens, normalise_tokens
 from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
+
+if TYPE_CHECKING:
+    from monoscope.sae.training import SampleStart, TrainingDefaults
 
 DENSE_CODE_BYTES = 16 * 2**20
 """`sparse_codes` forms dense codes [rows, n_features] this many bytes at a time (~450 rows at
@@ -78,6 +81,17 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         for every architecture (called by SAEConfig itself)."""
 
     """The `SAEConfig.compute_dtype` values this architecture's training step implements."""
+    # What the trainer reads of a trainable architecture (sae/training.py); the fixed
+    # dictionaries (neurons, imported gated and groupmax SAEs) declare none of it.
+    sparsity: ClassVar[str]
+    start_settings: ClassVar[tuple[str, ...]]
+    training_defaults: ClassVar[TrainingDefaults]
+    short_run_recipe: ClassVar[TrainingDefaults]
+    paper_recipe: ClassVar[TrainingDefaults]
+    if TYPE_CHECKING:
+
+        def start_from_sample(self, sample: Tensor, start: SampleStart) -> None: ...
+
     step_memory: StepMemory | None = None
     """Set by a training loop that drops each step's gradients before the next backward and
     keeps no reference to them (as monoscope's trainer does): `training_step` then writes its
@@ -308,7 +322,8 @@ def covariance_eigh(sample: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError("a covariance needs a sample of 2 rows or more")
     x = sample.double()
     x = x - x.mean(0)
-    return torch.linalg.eigh(x.T @ x / (x.shape[0] - 1))
+    eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x / (x.shape[0] - 1))
+    return eigenvalues, eigenvectors
 
 
 def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
@@ -318,7 +333,7 @@ def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
     dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
     mean = x.mean(0)
     total = x.new_zeros(())
-    for block in x.split(block_rows(x.shape[1] * x.element_size())):
+    for block in torch.split(x, block_rows(x.shape[1] * x.element_size())):
         centred = (block - mean).view(-1)
         total = total + torch.dot(centred, centred)
     return (total * scale**2).clamp_min(1e-12)
@@ -327,4 +342,5 @@ def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
 def random_directions(n: int, d: int, generator: torch.Generator) -> Tensor:
     """n random unit vectors [n, d], uniform on the sphere."""
     v = torch.randn(n, d, generator=generator)
-    return v / v.norm(dim=-1, keepdim=True)
+    norms: Tensor = v.norm(dim=-1, keepdim=True)
+    return v / norms

@@ -71,7 +71,7 @@ class BatchTopKSAE(TopKFamilySAE):
     )
 
     def candidates_per_row(self) -> int:
-        return min(self.cfg.n_features, CANDIDATES_PER_K * self.cfg.k)
+        return min(self.cfg.n_features, CANDIDATES_PER_K * self.k)
 
     def candidates(self, pre: Tensor, offset: int) -> TopGroups:
         m = min(pre.shape[0] * pre.shape[2], self.candidates_per_row())
@@ -83,7 +83,7 @@ class BatchTopKSAE(TopKFamilySAE):
         # are below it). A row whose does ("saturated": it may hold more of the top than its
         # candidates) is recomputed, and all its entries of at least `floor` compete instead.
         rows, m = values.shape
-        n, cols = rows * self.cfg.k, self.cfg.n_features
+        n, cols = rows * self.k, self.cfg.n_features
         kept, position = values.flatten().topk(n, sorted=False)
         flat = (position // m) * cols + indices.flatten()[position]
         if m == cols:
@@ -132,7 +132,7 @@ class BatchTopKSAE(TopKFamilySAE):
         pre = self.pre_activations(x)
         if self.training:
             flat = pre.reshape(-1, pre.shape[-1])
-            keep = batch_topk_indices(flat, flat.shape[0] * self.cfg.k)
+            keep = batch_topk_indices(flat, flat.shape[0] * self.k)
             kept = torch.zeros_like(flat).view(-1)
             kept[keep] = torch.relu(flat.view(-1)[keep])
             return kept.view(pre.shape)

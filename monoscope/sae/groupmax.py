@@ -28,6 +28,7 @@ class GroupMaxSAE(SparseAutoencoder):
 
     @classmethod
     def check_config(cls, cfg: SAEConfig) -> None:
+        assert cfg.k is not None  # SAEConfig requires k of an architecture that uses it
         if cfg.n_features % cfg.k:
             raise ValueError(
                 f"n_features must be a multiple of k for groupmax (k groups of equal size): "

@@ -30,7 +30,7 @@ ARCHITECTURES: tuple[str, ...] = tuple(cls.arch for cls in TRAINED)
 FIXED_DICTIONARIES: tuple[str, ...] = tuple(cls.arch for cls in FIXED)
 
 
-def trained_class(arch: str) -> type:
+def trained_class(arch: str) -> type[SparseAutoencoder]:
     """The class of a trainable architecture; a ValueError naming the choices otherwise."""
     for cls in TRAINED:
         if cls.arch == arch:
@@ -38,7 +38,7 @@ def trained_class(arch: str) -> type:
     raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
 
-def archs_where(test: Callable[[type], bool]) -> str:
+def archs_where(test: Callable[[type[SparseAutoencoder]], bool]) -> str:
     """The trainable architectures whose class passes `test`, as prose ('topk and
     batchtopk'), for messages that say where an option applies."""
     names = [cls.arch for cls in TRAINED if test(cls)]

@@ -87,7 +87,7 @@ class ReluSAE(SparseAutoencoder):
         of them dead for good in a short run (docs/LOG.md)."""
         if sample.shape[0] < 2:
             return
-        self.b_enc -= self.firing_cuts(sample, l0, columns_per_pass)  # each cut becomes 0
+        self.b_enc.sub_(self.firing_cuts(sample, l0, columns_per_pass))  # each cut becomes 0
 
     def decoder_norms(self) -> Tensor:
         """||W_dec_i|| per latent [n_features]."""
@@ -308,7 +308,10 @@ class _Gradients:
 
     def handed_over(self, W_enc: Tensor, need: list[bool]) -> tuple[Tensor | None, ...]:
         """The gradients of (x, W_enc, b_enc, W_dec, b_dec, shift)."""
-        grad_shift = -(W_enc @ self.pre_sums) if need[5] else None
+        grad_shift = None
+        if need[5]:
+            assert self.pre_sums is not None  # summed whenever shift needs its gradient
+            grad_shift = -(W_enc @ self.pre_sums)
         grad_b_enc = self.pre_sums if need[2] else None
         return (self.x, self.W_enc, grad_b_enc, self.W_dec, self.b_dec, grad_shift)
 

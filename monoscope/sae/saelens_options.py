@@ -210,8 +210,11 @@ def _expected_factor(raw: dict, folder: Path, source: str) -> float:
     scaler = folder / SCALER_FILE
     if factor is None and scaler.is_file():
         factor = read_config(scaler).get("scaling_factor")
-    ok = isinstance(factor, int | float) and not isinstance(factor, bool)
-    if not ok or not (math.isfinite(factor) and factor > 0):
+    if (
+        not isinstance(factor, int | float)
+        or isinstance(factor, bool)
+        or not (math.isfinite(factor) and factor > 0)
+    ):
         raise SAEFormatError(
             f"{source}: normalize_activations='expected_average_only_in' needs its scaling "
             f'factor, and this folder has none ({SCALER_FILE}, or "norm_scaling_factor" in '

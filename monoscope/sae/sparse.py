@@ -268,7 +268,10 @@ class DeferredGradient:
         formed it (the same sums, bit for bit); the terms are then dropped."""
         for n, (pattern, grad, grad_b) in enumerate(self._terms):
             entries = grad * self.scale if self.scale != 1.0 else grad
-            outer = None if self.shift is None else (self.shift, grad_b)
+            outer = None
+            if self.shift is not None:
+                assert grad_b is not None  # with a shift, `add` was given the column sums
+                outer = (self.shift, grad_b)
             out = pattern.transposed_product_t(entries, self.x, outer, out, accumulate=n > 0)
             pattern.release_cache()
         if out is None:
@@ -335,6 +338,7 @@ class _SampledAffine(torch.autograd.Function):
             # scaled, minus shift ⊗ their column sums (no [rows, d] copy of the input).
             grad_W = pattern.transposed_product(grad * scale if scale != 1.0 else grad, x)
             if shift is not None:
+                assert grad_b is not None  # formed above whenever W's gradient meets a shift
                 grad_W.addr_(grad_b, shift, alpha=-1.0)
             grad_W = grad_W.t()
         if need_shift:

@@ -84,6 +84,12 @@ class TopKFamilySAE(SparseAutoencoder):
     short_run_recipe: ClassVar[TrainingDefaults]
     paper_recipe: ClassVar[TrainingDefaults]
 
+    @property
+    def k(self) -> int:
+        """Active latents per token (SAEConfig requires k of the k-sparse architectures)."""
+        assert self.cfg.k is not None
+        return self.cfg.k
+
     chunk_rows: ClassVar[int] = 256
     """Rows of pre-activations computed at a time while selecting. Their per-block temporaries
     (the encoder's input rows, each row's candidates) then stay under the trainer's mmap
@@ -153,7 +159,7 @@ class TopKFamilySAE(SparseAutoencoder):
         batches spread over more latents: fewer dead latents (docs/LOG.md)."""
         if sample.shape[0] < 2 or share == 0:
             return 1.0
-        self.b_enc -= share * self.firing_cuts(sample[:_CUT_SAMPLE], self.cfg.k)
+        self.b_enc.sub_(share * self.firing_cuts(sample[:_CUT_SAMPLE], self.k))
         factor = self.least_squares_scale(sample)
         if factor > 0:  # no positive fit (no signal): left as it is
             self.W_enc.mul_(factor)
@@ -236,6 +242,7 @@ class TopKFamilySAE(SparseAutoencoder):
         """AuxK: how well the selected dead latents reconstruct the `residual` [batch, d_in]
         of raw x, in its normalised MSE. Their W_dec gradient gets memory of its own
         (autograd adds it to the main one); their W_enc terms join the deferred ones."""
+        assert sel.aux_pattern is not None  # called only when AuxK selected latents
         pre = sampled_affine(
             x,
             self.W_enc,
@@ -267,8 +274,11 @@ class TopKFamilySAE(SparseAutoencoder):
         # blocks' temporaries, so that none of them is held between those in the heap.
         values = x.new_empty(x.shape[0], m)
         indices = torch.empty(x.shape[0], m, dtype=torch.int64, device=x.device)
-        aux_values, aux_indices = [], []
-        groups, aux_v, aux_i = [], [], []
+        aux_values: list[Tensor] = []
+        aux_indices: list[Tensor] = []
+        groups: list[TopGroups] = []
+        aux_v: list[Tensor] = []
+        aux_i: list[Tensor] = []
         for start, part, pre in self._pre_chunks(x, workspace):
             offset = part * pre.shape[0] * pre.shape[2]  # first latent of the part
             # Merged part by part: two parts' candidates at most are held at a time.
@@ -459,10 +469,10 @@ class TopKSAE(TopKFamilySAE):
     )
 
     def candidates_per_row(self) -> int:
-        return self.cfg.k
+        return self.k
 
     def candidates(self, pre: Tensor, offset: int) -> TopGroups:
-        return top_groups(pre, self.cfg.k, offset, self.cfg.n_features)
+        return top_groups(pre, self.k, offset, self.cfg.n_features)
 
     def choose(self, values: Tensor, indices: Tensor, rows_pre: RowsPre) -> tuple[Pattern, Tensor]:
         return Pattern.from_rows(indices, values, self.cfg.n_features)
@@ -470,7 +480,7 @@ class TopKSAE(TopKFamilySAE):
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)
         flat = pre.reshape(-1, pre.shape[-1])
-        values, indices = topk_rows(flat, self.cfg.k)
+        values, indices = topk_rows(flat, self.k)
         return torch.zeros_like(flat).scatter_(-1, indices, torch.relu(values)).view(pre.shape)
 
     @torch.no_grad()

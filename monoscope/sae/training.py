@@ -10,6 +10,10 @@ below train/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from monoscope.sae.base import SparseAutoencoder
 
 DEFAULT_K = 32
 """Active latents per token of the k-sparse architectures unless --k says otherwise."""
@@ -58,7 +62,7 @@ RECIPES = ("default", "short-run", "paper")
 'paper', the architecture's published recipe as far as its sources give it (docs/training.md)."""
 
 
-def recipe_defaults(cls: type, recipe: str) -> TrainingDefaults:
+def recipe_defaults(cls: type[SparseAutoencoder], recipe: str) -> TrainingDefaults:
     """The training defaults trainable SAE class `cls` declares for `recipe`."""
     by_name = {
         "default": cls.training_defaults,

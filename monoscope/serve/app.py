@@ -118,7 +118,11 @@ def _error_handlers(app) -> None:
 
     def handler(status: int | None):
         def respond(request: Request, err: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(err)}, status_code=status or err.status)
+            code = status
+            if code is None:
+                assert isinstance(err, MeaningQueryError)  # the one error that has its own
+                code = err.status
+            return JSONResponse({"detail": str(err)}, status_code=code)
 
         return respond
 

@@ -154,6 +154,7 @@ class Catalog:
                 ids.update(i for i, e in enumerate(self._folded) if word in e)
             hits = np.fromiter(sorted(ids), dtype=np.int64, count=len(ids))
             found = hits if found is None else np.intersect1d(found, hits)
+        assert found is not None  # a query that is not blank has a word
         return found
 
     def search(

@@ -54,11 +54,12 @@ class FiresEngine:
                 )
             acts = self._encode(lm, sae, ids)  # [pos, n_features]
         values, features = acts.topk(min(TOP_PER_TOKEN, acts.shape[-1]), dim=-1)
-        tokens, seen = [], set()
+        tokens: list[dict[str, Any]] = []
+        seen: set[int] = set()
         for tid, vals, feats in zip(ids, values.tolist(), features.tolist(), strict=True):
             fired = [[f, round_sig(v, 4)] for f, v in zip(feats, vals, strict=True) if v > 0]
             seen.update(f for f, _ in fired)
-            shown = self.vocab[tid] if tid < len(self.vocab) else lm.tokenizer.decode([tid])
+            shown = self.vocab[tid] if tid < len(self.vocab) else lm.decode([tid])
             tokens.append({"text": shown, "features": fired})
         known = [f for f in sorted(seen) if f < self.catalog.n_features]
         return {

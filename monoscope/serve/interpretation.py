@@ -69,8 +69,9 @@ def interpretation_records(
     return out
 
 
-def judged_keys(scores: list[dict[str, Any]]) -> set[tuple[str, int | None, int]]:
-    """(kind, bucket, rank) of every example the scores' judges graded."""
+def judged_keys(scores: list[dict[str, Any]]) -> set[tuple[str | None, int | None, int | None]]:
+    """(kind, bucket, rank) of every example the scores' judges graded (None: a key a judged
+    record lacks)."""
     return {
         (d.get("kind"), d.get("bucket"), d.get("rank"))
         for score in scores

@@ -67,16 +67,16 @@ class MeaningIndex:
         result = {"total": len(self.ids), "offset": offset, "limit": limit, "model": None}
         if not len(self.ids):
             return {**result, "items": []}
-        vectors = self._load()
+        vectors, embedder = self._load()
         with self._lock:
-            q = self._embedder.embed([query])[0]  # [d]
+            q = embedder.embed([query])[0]  # [d]
         sims = (vectors @ q).numpy()  # [n_explained]
         order = np.lexsort((self.ids, -sims))[offset : offset + limit]
         items = [
             {**self.catalog.summary(int(self.ids[j])), "similarity": round_sig(float(sims[j]), 4)}
             for j in order
         ]
-        return {**result, "model": self._embedder.name, "items": items}
+        return {**result, "model": embedder.name, "items": items}
 
     def similar(self, fid: int, k: int) -> list[dict[str, Any]]:
         """The k features whose explanations are nearest feature `fid`'s ([] if it has none)."""
@@ -94,7 +94,7 @@ class MeaningIndex:
 
     def _nearest(self, rows: np.ndarray, k: int) -> dict[int, list[dict[str, Any]]]:
         """{id: [similar]} of the explained features at positions `rows` of self.ids."""
-        vectors = self._load()
+        vectors, _ = self._load()
         k = min(k, len(self.ids) - 1)
         if k <= 0:
             return {int(self.ids[r]): [] for r in rows}
@@ -116,8 +116,9 @@ class MeaningIndex:
             "score": self.catalog.score[fid],
         }
 
-    def _load(self) -> torch.Tensor:
-        """The explanations' embeddings [n_explained, d], computed on the first call."""
+    def _load(self) -> tuple[torch.Tensor, Embedder]:
+        """The explanations' embeddings [n_explained, d], computed on the first call, and the
+        embedder that made them."""
         with self._lock:
             if self._vectors is None:
                 try:
@@ -126,4 +127,5 @@ class MeaningIndex:
                     raise MeaningUnavailable(f"search by meaning: {err}") from err
                 texts = [self.catalog.explanation[i] for i in self.ids]
                 self._vectors = self._embedder.embed(texts).float()
-            return self._vectors
+            assert self._embedder is not None  # made with the vectors
+            return self._vectors, self._embedder

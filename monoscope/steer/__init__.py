@@ -8,10 +8,12 @@ SAE's error term kept), attribution and ablation on prompts, and feature search 
     report = attribute(lm, sae, "The capital of France is", target=" Paris")
 
 `compare`, `attribute`, `features_for_span` and `contrast` return plain JSON (their docstrings
-give the shapes): the browser's steering panel and attribution view call them.
+give the shapes): the browser's steering panel and attribution view call them. The commands'
+configs are in config.py; `run(cfg)` runs the command a config is for, as every stage's `run` does.
 """
 
 from monoscope.steer.attribution import METRICS, attribute, attribution_pass, spearman
+from monoscope.steer.config import AttributeConfig, FeaturesForConfig, SteerConfig
 from monoscope.steer.generation import Sampling, compare, generate
 from monoscope.steer.intervention import (
     ResolvedEdit,
@@ -25,6 +27,7 @@ from monoscope.steer.intervention import (
 from monoscope.steer.logits import top_logit_tokens
 from monoscope.steer.maxact import MaxActivations, from_activation_store, from_feature_store
 from monoscope.steer.prompts import encode_prompt, single_token
+from monoscope.steer.runner import run
 from monoscope.steer.search import contrast, features_for_span
 from monoscope.steer.spec import (
     MODES,
@@ -40,10 +43,13 @@ __all__ = [
     "METRICS",
     "MODES",
     "POSITIONS",
+    "AttributeConfig",
     "FeatureEdit",
+    "FeaturesForConfig",
     "MaxActivations",
     "ResolvedEdit",
     "Sampling",
+    "SteerConfig",
     "SteeringError",
     "SteeringRun",
     "SteeringSpec",
@@ -61,6 +67,7 @@ __all__ = [
     "parse_feature",
     "parse_value",
     "resolve",
+    "run",
     "single_token",
     "spearman",
     "steer_features",

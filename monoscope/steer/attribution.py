@@ -118,7 +118,7 @@ def ablation_effects(
     each batch stays clean and is the reference, so both sides share the batch's rounding."""
     if not pairs:
         return []
-    site = lm.site(sae.cfg.site)
+    site = lm.site(check_sae(lm, sae))
     directions = decoder_directions(sae, torch.tensor([p[0] for p in pairs]))  # [N, d]
     effects: list[float] = []
     for start in range(0, len(pairs), ABLATION_BATCH):
@@ -175,7 +175,10 @@ def attribute(
     source = "given" if target is not None else "model"
     ids = encode_prompt(lm, prompt, chat)
     target_id = single_token(lm, target) if target is not None else None
-    contrast_id = single_token(lm, contrast) if metric == "logit_diff" else None
+    # _check_metric: logit_diff comes with its contrast token.
+    contrast_id = (
+        single_token(lm, contrast) if contrast is not None and metric == "logit_diff" else None
+    )
     f, attr, target_id, value = attribution_pass(lm, sae, ids, target_id, metric, contrast_id)
     texts = token_texts(lm, ids[0])
     ranked = _ranked_pairs(f, attr)

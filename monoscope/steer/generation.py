@@ -56,9 +56,11 @@ def generate(lm: LanguageModel, ids: Tensor, sampling: Sampling) -> Tensor:
     devices = [lm.device] if lm.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(sampling.seed)
-        return lm.model.generate(
+        # Causal LMs mix GenerationMixin into PreTrainedModel, which itself has no `generate`.
+        out: Tensor = lm.model.generate(  # type: ignore[operator]
             batch, attention_mask=torch.ones_like(batch), use_cache=True, **options
-        ).cpu()
+        )
+    return out.cpu()
 
 
 def generated_lengths(lm: LanguageModel, out: Tensor, prompt_len: int) -> list[int]:
@@ -111,7 +113,7 @@ def _sample(
     end = prompt_len + text.lengths[j]
     tokens = text.seqs[j, prompt_len:end]
     out = {
-        "text": lm.tokenizer.decode(tokens, skip_special_tokens=True),
+        "text": lm.decode(tokens, skip_special_tokens=True),
         "tokens": token_texts(lm, tokens),
         "perplexity_unsteered": _perplexity(text.logp_unsteered, text, j, prompt_len),
     }
@@ -198,7 +200,7 @@ def compare(
     prompt: str,
     sampling: Sampling | None = None,
     max_acts: Mapping[str, MaxActivations] | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str | None] | None = None,
     chat: bool = False,
     top_tokens: int = 5,
 ) -> dict:

@@ -137,7 +137,7 @@ def resolve(
                     f"activation store (--acts), or give an absolute value"
                 )
             max_act = source.of(edit.feature)
-        value = 0.0 if edit.mode == "ablate" else float(edit.value)
+        value = 0.0 if edit.value is None else float(edit.value)  # None: ablate (FeatureEdit)
         if max_act is not None:
             value *= max_act
             if edit.mode == "add":  # the displacement of the feature at value x its max

@@ -79,8 +79,8 @@ def from_feature_store(
                 f"{sae.cfg.activation_convention!r}"
             )
         weights = Path(sae_dir) / WEIGHTS_FILE if sae_dir is not None else None
-        known = info.get("sha256") and weights is not None and weights.is_file()
-        if known and sha256_file(weights) != info["sha256"]:
+        known = weights is not None and info.get("sha256") and weights.is_file()
+        if known and weights is not None and sha256_file(weights) != info["sha256"]:
             raise SteeringError(
                 f"feature store {path} was built for other SAE weights than {weights}"
             )

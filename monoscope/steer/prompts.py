@@ -42,9 +42,11 @@ def encode_prompt(lm: LanguageModel, text: str, chat: bool = False, extra: int =
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise SteeringError(f"the tokenizer of {lm.name} has no chat template")
-        text = tokenizer.apply_chat_template(
+        templated = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
+        assert isinstance(templated, str)  # tokenize=False: the text
+        text = templated
     ids = tokenizer(text, add_special_tokens=False).input_ids
     bos = bos_id(tokenizer)
     if bos is not None and (not ids or ids[0] != bos):
@@ -62,7 +64,7 @@ def encode_prompt(lm: LanguageModel, text: str, chat: bool = False, extra: int =
 def token_texts(lm: LanguageModel, ids: Tensor | list[int]) -> list[str]:
     """The decoded text of each token id, one string per token."""
     ids = ids.tolist() if isinstance(ids, Tensor) else ids
-    return [lm.tokenizer.decode([i]) for i in ids]
+    return [lm.decode([i]) for i in ids]
 
 
 def single_token(lm: LanguageModel, text: str) -> int:

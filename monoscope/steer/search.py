@@ -57,7 +57,8 @@ def _tokens_with_offsets(
     if not getattr(lm.tokenizer, "is_fast", False):
         raise SteeringError("marking a span needs a fast tokenizer (character offsets)")
     enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc.input_ids), [tuple(o) for o in enc.offset_mapping]
+    ids = list(enc.input_ids)
+    offsets: list[tuple[int, int] | None] = [(o[0], o[1]) for o in enc.offset_mapping]
     bos = bos_id(lm.tokenizer)
     if bos is not None:
         ids, offsets = [bos, *ids], [None, *offsets]
@@ -101,8 +102,8 @@ def features_for_span(
     span_f = f[inside]  # [s, n]
     mean = span_f.mean(0)
     outside = f[others].mean(0) if others else torch.zeros_like(mean)
-    best = mean.argsort(descending=True)[:top]
-    best = best[mean[best] > 0].tolist()
+    ranked = mean.argsort(descending=True)[:top]
+    best = ranked[mean[ranked] > 0].tolist()
     return {
         "prompt": prompt,
         "tokens": token_texts(lm, ids[0]),

@@ -61,7 +61,8 @@ class FeatureEdit:
     """value is a multiple of the feature's max activation ("10x"); not for multiply."""
     sae: str = "sae"
     """Key of the SAE in the mapping the spec is applied with."""
-    positions: str | tuple[int, ...] = "all"
+    positions: str | tuple[int, ...] | list[int] = "all"
+    """all, prompt, generated, or token positions (a list is kept as a sorted tuple)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:

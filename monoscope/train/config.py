@@ -11,6 +11,7 @@ scaled so that E‖x‖ = √d.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from monoscope.sae.registry import ARCHITECTURES, TRAINED, archs_where, trained_class
 from monoscope.sae.training import (
@@ -20,6 +21,9 @@ from monoscope.sae.training import (
     TrainingDefaults,
     recipe_defaults,
 )
+
+if TYPE_CHECKING:
+    from monoscope.sae import SparseAutoencoder
 
 ARCH_DEFAULTED = tuple(
     f.name for f in fields(TrainingDefaults) if f.name != "lr_reference_features"
@@ -227,8 +231,11 @@ class TrainConfig:
         for name in ("decoder_init_power", "b_enc_init_share"):
             value = getattr(self, name)
             if value and name not in cls.start_settings:
-                where = archs_where(lambda c, name=name: name in c.start_settings)
-                raise ValueError(f"{_flag(name)} applies to {where}")
+
+                def reads(c: type[SparseAutoencoder], name: str = name) -> bool:
+                    return name in c.start_settings
+
+                raise ValueError(f"{_flag(name)} applies to {archs_where(reads)}")
 
     @classmethod
     def default_help(cls, name: str) -> str | None:
@@ -258,7 +265,7 @@ class TrainConfig:
         lr scales with the dictionary needs `n_features`)."""
         return replace(self, **self.resolved_defaults(n_features))
 
-    def resolved_defaults(self, n_features: int | None = None) -> dict:
+    def resolved_defaults(self, n_features: int | None = None) -> dict[str, Any]:
         """{field: value} of the fields whose None means a default: what a checkpoint records,
         so that a resumed run keeps the defaults it started with even if a later version
         changes them."""
@@ -286,7 +293,7 @@ _NEGATIVE_WAS_DEFAULT = (
 _EMPTY_WAS_DEFAULT = ("adam_basis", "idle_momentum", "b_dec_init")
 
 
-def from_older_version(settings: dict) -> dict:
+def from_older_version(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings recorded by a version before None meant 'the default', with the values that
     meant it then (0, a negative number or '', by field) as None."""
 

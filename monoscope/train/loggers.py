@@ -51,6 +51,7 @@ class MetricLogger:
         self._wandb = self._tensorboard = None
         if backend == "wandb":
             wandb = require_backend("wandb")
+            assert wandb is not None  # None only for backend "none"
             self._wandb = wandb.init(project="monoscope", config=config, dir=str(path.parent))
         elif backend == "tensorboard":
             require_backend("tensorboard")

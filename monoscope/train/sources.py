@@ -11,14 +11,36 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.harvest.arrays import ArraySource
+
+
+class Source(Protocol):
+    """What training reads: StoreSource, ArraySource or ModelSource."""
+
+    @property
+    def d(self) -> int: ...
+    @property
+    def site(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def description(self) -> Mapping[str, object]:
+        """What the rows are, as JSON (recorded with the trained SAE)."""
+
+    def n_train_tokens(self) -> int: ...
+    def fingerprint(self) -> str: ...
+    def median_norm(self) -> float: ...
+    def sample(self, n: int) -> Tensor: ...
+    def epoch(self, batch_size: int, seed: int, max_norm: float | None) -> Iterator[Tensor]: ...
+    def heldout(self, batch_size: int, max_norm: float | None = None) -> Iterator[Tensor]: ...
 
 
 class StoreSource:

@@ -4,6 +4,7 @@ holds, with the settings it began with."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def start_from_sample(sae: SparseAutoencoder, cfg: TrainConfig, sample: torch.Te
 
 
 def resumed_start(
-    state: TrainingState, requested: TrainConfig, data_id: str, data: str, out: Path
+    state: TrainingState,
+    requested: TrainConfig,
+    data_id: str,
+    data: Mapping[str, object],
+    out: Path,
 ) -> Start:
     """The run a checkpoint in `out` holds, refused if it was begun with other settings or on
     other data than `data` (whose fingerprint is `data_id`); it goes on with the defaults it

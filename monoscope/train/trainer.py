@@ -37,7 +37,7 @@ from monoscope.train.outdir import prepare_out, removed_if_failed_early
 from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
-from monoscope.train.sources import ModelSource, open_source
+from monoscope.train.sources import ModelSource, Source, open_source
 from monoscope.train.start import (
     Start,
     init_sample,
@@ -81,7 +81,7 @@ def _stop_requests() -> Iterator[Callable[[], str | None]]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
-def _batches(source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch.Tensor]:
+def _batches(source: Source, cfg: TrainConfig, max_norm: float | None) -> Iterator[torch.Tensor]:
     """Endless batches: epoch e is shuffled with seed (cfg.seed, e)."""
     for epoch in itertools.count():
         yielded = False
@@ -116,7 +116,7 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         # The shuffle buffer need not hold more than the run trains on: a short run would
         # otherwise harvest the whole buffer (131k tokens) before its first step.
         buffer = min(ModelSource.BUFFER_TOKENS, max(cfg.tokens, cfg.batch_size))
-        source = ModelSource(
+        source: Source = ModelSource(
             cfg.stream_model, cfg.site, cfg.corpus, cfg.context, buffer_tokens=buffer
         )
     else:
@@ -134,7 +134,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
         return _train(cfg, source, out, total_steps)
 
 
-def _train(requested: TrainConfig, source, out: Path, total_steps: int) -> SparseAutoencoder:
+def _train(
+    requested: TrainConfig, source: Source, out: Path, total_steps: int
+) -> SparseAutoencoder:
     """The run itself, in the prepared folder `out`: new or resumed, trained, saved."""
     median = source.median_norm()
     limit = requested.outlier_multiple
@@ -171,7 +173,9 @@ def _train(requested: TrainConfig, source, out: Path, total_steps: int) -> Spars
 def _parts(start: Start, total_steps: int) -> RunParts:
     """The optimizer and the run's other state, as the new run starts them."""
     sae, cfg = start.sae, start.cfg
-    groups = [
+    # start.cfg is resolved: the architecture's defaults are written out.
+    assert cfg.lr is not None and cfg.adam_beta1 is not None and cfg.coefficient is not None
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in sae.parameters() if p is not sae.W_dec], "lr_multiple": 1.0},
         {"params": [sae.W_dec], "lr_multiple": cfg.decoder_lr_multiple},
     ]
@@ -190,7 +194,7 @@ def _parts(start: Start, total_steps: int) -> RunParts:
 def _loop(
     parts: RunParts,
     cfg: TrainConfig,
-    source,
+    source: Source,
     max_norm: float | None,
     steps: range,
     checkpointer: Checkpointer,
@@ -250,6 +254,9 @@ def _step(
     """One optimizer step on batch x [batch_size, d_in] (rotated in place for the eigenbasis);
     the step's outcome and the sparsity coefficient it used."""
     sae, opt = parts.sae, parts.opt
+    # start.cfg is resolved: the architecture's defaults are written out.
+    assert cfg.lr is not None and cfg.decay_fraction is not None
+    assert cfg.lr_warmup_fraction is not None and cfg.coefficient is not None
     lr = learning_rate(step, total_steps, cfg.lr, cfg.decay_fraction, cfg.lr_warmup_fraction)
     for group in opt.param_groups:
         group["lr"] = lr * group["lr_multiple"]
@@ -288,7 +295,7 @@ class _Rate:
 
 def _metrics(
     parts: RunParts, cfg: TrainConfig, result: TrainStep, step: int, coefficient: float, rate: float
-) -> dict:
+) -> dict[str, Any]:
     """The line of train_log.jsonl after `step` (counting from 0)."""
     return {
         "step": step + 1,
@@ -305,7 +312,7 @@ def _metrics(
     }
 
 
-def _postfix(metrics: dict) -> dict[str, str]:
+def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
     """The progress bar's figures."""
     return {
         "loss": f"{metrics['loss']:.3g}",
@@ -319,11 +326,11 @@ def _postfix(metrics: dict) -> dict[str, str]:
 def _summary(
     parts: RunParts,
     cfg: TrainConfig,
-    source,
+    source: Source,
     total_steps: int,
     median: float,
     max_norm: float | None,
-) -> dict:
+) -> dict[str, Any]:
     """What the saved SAE's config records of its training (`SAEConfig.training`)."""
     return {
         "tokens": total_steps * cfg.batch_size,
@@ -360,7 +367,11 @@ def _final_weights(parts: RunParts) -> None:
 
 
 def _finish(
-    sae: SparseAutoencoder, cfg: TrainConfig, source, max_norm: float | None, total_steps: int
+    sae: SparseAutoencoder,
+    cfg: TrainConfig,
+    source: Source,
+    max_norm: float | None,
+    total_steps: int,
 ) -> SparseAutoencoder:
     """Set what inference needs, refit the decoder if asked, save the SAE in place of the
     checkpoint."""
@@ -430,6 +441,6 @@ def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> No
     )
 
 
-def read_log(out: str | Path) -> list[dict]:
+def read_log(out: str | Path) -> list[dict[str, Any]]:
     """The metrics a run in `out` logged, one dict per logged step (loggers.read_metrics)."""
     return read_metrics(Path(out) / "train_log.jsonl")

@@ -13,7 +13,7 @@ import torch
 
 from monoscope.analyze import analyze
 from monoscope.harvest import harvest
-from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
+from monoscope.interpret import ExplainConfig, ScoreConfig, run
 from monoscope.models import load_model
 from monoscope.sae import SAEConfig, build_sae
 
@@ -51,9 +51,9 @@ def store_db(smollm, corpus_file, tmp_path_factory):
 
 def test_explain_and_score_20_features_locally(smollm, store_db):
     common = {"db": str(store_db), "features": "top-density:20", "progress": False}
-    explained = run_explain(ExplainConfig(**common), lm=smollm)
+    explained = run(ExplainConfig(**common), lm=smollm)
     assert explained["done"] == 20 and explained["calls_sent"] == 20
-    scored = run_score(
+    scored = run(
         ScoreConfig(
             **common, scorers="detection,embedding", max_activating=3, max_non_activating=3
         ),
@@ -76,5 +76,5 @@ def test_explain_and_score_20_features_locally(smollm, store_db):
             }
     shown = conn.execute("SELECT COUNT(*) FROM features WHERE explanation IS NOT NULL")
     assert shown.fetchone()[0] == 20 - explained["unparsable"]
-    rerun = run_explain(ExplainConfig(**common, overwrite=True), lm=smollm)
+    rerun = run(ExplainConfig(**common, overwrite=True), lm=smollm)
     assert rerun["calls_sent"] == 0 and rerun["calls_cached"] == 20

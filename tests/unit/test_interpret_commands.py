@@ -15,9 +15,9 @@ import time
 import pytest
 
 from monoscope.analyze.schema import FeatureStoreError, write_meta
+from monoscope.interpret import ExplainConfig, ScoreConfig, run
 from monoscope.interpret.backends import factory
 from monoscope.interpret.backends.base import Capabilities, ChatRequest, ChatResponse
-from monoscope.interpret.commands import ExplainConfig, ScoreConfig, run_explain, run_score
 from monoscope.testing import random_feature_store
 
 
@@ -72,7 +72,7 @@ def options(db, **kw):
 
 
 def test_explain_writes_rows_and_a_rerun_pays_nothing(fake, store):
-    first = run_explain(ExplainConfig(**options(store, features="0:6")))
+    first = run(ExplainConfig(**options(store, features="0:6")))
     assert first["done"] == 6 and first["calls_sent"] == 6
     conn = sqlite3.connect(store)
     rows = conn.execute("SELECT feature, status, explanation, cache_keys FROM explanations")
@@ -81,14 +81,14 @@ def test_explain_writes_rows_and_a_rerun_pays_nothing(fake, store):
     assert all(r[1] == "ok" and json.loads(r[3]) for r in rows)
     explained = conn.execute("SELECT COUNT(*) FROM features WHERE explanation IS NOT NULL")
     assert explained.fetchone()[0] == 6
-    again = run_explain(ExplainConfig(**options(store, features="0:6")))
+    again = run(ExplainConfig(**options(store, features="0:6")))
     assert again["done"] == 0 and again["already_done"] == 6 and again["calls_sent"] == 0
-    redo = run_explain(ExplainConfig(**options(store, features="0:6", overwrite=True)))
+    redo = run(ExplainConfig(**options(store, features="0:6", overwrite=True)))
     assert redo["calls_sent"] == 0 and redo["calls_cached"] == 6  # the cache answers
 
 
 def test_plan_spends_nothing(fake, store, tmp_path):
-    out = run_explain(
+    out = run(
         ExplainConfig(
             **options(store, features="0:4", plan=True, prices=str(tmp_path / "prices.json"))
         )
@@ -101,9 +101,9 @@ def test_plan_spends_nothing(fake, store, tmp_path):
 
 def test_budget_stops_cleanly_and_a_rerun_goes_on(fake, store, tmp_path):
     prices = str(tmp_path / "prices.json")
-    plan = run_explain(ExplainConfig(**options(store, features="0:8", plan=True, prices=prices)))
+    plan = run(ExplainConfig(**options(store, features="0:8", plan=True, prices=prices)))
     per_call = plan["plan"]["estimated_usd"] / 8
-    cut = run_explain(
+    cut = run(
         ExplainConfig(
             **options(store, features="0:8", prices=prices, budget_usd=per_call * 3.5),
             max_concurrency=1,
@@ -112,7 +112,7 @@ def test_budget_stops_cleanly_and_a_rerun_goes_on(fake, store, tmp_path):
     # Each call reserves its worst case (max_tokens) and is charged what it used: 3 to 7 fit.
     assert cut["stopped_by_budget"] and 3 <= cut["done"] < 8
     assert cut["spent_usd"] <= per_call * 3.5
-    rest = run_explain(ExplainConfig(**options(store, features="0:8", prices=prices)))
+    rest = run(ExplainConfig(**options(store, features="0:8", prices=prices)))
     assert rest["done"] == 8 - cut["done"] and rest["calls_sent"] == 8 - cut["done"]
 
 
@@ -120,7 +120,7 @@ def test_features_without_examples_are_skipped_and_listed(fake, store):
     conn = sqlite3.connect(store)
     with conn:
         conn.execute("DELETE FROM examples WHERE feature = 2")
-    out = run_explain(ExplainConfig(**options(store, features="0:4")))
+    out = run(ExplainConfig(**options(store, features="0:4")))
     assert out["skipped_no_examples"] == [2] and out["done"] == 3
 
 
@@ -129,14 +129,14 @@ def test_an_unfinished_store_is_refused(fake, store):
     with conn:
         write_meta(conn, complete=False)
     with pytest.raises(FeatureStoreError, match="has not finished"):
-        run_explain(ExplainConfig(**options(store)))
+        run(ExplainConfig(**options(store)))
     assert fake == []  # refused before a backend was made
 
 
 def test_score_writes_scores_and_skips_what_it_has(fake, store):
-    run_explain(ExplainConfig(**options(store, features="0:3")))
+    run(ExplainConfig(**options(store, features="0:3")))
     cfg = ScoreConfig(**options(store, features="0:5", hard_negatives=0))
-    out = run_score(cfg)
+    out = run(cfg)
     assert out["done"] == 3 and out["skipped_no_explanation"] == [3, 4]
     conn = sqlite3.connect(store)
     rows = conn.execute("SELECT feature, scorer, judge, status, details FROM scores").fetchall()
@@ -144,14 +144,14 @@ def test_score_writes_scores_and_skips_what_it_has(fake, store):
         (f, s) for f in range(3) for s in ("detection", "fuzzing")
     }
     assert all(r[2] == "openai:fake-model" and json.loads(r[4]) for r in rows)
-    again = run_score(cfg)
+    again = run(cfg)
     assert again["done"] == 0 and again["already_done"] == 3 and again["calls_sent"] == 0
 
 
 def test_score_plan_and_bad_scorer(fake, store):
-    run_explain(ExplainConfig(**options(store, features="0:2")))
+    run(ExplainConfig(**options(store, features="0:2")))
     sent = len(fake[-1].sent)
-    out = run_score(ScoreConfig(**options(store, features="0:2", plan=True, hard_negatives=0)))
+    out = run(ScoreConfig(**options(store, features="0:2", plan=True, hard_negatives=0)))
     assert out["plan"]["calls"] > 0 and len(fake[-1].sent) == 0 and sent == 2
     with pytest.raises(ValueError, match="--scorers"):
         ScoreConfig(**options(store, scorers="detection,telepathy"))
@@ -161,7 +161,7 @@ CHILD = """
 import sys, time
 from monoscope.interpret.backends import factory
 from monoscope.interpret.backends.base import Capabilities, ChatResponse
-from monoscope.interpret.commands import ExplainConfig, run_explain
+from monoscope.interpret import ExplainConfig, run
 
 class Slow:
     name, capabilities = "fake", Capabilities()
@@ -174,7 +174,7 @@ class Slow:
         return len(text) // 4
 
 factory.make_backend = lambda backend, model, base_url="", **kw: Slow(model)
-run_explain(ExplainConfig(db=sys.argv[1], backend="openai", model="fake-model",
+run(ExplainConfig(db=sys.argv[1], backend="openai", model="fake-model",
                           features="0:8", progress=False, max_concurrency=1))
 """
 
@@ -193,7 +193,7 @@ def test_kill_9_mid_run_then_a_rerun_pays_only_for_the_rest(fake, store, tmp_pat
     child.wait()
     before = conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0]
     assert 3 <= before < 8
-    rerun = run_explain(ExplainConfig(**options(store, features="0:8")))
+    rerun = run(ExplainConfig(**options(store, features="0:8")))
     assert rerun["already_done"] == before and rerun["done"] == 8 - before
     # a call answered before the kill but not yet written is answered from the cache
     assert rerun["calls_sent"] + rerun["calls_cached"] == 8 - before
@@ -204,14 +204,12 @@ def test_kill_9_mid_run_then_a_rerun_pays_only_for_the_rest(fake, store, tmp_pat
 def test_another_prompt_version_explains_again(fake, store, monkeypatch):
     from monoscope.interpret import explainer, prompts
 
-    run_explain(ExplainConfig(**options(store, features="0:2")))
+    run(ExplainConfig(**options(store, features="0:2")))
     real = prompts.load_prompt
     monkeypatch.setattr(
         explainer, "load_prompt", lambda v: real("explain-v1" if v == "explain-v9" else v)
     )
-    again = run_explain(
-        ExplainConfig(**options(store, features="0:2"), prompt_version="explain-v9")
-    )
+    again = run(ExplainConfig(**options(store, features="0:2"), prompt_version="explain-v9"))
     assert again["done"] == 2 and again["already_done"] == 0
     versions = sqlite3.connect(store).execute("SELECT DISTINCT prompt_version FROM explanations")
     assert {v for (v,) in versions} == {"explain-v1", "explain-v9"}

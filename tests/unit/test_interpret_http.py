@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
+from monoscope.interpret import ExplainConfig, run
 from monoscope.interpret.backends.base import BackendError
 from monoscope.interpret.backends.local import LocalBackend
-from monoscope.interpret.commands import ExplainConfig, run_explain
 from monoscope.interpret.llm_server import running_llm_server
 from monoscope.models import load_model
 from monoscope.testing import TINY_CHAT_TEMPLATE, random_feature_store
@@ -40,8 +40,8 @@ def test_a_refused_key_or_an_unknown_model_stops_before_any_feature(
     common = {"db": str(db), "backend": "openai", "features": "0:3", "progress": False}
     with running_llm_server(tiny_chat_backend, api_key="right") as url:
         with pytest.raises(BackendError, match="OPENAI_API_KEY"):
-            run_explain(ExplainConfig(**common, model="tiny-llama", base_url=f"{url}/v1"))
+            run(ExplainConfig(**common, model="tiny-llama", base_url=f"{url}/v1"))
         monkeypatch.setenv("OPENAI_API_KEY", "right")
         with pytest.raises(BackendError, match="no-such-model"):
-            run_explain(ExplainConfig(**common, model="no-such-model", base_url=f"{url}/v1"))
+            run(ExplainConfig(**common, model="no-such-model", base_url=f"{url}/v1"))
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM explanations").fetchone() == (0,)

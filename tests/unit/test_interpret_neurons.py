@@ -18,7 +18,8 @@ from monoscope.analyze.logits import logit_effects
 from monoscope.analyze.schema import DDL_INTERPRET, create
 from monoscope.harvest import ActivationStore, HarvestConfig
 from monoscope.harvest import run as run_harvest
-from monoscope.interpret.compare import CompareNeuronsConfig, run_compare_neurons, summarise
+from monoscope.interpret import CompareNeuronsConfig, NeuronsConfig, run
+from monoscope.interpret.compare import summarise
 from monoscope.interpret.compare_scores import rank_test
 from monoscope.interpret.correlation import (
     StreamingCorrelation,
@@ -27,7 +28,6 @@ from monoscope.interpret.correlation import (
     correlate,
     upstream_layers,
 )
-from monoscope.interpret.neurons import NeuronsConfig, run_neurons
 from monoscope.sae import SAEConfig, SAEFormatError, build_sae, load_sae
 from monoscope.sae.identity import NeuronDictionary, neuron_config
 
@@ -83,7 +83,7 @@ def neurons_db(tiny_llama, tiny_model_dirs, corpus_file, tmp_path_factory):
         batch_size=256,
         progress=False,
     )
-    return run_neurons(cfg, tiny_llama)
+    return run(cfg, tiny_llama)
 
 
 def test_run_neurons_writes_a_complete_store_of_the_layers_neurons(neurons_db, tiny_llama):
@@ -125,7 +125,7 @@ def test_run_neurons_with_both_signs_has_twice_the_features(
         signs="both",
         progress=False,
     )
-    conn = sqlite3.connect(run_neurons(cfg, tiny_llama))
+    conn = sqlite3.connect(run(cfg, tiny_llama))
     width = tiny_llama.site("blocks.0.mlp.hook_post").width
     assert conn.execute("SELECT count(*) FROM features").fetchone()[0] == 2 * width
     # the negative side of a neuron promotes what its positive side suppresses
@@ -279,7 +279,7 @@ def test_compare_neurons_reports_missing_scores_then_the_scores(
         batch_size=100,
         progress=False,
     )
-    report = run_compare_neurons(cfg, tiny_llama)
+    report = run(cfg, tiny_llama)
     c = report["correlation"]
     assert c["n_sampled"] == 20 and c["layers"] == [0, 1] and c["tokens"] == 700
     max_r = [f["max_abs_r"] for f in c["features"]]
@@ -306,7 +306,7 @@ def test_compare_neurons_reports_missing_scores_then_the_scores(
         str(tmp_path / "spec_n"),
     )
     cfg.n_scored, cfg.n_features, cfg.max_tokens = 8, 5, 100
-    report = run_compare_neurons(cfg, tiny_llama)
+    report = run(cfg, tiny_llama)
     assert report["correlation"]["tokens"] == 100  # --max-tokens cuts a context short
     detection = report["scores"]["detection"]
     assert detection["features"]["n"] == 8 and detection["neurons"]["n"] == 5

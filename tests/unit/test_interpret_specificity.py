@@ -13,18 +13,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from monoscope.analyze.schema import FeatureStoreError
+from monoscope.interpret import SpecificityConfig, run
 from monoscope.interpret.backends import factory
 from monoscope.interpret.backends.base import CallResult, Capabilities, ChatRequest, ChatResponse
 from monoscope.interpret.examples import Example, FeatureExamples
 from monoscope.interpret.specificity import (
-    SpecificityConfig,
     gather_windows,
     grade_features,
     grade_from_logprobs,
     highlight,
     interval_of,
     parse_grade,
-    run_specificity,
 )
 from monoscope.interpret.specificity_report import (
     PLOT_FILE,
@@ -275,7 +274,7 @@ def test_run_specificity_end_to_end_through_the_client_and_cache(explained_store
         db=str(explained_store), backend="openai", model="rule-judge", features="0:4",
         progress=False,
     )  # fmt: skip
-    report = run_specificity(cfg)
+    report = run(cfg)
     assert [f["feature"] for f in report["features"]] == [0, 2]
     assert report["skipped"] == [
         {"feature": 1, "reason": "no explanation"},
@@ -297,7 +296,7 @@ def test_run_specificity_end_to_end_through_the_client_and_cache(explained_store
     assert json.loads((out / REPORT_FILE).read_text())["pooled"] == report["pooled"]
     assert (out / PLOT_FILE).stat().st_size > 5000
 
-    again = run_specificity(cfg)  # everything from the call cache: nothing sent twice
+    again = run(cfg)  # everything from the call cache: nothing sent twice
     assert backend.sent == n_windows and again["run"]["client"]["n_cached"] == n_windows
     assert again["pooled"] == report["pooled"]
 
@@ -310,12 +309,12 @@ def test_plan_sends_nothing_and_unfinished_store_is_refused(explained_store, tmp
         db=str(explained_store), backend="openai", model="rule-judge", features="0:4",
         out=str(out), plan=True, progress=False,
     )  # fmt: skip
-    plan = run_specificity(cfg)["plan"]
+    plan = run(cfg)["plan"]
     assert plan["features"] == 2 and plan["calls"] == 2 * 43 and plan["cached_calls"] == 0
     assert backend.sent == 0 and not out.exists()
     unfinished = random_feature_store(tmp_path / "u.db", n_features=4, meta={"complete": False})
     with pytest.raises(FeatureStoreError, match="has not finished"):
-        run_specificity(SpecificityConfig(db=str(unfinished), progress=False))
+        run(SpecificityConfig(db=str(unfinished), progress=False))
 
 
 def test_budget_stops_cleanly_with_the_finished_features_reported(
@@ -329,7 +328,7 @@ def test_budget_stops_cleanly_with_the_finished_features_reported(
         db=str(explained_store), backend="openai", model="rule-judge", features="0:4",
         prices=str(prices), budget_usd=3.0, max_concurrency=1, progress=False,
     )  # fmt: skip
-    report = run_specificity(cfg)  # feature 0's 43 calls cost $2.19, feature 2 does not fit
+    report = run(cfg)  # feature 0's 43 calls cost $2.19, feature 2 does not fit
     assert [f["feature"] for f in report["features"]] == [0]
     assert report["run"]["not_done"] == [2] and "budget" in report["run"]["stop_reason"]
     assert report["run"]["client"]["spent_usd"] <= 3.0
@@ -345,7 +344,7 @@ def test_local_backend_grades_or_counts_every_window(tmp_path):
     db = random_feature_store(tmp_path / "features.db", n_features=2, vocab=words)
     write_interpretation(db, {0: "the word 'bridge'"}, scores={0: {"detection": 0.5}}, n_random=1)
     cfg = SpecificityConfig(db=str(db), features="0", per_interval=1, progress=False)
-    report = run_specificity(cfg)
+    report = run(cfg)
     pooled = report["pooled"]["intervals"]
     assert sum(v["n"] for v in pooled.values()) == 11 == report["calls"]["n"]
     assert all(v["n"] == 1 for v in pooled.values())

@@ -89,7 +89,8 @@ class LocalBackend:
         devices = [self.lm.device] if self.lm.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(request.seed)
-            out = self.lm.model.generate(
+            # Causal LMs mix GenerationMixin into PreTrainedModel, which has no `generate`.
+            out = self.lm.model.generate(  # type: ignore[operator]
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=request.max_tokens,
@@ -105,7 +106,6 @@ class LocalBackend:
         return new, logits
 
     def _response(self, ids, new, logits, request, elapsed, timeout) -> ChatResponse:
-        tokenizer = self.lm.tokenizer
         eos = self._eos
         tokens = new.tolist()
         stop = next((i for i, t in enumerate(tokens) if t in eos), None)
@@ -117,11 +117,11 @@ class LocalBackend:
         if logits is not None:
             logprobs, alts = logits[: len(tokens)].log_softmax(-1).topk(request.top_logprobs, -1)
             top = [
-                [(tokenizer.decode([t]), float(p)) for t, p in zip(a, lp, strict=True)]
+                [(self.lm.decode([t]), float(p)) for t, p in zip(a, lp, strict=True)]
                 for a, lp in zip(alts.tolist(), logprobs.tolist(), strict=True)
             ]
         return ChatResponse(
-            text=tokenizer.decode(tokens, skip_special_tokens=True),
+            text=self.lm.decode(tokens, skip_special_tokens=True),
             prompt_tokens=ids.shape[1],
             completion_tokens=len(tokens),
             logprobs=top,

@@ -12,7 +12,7 @@ from monoscope.interpret.scorers.embedding import EmbeddingScorer
 from monoscope.interpret.scorers.fuzzing import FuzzingScorer
 from monoscope.interpret.scorers.simulation import SimulationScorer
 
-SCORERS: dict[str, type] = {
+SCORERS: dict[str, type[Scorer]] = {
     "detection": DetectionScorer,
     "fuzzing": FuzzingScorer,
     "simulation": SimulationScorer,

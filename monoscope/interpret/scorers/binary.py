@@ -190,7 +190,9 @@ def binary_result(name: str, version: str, chance: float, asked: Asked) -> Score
     pred = [bool(asked.answers[i]) for i in answered]
     metrics: dict[str, Any] = binary_metrics(truth, pred) if answered else {}
     if asked.p_yes is not None and answered:
-        metrics["auc"] = auroc(truth, [asked.p_yes[i] for i in answered])
+        # An item has its p_yes exactly when its answer parsed (ask_one_by_one).
+        p_yes = [p for i in answered if (p := asked.p_yes[i]) is not None]
+        metrics["auc"] = auroc(truth, p_yes)
     groups = [group(asked.items[i].example) for i in answered]
     metrics["per_quantile"] = group_accuracy(groups, truth, pred)
     metrics |= {"n": len(asked.items), "n_unparsable": len(asked.items) - len(answered)}

@@ -89,9 +89,9 @@ class SimulationScorer:
             if pred is None:
                 unparsable.append({"window": i, "raw": result.response.text[:RAW_KEPT]})
             predictions.append(pred)
-        result = _result(self.name, self.version, windows, predictions, keys, unparsable, n_point)
-        result.metrics |= {"mode": "logprobs" if logprobs else "json", "prompt_version": prompt}
-        return result
+        score = _result(self.name, self.version, windows, predictions, keys, unparsable, n_point)
+        score.metrics |= {"mode": "logprobs" if logprobs else "json", "prompt_version": prompt}
+        return score
 
     def _request(
         self, judge: Caller, e: Example, explanation: str, prompt: str, logprobs: bool
@@ -145,7 +145,8 @@ def parse_logprob_answer(response: ChatResponse, n: int) -> tuple[list[float] | 
     lines = answer_lines(response.text)
     if len(lines) != n:
         return None, 0
-    chosen = [alts[0][0] if alts else "" for alts in response.logprobs or []]
+    logprobs = response.logprobs or []
+    chosen = [alts[0][0] if alts else "" for alts in logprobs]
     # the alternatives may run past the text (an end-of-turn token the text leaves out)
     aligned = "".join(chosen).startswith(response.text)
     starts = [0]
@@ -155,7 +156,7 @@ def parse_logprob_answer(response: ChatResponse, n: int) -> tuple[list[float] | 
     for value, offset in lines:
         expected = None
         if aligned:
-            expected = _expected_at(response.logprobs, starts, response.text, offset)
+            expected = _expected_at(logprobs, starts, response.text, offset)
         if expected is None:
             n_point += 1
         predictions.append(float(value) if expected is None else expected)
