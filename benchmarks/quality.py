@@ -82,11 +82,11 @@ def _runs() -> dict[str, dict]:
     }
     for change, settings in SHORT_RUN_CHANGES.items():
         runs[f"topk paper + {change}"] = dict(arch="topk", recipe="paper", **settings)
-    runs["topk short-run, outliers kept"] = dict(
+    runs["topk short-run + outliers kept"] = dict(
         arch="topk", recipe="short-run", outlier_multiple=0
     )
-    runs["topk short-run, no grad clip"] = dict(arch="topk", recipe="short-run", grad_clip=0)
-    runs["topk default, outliers kept"] = dict(arch="topk", outlier_multiple=0)
+    runs["topk short-run + no grad clip"] = dict(arch="topk", recipe="short-run", grad_clip=0)
+    runs["topk default + outliers kept"] = dict(arch="topk", outlier_multiple=0)
     for arch in ("batchtopk", "relu", "jumprelu"):
         for recipe in ("paper", "short-run", "default"):
             runs[f"{arch} {recipe}"] = dict(arch=arch, recipe=recipe)
