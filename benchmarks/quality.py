@@ -10,9 +10,8 @@ Each run is named in RUNS below: a recipe (`--recipe`) and the settings changed 
 FVU is pooled and centred (monoscope.evaluate) on the held-out split: on all its rows ("FVU"),
 without the outlier rows ("w/o out": norm over 10x the train split's median, the rows the
 trainer skips by default), and on them alone ("out only"), with their count and share of the
-held-out variance; "train+out" is the FVU on (at most 200k rows of) the train split with those
-rows in. Dead: latents that never fire on the held-out tokens. With --model, loss recovered
-(zero and mean ablation) on --contexts held-out contexts.
+held-out variance. Dead: latents that never fire on the held-out tokens. With --model, loss
+recovered (zero and mean ablation) on --contexts held-out contexts.
 
 The sparsify run is EleutherAI sparsify's SparseCoder and optimizer with its trainer's
 defaults (k 32, sign SGD at 5e-3 / sqrt(latents / 2^14) wrapped in schedule-free averaging
@@ -134,10 +133,9 @@ def store_for(args: argparse.Namespace) -> ActivationStore:
 
 
 def evaluated(sae, store: ActivationStore, lm, contexts: int) -> dict:
-    """The table's metrics of `sae`: on the held-out split (all rows, without and on only the
-    outlier rows, with a model the splice metrics) and on the train split."""
+    """The table's metrics of `sae` on the held-out split: all rows, without and on only the
+    outlier rows, and with a model the splice metrics."""
     held = evaluate(sae, store, lm, max_tokens=0, n_contexts=contexts)
-    seen = evaluate(sae, store, split="train", max_tokens=200_000)
     rec = held["reconstruction"]
     row = {
         "fvu": rec["fvu"],
@@ -145,7 +143,6 @@ def evaluated(sae, store: ActivationStore, lm, contexts: int) -> dict:
         "fvu_outliers_only": rec["outliers_only"]["fvu"],
         "heldout_outliers": rec["without_outliers"]["excluded"],
         "outlier_share_of_variance": rec["outliers_only"]["share_of_variance"],
-        "train_fvu_with_outliers": seen["reconstruction"]["fvu"],
         "l0": rec["l0"],
         "dead": rec["features"]["dead_fraction"],
     }
@@ -179,7 +176,7 @@ def config_of(name: str, store: ActivationStore, args: argparse.Namespace) -> Tr
 
 
 def measure(name: str, cfg: TrainConfig, store: ActivationStore, lm, contexts: int) -> dict:
-    """Train as `cfg` says, then evaluate on the held-out split (and the train split)."""
+    """Train as `cfg` says, then evaluate on the held-out split."""
     start = time.perf_counter()
     sae = train(cfg)
     seconds = time.perf_counter() - start
@@ -243,7 +240,7 @@ def _num(value: float | None, spec: str) -> str:
 
 HEADER = (
     f"{'run':40} {'steps':>5} {'FVU':>7} {'w/o out':>7} {'out only':>8} {'out':>5} "
-    f"{'out var':>7} {'train+out':>9} {'L0':>6} {'dead':>6} {'LR zero':>8} {'LR mean':>8} "
+    f"{'out var':>7} {'L0':>6} {'dead':>6} {'LR zero':>8} {'LR mean':>8} "
     f"{'train s':>8}"
 )
 
@@ -253,8 +250,7 @@ def format_row(row: dict) -> str:
         f"{row['run']:40} {row['steps']:5d} {_num(row['fvu'], '.4f'):>7} "
         f"{_num(row['fvu_without_outliers'], '.4f'):>7} "
         f"{_num(row['fvu_outliers_only'], '.4f'):>8} {row['heldout_outliers']:5d} "
-        f"{_num(row['outlier_share_of_variance'], '.1%'):>7} "
-        f"{_num(row['train_fvu_with_outliers'], '.4f'):>9} {row['l0']:6.1f} "
+        f"{_num(row['outlier_share_of_variance'], '.1%'):>7} {row['l0']:6.1f} "
         f"{row['dead']:6.1%} "
         f"{_num(row.get('loss_recovered_zero'), '.2%'):>8} "
         f"{_num(row.get('loss_recovered_mean'), '.2%'):>8} {row['seconds']:8.0f}"
