@@ -336,6 +336,7 @@ def _summary(
         "tokens": total_steps * cfg.batch_size,
         "steps": total_steps,
         "batch_size": cfg.batch_size,
+        "recipe": cfg.recipe,
         "lr": cfg.lr,
         "decoder_lr_multiple": cfg.decoder_lr_multiple,
         "decoder_init_power": cfg.decoder_init_power,

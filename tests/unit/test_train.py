@@ -40,7 +40,9 @@ def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk").resolved(), TrainConfig(arch="relu").resolved()
     assert (topk.lr, topk.adam_beta1, topk.lr_warmup_fraction) == (4e-3, 0.8, 0.1)
     assert (relu.lr, relu.adam_beta1, relu.lr_warmup_fraction) == (5e-5, 0.9, 0)
-    assert (topk.decoder_lr_multiple, relu.decoder_lr_multiple) == (4.0, 1.0)
+    assert (topk.decoder_lr_multiple, relu.decoder_lr_multiple) == (1.0, 1.0)
+    short_run = TrainConfig(arch="topk", recipe="short-run").resolved()
+    assert (short_run.decoder_lr_multiple, short_run.adam_basis) == (4.0, "eigen")
     assert (topk.adam_basis, relu.adam_basis) == ("eigen", "standard")
     assert TrainConfig(arch="batchtopk").resolved().adam_basis == "standard"
     assert TrainConfig(arch="topk", adam_basis="standard").resolved().adam_basis == "standard"
@@ -76,6 +78,14 @@ def test_architecture_defaults_and_overrides():
     assert TrainConfig(decay_fraction=0).resolved().decay_fraction == 0
     assert [coefficient_warmup(s, 100) for s in (0, 2, 4, 50)] == [0.2, 0.6, 1.0, 1.0]
     assert coefficient_warmup(0, 10) == 1.0  # fewer steps than one warm-up step: no warm-up
+
+
+def test_a_recipe_trains_with_its_values_and_the_sae_records_it(low_rank_npy, tmp_path):
+    sae = run(cfg(low_rank_npy, tmp_path / "sae", recipe="paper"))
+    training = sae.cfg.training
+    assert (training["recipe"], training["lr"]) == ("paper", 1e-4)
+    assert training["adam_basis"] == "standard"
+    assert training["decoder_lr_multiple"] == 1.0 and training["adam_betas"][0] == 0.9
 
 
 def test_recipes_fill_only_what_is_unset_and_a_size_scaled_lr_needs_the_size():
