@@ -57,18 +57,8 @@ class BatchTopKSAE(TopKFamilySAE):
         b_enc_init_share=0.25,
         k=DEFAULT_K,
     )
-    # What won at 2M tokens (docs/LOG.md).
-    training_defaults = TrainingDefaults(
-        lr=2.5e-3,
-        coefficient=AUXK_COEFFICIENT,
-        adam_beta1=0.8,
-        lr_warmup_fraction=0.1,
-        b_dec_init="median",
-        decoder_lr_multiple=5.0,
-        decoder_init_power=0.125,
-        b_enc_init_share=0.25,
-        k=DEFAULT_K,
-    )
+    # Not re-decided at 2M tokens (docs/LOG.md).
+    training_defaults = short_run_recipe
 
     def candidates_per_row(self) -> int:
         return min(self.cfg.n_features, CANDIDATES_PER_K * self.k)

@@ -88,7 +88,7 @@ class JumpReLUSAE(SparseAutoencoder):
     short_run_recipe = TrainingDefaults(
         lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
     )
-    # What won at 2M tokens (docs/LOG.md).
+    # Not re-decided at 2M tokens (docs/LOG.md).
     training_defaults = short_run_recipe
 
     def __init__(self, cfg: SAEConfig) -> None:

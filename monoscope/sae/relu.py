@@ -54,7 +54,7 @@ class ReluSAE(SparseAutoencoder):
         decoder_lr_multiple=5.0,
         idle_momentum="reset",
     )
-    # What won at 2M tokens (docs/LOG.md).
+    # Not re-decided at 2M tokens (docs/LOG.md).
     training_defaults = paper_recipe
 
     def __init__(self, cfg: SAEConfig) -> None:
