@@ -405,3 +405,17 @@ def harvest_tiny(lm, corpus: str | Path, out: str | Path, site: str, tokens: int
         model=lm.name, sites=[site], corpus=str(corpus), tokens=tokens, out=str(out), **options
     )
     return run(cfg, lm)
+
+
+SPARSIFY_OPTION_CASES = {
+    "topk": {},
+    "skip_connection": {"skip_connection": True},
+    "transcode": {"transcode": True},
+    "skip transcoder": {"transcode": True, "skip_connection": True},
+    "multi_topk": {"multi_topk": True},
+    "no normalize_decoder": {"normalize_decoder": False},
+    "groupmax": {"activation": "groupmax"},
+    "groupmax with skip": {"activation": "groupmax", "skip_connection": True},
+}
+"""sparsify `SparseCoderConfig` options with an exact meaning in monoscope, by case name: the
+unit tests (files written as sparsify writes them) and the real-library tier share them."""

@@ -16,19 +16,9 @@ from sparsify import SparseCoder, SparseCoderConfig  # noqa: E402
 
 from monoscope.sae import SAEConfig, build_sae, convert, load_sae  # noqa: E402
 from monoscope.sae.sparsify import export_sparsify  # noqa: E402
+from monoscope.testing import SPARSIFY_OPTION_CASES as OPTION_CASES  # noqa: E402
 
 D, N, K = 16, 64, 4
-
-OPTION_CASES = {
-    "topk": {},
-    "skip_connection": {"skip_connection": True},
-    "transcode": {"transcode": True},
-    "skip transcoder": {"transcode": True, "skip_connection": True},
-    "multi_topk": {"multi_topk": True},
-    "no normalize_decoder": {"normalize_decoder": False},
-    "groupmax": {"activation": "groupmax"},
-    "groupmax with skip": {"activation": "groupmax", "skip_connection": True},
-}
 
 
 def data(n: int = 256, seed: int = 0) -> torch.Tensor:

@@ -16,6 +16,7 @@ from monoscope.sae import SAEConfig, SAEFormatError, build_sae, convert, load_sa
 from monoscope.sae.sparsify import export_sparsify, hookpoint_sites
 from monoscope.steer.intervention import check_sae
 from monoscope.steer.spec import SteeringError
+from monoscope.testing import SPARSIFY_OPTION_CASES as OPTION_CASES
 
 D, N, K = 12, 48, 4
 
@@ -68,18 +69,6 @@ def sparsify_forward(w, x, k=K, activation="topk", transcode=False):
 
 def rows(n=64, d=D, seed=3):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5
-
-
-OPTION_CASES = {
-    "topk": {},
-    "skip_connection": {"skip_connection": True},
-    "transcode": {"transcode": True},
-    "skip transcoder": {"transcode": True, "skip_connection": True},
-    "multi_topk": {"multi_topk": True},
-    "no normalize_decoder": {"normalize_decoder": False},
-    "groupmax": {"activation": "groupmax"},
-    "groupmax with skip": {"activation": "groupmax", "skip_connection": True},
-}
 
 
 @pytest.mark.parametrize("options", OPTION_CASES.values(), ids=OPTION_CASES.keys())
