@@ -13,7 +13,7 @@ import pytest
 
 import monoscope
 
-STAGES = ("harvest", "train", "evaluate", "analyze", "interpret", "steer")
+STAGES = ("harvest", "train", "evaluate", "analyze", "interpret", "steer", "plan")
 
 
 @pytest.mark.parametrize("stage", STAGES)
