@@ -39,13 +39,47 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+"""What `--device` accepts (every stage that computes: train, eval, analyze, steer, ...)."""
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch device `--device NAME` means: 'auto' (or None) is CUDA when present, else the
+    CPU; 'cuda', 'cuda:N' and 'mps' must exist on this machine (a clear error otherwise,
+    rather than a run that silently falls back to the CPU)."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use {DEVICE_CHOICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available here (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available here (use cpu)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r}: use {DEVICE_CHOICES}")
+    return device
+
+
 def configure_threads(n: int | None = None) -> int:
-    """Use every core for intra-op parallelism unless told otherwise.
+    """Use every core for intra-op parallelism unless told otherwise; the processes torchrun
+    starts on one machine (LOCAL_WORLD_SIZE) share them out rather than each taking all.
 
     torch defaults to the physical-core count, which on small shared VMs is sometimes 1;
     `MONOSCOPE_THREADS` overrides.
     """
-    n = n or int(os.environ.get("MONOSCOPE_THREADS", 0)) or os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    cores = max(1, (os.cpu_count() or 1) // local_processes)
+    n = n or int(os.environ.get("MONOSCOPE_THREADS", 0)) or cores
     torch.set_num_threads(n)
     return n
 

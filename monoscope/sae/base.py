@@ -19,11 +19,11 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from monoscope.artifacts import atomic_write_bytes, json_bytes
-from monoscope.sae.blocks import block_rows
 from monoscope.sae.checksums import write_checksums
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.files import CONFIG_FILE, WEIGHTS_FILE, SAEFormatError
 from monoscope.sae.normalization import denormalise_tokens, normalise_tokens
+from monoscope.sae.shares import BatchShares
 from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
 
@@ -74,6 +74,9 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     uses_k: ClassVar[bool] = False
     """Whether the config's k (active latents per token) applies."""
     compute_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    data_parallel: ClassVar[bool] = False
+    """Whether `training_step` on equal slices of a batch returns each slice's share of the
+    whole batch's loss (`batch_shares`), so that it trains across processes."""
 
     @classmethod
     def check_config(cls, cfg: SAEConfig) -> None:
@@ -98,6 +101,10 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     large tensors, gradients included, into the memory of the last step's (step_memory.py),
     and may leave gradients to be formed after the backward (`TrainStep.deferred`), which
     the loop must then form: monoscope.train.step.apply_gradients does."""
+
+    batch_shares: BatchShares = BatchShares()
+    """Set by a data-parallel training loop: the batches `training_step` gets are slices of
+    the whole batch, whose loss it then returns its share of (shares.py)."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         if cfg.arch != self.arch:
@@ -270,12 +277,14 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         """Called once the weights are final, with raw training rows [n, d_in]: sets what
         inference needs from them (batchtopk's threshold)."""
 
-    @staticmethod
-    def _reconstruction_stats(x_norm: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """(per-token squared error [batch], total variance of the batch about its mean)."""
+    def _reconstruction_stats(self, x_norm: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(per-token squared error [batch], total variance of the whole batch about its
+        mean: this slice's, or with `batch_shares` every process's)."""
         squared_error = (x_norm - x_hat).pow(2).sum(-1)
-        total_variance = (x_norm - x_norm.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return squared_error, total_variance
+        if self.batch_shares.parts > 1:
+            return squared_error, self.batch_shares.total_variance(x_norm.detach())
+        variance = (x_norm - x_norm.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return squared_error, variance
 
     # -- files -----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -324,19 +333,6 @@ def covariance_eigh(sample: Tensor) -> tuple[Tensor, Tensor]:
     x = x - x.mean(0)
     eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x / (x.shape[0] - 1))
     return eigenvalues, eigenvectors
-
-
-def total_variance(x: Tensor, scale: float = 1.0) -> Tensor:
-    """Σ ||x_n * scale - mean||^2 over the rows of x [batch, d] (at least 1e-12).
-
-    Centred a block of rows at a time, so the centred copy stays in cache (torch.var over
-    dim 0 is several times slower, and a whole centred copy is another [batch, d] tensor)."""
-    mean = x.mean(0)
-    total = x.new_zeros(())
-    for block in torch.split(x, block_rows(x.shape[1] * x.element_size())):
-        centred = (block - mean).view(-1)
-        total = total + torch.dot(centred, centred)
-    return (total * scale**2).clamp_min(1e-12)
 
 
 def random_directions(n: int, d: int, generator: torch.Generator) -> Tensor:

@@ -76,6 +76,7 @@ def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
 
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
+    data_parallel = True  # its loss is sums over rows: each slice's share adds up
     sparsity = SPARSITY_PENALTY
     start_settings = ("target_l0",)
     # Rajamanoharan et al.'s reference trainer: Adam (0, 0.999) at lr 7e-5, zero biases. Its
@@ -146,8 +147,9 @@ class JumpReLUSAE(SparseAutoencoder):
         f = jumprelu(pre, threshold, bandwidth)
         x_hat = torch.addmm(self.b_dec, f, self.W_dec)
         squared_error, total_variance = self._reconstruction_stats(x_norm, x_hat)
-        mse = squared_error.mean()
-        l0 = step(pre, threshold, bandwidth).sum(-1).mean()
+        # x may be a process's slice of the batch: its share of the whole batch's means.
+        mse = self.batch_shares.mean(squared_error)
+        l0 = self.batch_shares.mean(step(pre, threshold, bandwidth).sum(-1))
         active = f.detach() != 0
         return TrainStep(
             loss=mse + coefficient * l0,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, total_variance
+from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.training import (
     L0_SAMPLE_ROWS,
@@ -34,6 +34,7 @@ INIT_DECODER_NORM = 0.1
 
 class ReluSAE(SparseAutoencoder):
     arch = "relu"
+    data_parallel = True  # its loss is sums over rows: each slice's share adds up
     convention = "f*||W_dec_i||"
     compute_dtypes = ("float32", "bfloat16")
     sparsity = SPARSITY_PENALTY
@@ -109,10 +110,11 @@ class ReluSAE(SparseAutoencoder):
         self, x: Tensor, coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainStep:
         x = x.to(self.W_enc.dtype)
-        rows, scale = x.shape[0], self.cfg.input_scale
+        shares = self.batch_shares  # x may be a slice of the batch: its share of the loss
+        rows, scale = shares.rows(x), self.cfg.input_scale
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         dtype = torch.bfloat16 if self.cfg.compute_dtype == "bfloat16" else self.W_enc.dtype
-        shape = (min(rows, _ROW_BLOCK), self.cfg.n_features)
+        shape = (min(x.shape[0], _ROW_BLOCK), self.cfg.n_features)
         if self._block is None or (
             (self._block[0].shape, self._block[0].dtype, self._block[0].device)
             != (shape, dtype, x.device)
@@ -130,11 +132,12 @@ class ReluSAE(SparseAutoencoder):
             shift,
             scale,
             coefficient,
+            rows,
             *self._block,
             torch.is_grad_enabled(),
         )
         with torch.no_grad():
-            variance = total_variance(x, scale)
+            variance = shares.total_variance(x, scale)
         return TrainStep(
             loss=loss,
             mse=sse / rows,
@@ -181,11 +184,12 @@ class _ReluStep(torch.autograd.Function):
         shift: Tensor | None,
         scale: float,
         coefficient: float,
+        rows: int,
         block: Tensor,
         mask: Tensor,
         want_grads: bool,
     ) -> tuple[Tensor, ...]:
-        rows, dtype = x.shape[0], block.dtype
+        dtype = block.dtype  # rows: the whole batch's (x may be a process's slice of it)
         need = [want_grads and n for n in ctx.needs_input_grad[:6]]
         grads = _Gradients.allocate(need, x, W_enc, b_enc, W_dec, b_dec)
         W_enc_c, W_dec_c, b_enc_c = W_enc.to(dtype), W_dec.to(dtype), b_enc.to(dtype)
@@ -197,7 +201,7 @@ class _ReluStep(torch.autograd.Function):
         column_sums = torch.zeros_like(b_enc)
         sse = x.new_zeros(())
         active = torch.zeros((), dtype=torch.int64, device=x.device)
-        for start in range(0, rows, block.shape[0]):
+        for start in range(0, x.shape[0], block.shape[0]):
             x_b = x[start : start + block.shape[0]]
             f = block[: x_b.shape[0]]
             # pre reads x_in = x * scale - shift; without a shift the scale rides on the
@@ -241,7 +245,7 @@ class _ReluStep(torch.autograd.Function):
         g = float(grad)
         if g != 1.0:
             grads = tuple(None if t is None else t.mul_(g) for t in grads)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep, covariance_eigh, total_variance
+from monoscope.sae.base import SparseAutoencoder, TrainStep, covariance_eigh
 from monoscope.sae.blocks import block_rows
 from monoscope.sae.sparse import (
     DeferredGradient,
@@ -190,7 +190,8 @@ class TopKFamilySAE(SparseAutoencoder):
         # encoder) is applied a block at a time while selecting, inside the sparse products'
         # gradients, and in the one [batch, d_in] tensor of the step, the residual x - x_hat.
         x = x.to(self.W_enc.dtype)
-        rows, scale = x.shape[0], self.cfg.input_scale
+        shares = self.batch_shares  # x may be a slice of the batch: its share of the loss
+        rows, scale = shares.rows(x), self.cfg.input_scale
         shift = self.b_dec if self.cfg.subtract_b_dec_in_encoder else None
         # One allocation serves the selection's blocks of pre-activations, then the residual.
         memory, size = self.step_memory, max(self._workspace_size(rows), x.numel())
@@ -213,7 +214,7 @@ class TopKFamilySAE(SparseAutoencoder):
             values, self.W_dec, sel.pattern, x, self.b_dec, scale, residual, grad_W_dec
         )
         del workspace
-        fvu = sse / total_variance(x, scale)
+        fvu = sse / shares.total_variance(x, scale)
         aux = fvu.new_zeros(())
         if sel.aux_pattern is not None:
             aux = self._aux_loss(x, sel, shift, defer, residual)
@@ -255,7 +256,7 @@ class TopKFamilySAE(SparseAutoencoder):
             defer=defer,
         )
         aux_sse, _ = sparse_error(torch.relu(pre), self.W_dec, sel.aux_pattern, residual)
-        return aux_sse / total_variance(residual)
+        return aux_sse / self.batch_shares.total_variance(residual)
 
     @torch.no_grad()
     def select_latents(
@@ -347,19 +348,10 @@ class TopKFamilySAE(SparseAutoencoder):
         return self.W_enc.dtype
 
     def _chunk_shape(self, rows: int) -> tuple[int, int, int]:
-        """(column parts, rows per block of rows, block width w): a block of rows is computed
-        one column part at a time, as column blocks [nb / parts, rows, w]. The parts are the
-        fewest (a divisor of nb) whose buffer fits in the memory of the step's [rows, d_in]
-        residual, which then reuses it: the selection costs no memory of its own."""
-        n = self.cfg.n_features
-        w = self.column_block if n % self.column_block == 0 else n
-        nb, size = n // w, min(self.chunk_rows, rows)
+        """(column parts, rows per block of rows, block width w): see `selection_layout`."""
         itemsize = torch.finfo(self._selection_dtype()).bits // 8
         budget = rows * self.cfg.d_in * self.W_enc.element_size()
-        fits = [
-            p for p in range(1, nb + 1) if nb % p == 0 and nb // p * size * w * itemsize <= budget
-        ]
-        return (fits[0] if fits else nb), size, w
+        return selection_layout(self.cfg.n_features, rows, itemsize, budget)
 
     def _workspace_size(self, rows: int) -> int:
         """Elements of the parameters' dtype that `select_latents` needs for `rows` rows."""
@@ -405,6 +397,24 @@ class TopKFamilySAE(SparseAutoencoder):
             w.div_(torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+def selection_layout(
+    n_features: int, rows: int, itemsize: int, budget: int
+) -> tuple[int, int, int]:
+    """(column parts, rows per block of rows, block width w) of the training step's selection
+    over `rows` rows: a block of rows is computed one column part at a time, as column blocks
+    [nb / parts, rows, w], of `itemsize` bytes an entry. w is the column block, or the largest
+    divisor of n_features down to half of it (1024 for a power of two), or failing both the
+    whole width. The parts are the fewest (a divisor of nb) whose buffer fits in `budget`
+    bytes (the step's [rows, d_in] residual, which then reuses it: the selection costs no
+    memory of its own)."""
+    block = TopKFamilySAE.column_block
+    divisors = [w for w in range(block, block // 2 - 1, -1) if n_features % w == 0]
+    w = divisors[0] if divisors else n_features
+    nb, size = n_features // w, min(TopKFamilySAE.chunk_rows, rows)
+    fits = [p for p in range(1, nb + 1) if nb % p == 0 and nb // p * size * w * itemsize <= budget]
+    return (fits[0] if fits else nb), size, w
+
+
 def _top_dead(pre: Tensor, columns: Tensor, k_aux: int) -> tuple[Tensor, Tensor]:
     """AuxK's candidates in a column part: each row's top k_aux pre-activations among the
     dead `columns` [c >= 1] of the part, from its column blocks `pre` [nb, rows, w], with
@@ -429,6 +439,7 @@ def _merge(
 
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
+    data_parallel = True  # its loss is sums over rows: each slice's share adds up
     # Gao et al.: AuxK 1/32, b_dec at the geometric median, Adam (0.9, 0.999) at lr 1e-4 (their
     # code's default), nothing else changed. Their Adam eps (6.25e-10) is not set: torch's.
     paper_recipe = TrainingDefaults(

@@ -69,7 +69,12 @@ class Rotation:
         """Q [d, d]."""
         if self.M is None:
             return self.V
-        return torch.addmm(torch.eye(self.V.shape[0]), self.V, self.M)
+        eye = torch.eye(self.V.shape[0], dtype=self.V.dtype, device=self.V.device)
+        return torch.addmm(eye, self.V, self.M)
+
+    def to(self, device: torch.device) -> Rotation:
+        """This rotation with its factors on `device`."""
+        return Rotation(self.V.to(device), None if self.M is None else self.M.to(device))
 
     def tensors(self) -> dict[str, Tensor]:
         return {"rotation.V": self.V} | ({} if self.M is None else {"rotation.M": self.M})

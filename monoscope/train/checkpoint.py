@@ -58,7 +58,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[di
 
 
 def save_checkpoint(folder: Path, state: TrainingState) -> None:
-    data = save_bytes({k: v.contiguous() for k, v in state.tensors.items()})
+    data = save_bytes({k: v.detach().cpu().contiguous() for k, v in state.tensors.items()})
     name = f"checkpoint-{state.step:08d}.safetensors"
     atomic_write_bytes(folder / name, data)
     write_sealed_json(
@@ -115,8 +115,13 @@ class Checkpointer:
     folder: Path
     parts: RunParts
     record: dict
+    writes: bool = True
+    """False in the processes of a data-parallel run other than process 0, which writes for
+    all (their states are the same)."""
 
     def save(self, step: int) -> None:
+        if not self.writes:
+            return
         p = self.parts
         tensors, groups = optimizer_tensors(p.opt)
         tensors |= {f"sae.{k}": v for k, v in p.sae.state_dict().items()}
@@ -138,7 +143,8 @@ class Checkpointer:
         p = self.parts
         p.sae.load_state_dict({k[4:]: v for k, v in state.tensors.items() if k.startswith("sae.")})
         restore_optimizer(p.opt, state.tensors, state.scalars["adam_groups"])
-        p.tracker.tokens_since_fired = state.tensors["dead.tokens_since_fired"].clone()
+        counters = state.tensors["dead.tokens_since_fired"]
+        p.tracker.tokens_since_fired = counters.to(p.tracker.tokens_since_fired.device).clone()
         if p.controller is not None:
             p.controller.load_state(state.scalars["controller"])
         if p.average is not None:

@@ -145,6 +145,16 @@ class TrainConfig:
     """Corpus to stream from (with --stream-model)."""
     context: int = 128
     """Tokens per context when streaming (with --stream-model)."""
+    device: str = "auto"
+    """Where the SAE, Adam's state and the batches live: auto (CUDA when present), cpu, cuda,
+    cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK."""
+    nproc: int = 1
+    """Data-parallel processes: `monoscope train --nproc N` starts N with torchrun (gloo
+    between CPUs, NCCL between GPUs), each taking 1/N of every batch (the same SAE as one
+    process, within rounding). Under torchrun, the number it started."""
+    prefetch: int | None = None
+    """Batches read ahead on a background thread (pinned and copied asynchronously to CUDA);
+    unset: 2 on an accelerator, 0 on the CPU (a thread there takes cores from the step)."""
     seed: int = 0
     """Seed of the initialisation and the data order."""
     checkpoint_every: int = 500
@@ -182,6 +192,8 @@ class TrainConfig:
         _at_least("dead_window", self.dead_window, 1, "tokens")
         _at_least("checkpoint_every", self.checkpoint_every, 1, "steps")
         _at_least("log_every", self.log_every, 1, "steps")
+        _at_least("nproc", self.nproc, 1, "processes")
+        _at_least("prefetch", self.prefetch, 0, "batches; unset: by device")
         _at_least("context", self.context, 2, "tokens")
         _at_least("decoder_lr_multiple", self.decoder_lr_multiple, 0, "of --lr")
         _at_least("coefficient", self.coefficient, 0, "a weight")

@@ -13,9 +13,11 @@ from torch import Tensor
 class DeadLatentTracker:
     """Counts, per latent, the tokens seen since it last fired."""
 
-    def __init__(self, n_features: int, window_tokens: int) -> None:
+    def __init__(
+        self, n_features: int, window_tokens: int, device: torch.device | None = None
+    ) -> None:
         self.window_tokens = window_tokens
-        self.tokens_since_fired = torch.zeros(n_features, dtype=torch.int64)
+        self.tokens_since_fired = torch.zeros(n_features, dtype=torch.int64, device=device)
 
     def update(self, fired: Tensor, n_tokens: int) -> None:
         """fired: [n_features] bool, whether each latent fired in a batch of n_tokens."""

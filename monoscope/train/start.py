@@ -18,8 +18,9 @@ from monoscope.train.config import TrainConfig, from_older_version
 
 INIT_SAMPLE = 16_384
 """Rows that set the input scale and the data-dependent start."""
-LOCATION_SETTINGS = ("acts", "out")
-"""TrainConfig fields that say where things are, not what the run computes."""
+LOCATION_SETTINGS = ("acts", "out", "device", "nproc", "prefetch")
+"""TrainConfig fields that say where things are or run, not what the run computes (a run may
+resume on another device or number of processes: the same SAE within rounding)."""
 
 
 @dataclass

@@ -36,12 +36,20 @@ def apply_gradients(
     result: TrainStep,
     grad_clip: float,
     before_step: Callable[[], None] | None = None,
+    sum_gradients: Callable[[list[Tensor]], None] | None = None,
 ) -> None:
-    """Step `optimizer` on the gradients of `result.loss.backward()`: the SAE's gradient
-    constraint (`before_optimizer_step`), global-norm clipping at `grad_clip` (0: off), then
-    `before_step` (e.g. `IdleMomentumReset`), then Adam; every gradient is dropped after."""
-    sae.before_optimizer_step()
+    """Step `optimizer` on the gradients of `result.loss.backward()`: summed by
+    `sum_gradients` (a data-parallel run's all-reduce; deferred gradients are then formed
+    first), the SAE's gradient constraint (`before_optimizer_step`), global-norm clipping at
+    `grad_clip` (0: off), then `before_step` (e.g. `IdleMomentumReset`), then Adam; every
+    gradient is dropped after."""
     deferred = [(p, g) for p, g in result.deferred if len(g)]
+    if sum_gradients is not None:
+        for param, grad in deferred:
+            param.grad = grad.form()
+        deferred = []
+        sum_gradients(list(sae.parameters()))
+    sae.before_optimizer_step()
     if grad_clip > 0:
         if deferred and not _under_clip(sae, deferred, grad_clip):
             for param, grad in deferred:

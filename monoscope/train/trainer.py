@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from monoscope.distributed import World, join, launched_world, leave
+from monoscope.plan import check_fits
+from monoscope.runtime import resolve_device
 from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.step_memory import StepMemory
-from monoscope.sae.training import SPARSITY_PENALTY
+from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
 from monoscope.train.basis import rotate_sae
 from monoscope.train.checkpoint import POINTER, Checkpointer, RunParts, load_checkpoint
@@ -34,6 +37,17 @@ from monoscope.train.dead import DeadLatentTracker
 from monoscope.train.idle import IdleMomentumReset
 from monoscope.train.loggers import MetricLogger, read_metrics, require_backend
 from monoscope.train.outdir import prepare_out, removed_if_failed_early
+from monoscope.train.parallel import (
+    agreed_stop,
+    broadcast_parameters,
+    check_data_parallel,
+    run_on_main,
+    share_batches,
+    slice_of,
+    sum_gradients,
+    summed_step,
+)
+from monoscope.train.prefetch import prefetched
 from monoscope.train.refit import check_memory as check_refit_memory
 from monoscope.train.refit import refit_decoder
 from monoscope.train.schedules import coefficient_warmup, learning_rate
@@ -110,8 +124,43 @@ def train(acts: str | Path, out: str | Path, **options: Any) -> SparseAutoencode
 
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:
-    """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one."""
+    """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one.
+    Started by torchrun, each process trains on its slice of every batch (parallel.py)."""
     require_backend(cfg.logger)  # a missing optional package fails before anything is done
+    world = launched_world()
+    _check_world(cfg, world)
+    device = training_device(cfg.device, world)
+    owns_group = world.distributed and not torch.distributed.is_initialized()
+    join(device)
+    try:
+        return _run(cfg, world, device)
+    finally:
+        if owns_group:
+            leave()
+
+
+def training_device(name: str, world: World) -> torch.device:
+    """The device `--device` names; a CUDA process of several takes cuda:LOCAL_RANK."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank if world.distributed else 0)
+    return device
+
+
+def _check_world(cfg: TrainConfig, world: World) -> None:
+    """--nproc must match the processes torchrun started (the CLI starts them for --nproc)."""
+    if cfg.nproc > 1 and not world.distributed:
+        raise ValueError(
+            f"--nproc {cfg.nproc}: start the processes with `monoscope train --nproc "
+            f"{cfg.nproc} ...` or `torchrun --nproc-per-node {cfg.nproc} -m monoscope train ...`"
+        )
+    if world.distributed and cfg.nproc not in (1, world.size):
+        raise ValueError(f"--nproc {cfg.nproc}, but torchrun started {world.size} processes")
+    check_data_parallel(world, cfg.arch, cfg.batch_size, bool(cfg.stream_model))
+
+
+def _run(cfg: TrainConfig, world: World, device: torch.device) -> SparseAutoencoder:
+    """`run` in this process, once its world is joined."""
     if cfg.stream_model:
         # The shuffle buffer need not hold more than the run trains on: a short run would
         # otherwise harvest the whole buffer (131k tokens) before its first step.
@@ -128,14 +177,21 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     if total_steps < 1:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
     _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
+    _check_fits(cfg, source.d, device, world)
     out = Path(cfg.out)
-    with removed_if_failed_early(out):
-        prepare_out(out, cfg.overwrite)
-        return _train(cfg, source, out, total_steps)
+    # Process 0 owns the folder: it prepares it (the others wait) and writes every file.
+    with removed_if_failed_early(out) if world.is_main else contextlib.nullcontext():
+        run_on_main(world, lambda: prepare_out(out, cfg.overwrite))
+        return _train(cfg, source, out, total_steps, device, world)
 
 
 def _train(
-    requested: TrainConfig, source: Source, out: Path, total_steps: int
+    requested: TrainConfig,
+    source: Source,
+    out: Path,
+    total_steps: int,
+    device: torch.device,
+    world: World,
 ) -> SparseAutoencoder:
     """The run itself, in the prepared folder `out`: new or resumed, trained, saved."""
     median = source.median_norm()
@@ -148,31 +204,39 @@ def _train(
     else:
         start = resumed_start(state, requested, data_id, source.description, out)
     cfg = start.cfg
-    parts = _parts(start, total_steps)
+    parts = _parts(start, total_steps, device, world)
     record = {
         "train_config": recorded_settings(requested),
         "resolved_defaults": cfg.resolved_defaults(),
         "data_fingerprint": data_id,
     }
-    checkpointer = Checkpointer(out, parts, record)
+    checkpointer = Checkpointer(out, parts, record, writes=world.is_main)
     first = 0
     if state is not None:
         first = checkpointer.restore(state)
         if cfg.progress:
             print(f"resuming {out} at step {first} of {total_steps}", file=sys.stderr)
-    _loop(parts, cfg, source, max_norm, range(first, total_steps), checkpointer)
+    _loop(parts, cfg, source, max_norm, range(first, total_steps), checkpointer, world)
     parts.sae.cfg.training = _summary(parts, cfg, source, total_steps, median, max_norm)
+    parts.sae.cfg.training["processes"] = world.size
     _final_weights(parts)
     sae = parts.sae
+    sae.batch_shares = type(sae).batch_shares  # the class's: one process's batches again
     # Adam's state (twice the weights) and the average's copy are not needed any more: the
     # refit's memory is.
     del parts, checkpointer, start
+    if not world.is_main:  # process 0 refits and saves the SAE every process holds
+        return sae.eval()
     return _finish(sae, cfg, source, max_norm, total_steps)
 
 
-def _parts(start: Start, total_steps: int) -> RunParts:
-    """The optimizer and the run's other state, as the new run starts them."""
-    sae, cfg = start.sae, start.cfg
+def _parts(start: Start, total_steps: int, device: torch.device, world: World) -> RunParts:
+    """The SAE on `device`, the optimizer and the run's other state, as the new run starts
+    them (in every process alike)."""
+    sae, cfg = start.sae.to(device), start.cfg
+    rotation = None if start.rotation is None else start.rotation.to(device)
+    broadcast_parameters(sae, [] if rotation is None else list(rotation.tensors().values()), world)
+    share_batches(sae, world)
     # start.cfg is resolved: the architecture's defaults are written out.
     assert cfg.lr is not None and cfg.adam_beta1 is not None and cfg.coefficient is not None
     groups: list[dict[str, Any]] = [
@@ -187,8 +251,8 @@ def _parts(start: Start, total_steps: int) -> RunParts:
         if cfg.weight_average
         else None
     )
-    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window)
-    return RunParts(sae, opt, tracker, controller, average, start.rotation)
+    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window, device)
+    return RunParts(sae, opt, tracker, controller, average, rotation)
 
 
 def _loop(
@@ -198,31 +262,43 @@ def _loop(
     max_norm: float | None,
     steps: range,
     checkpointer: Checkpointer,
+    world: World,
 ) -> None:
-    """Train over `steps`, logging and checkpointing; stop (after a checkpoint) on a signal."""
+    """Train over `steps`, logging and checkpointing; stop (after a checkpoint) on a signal.
+    Process 0 logs and shows the progress; every process takes every step."""
     out, total_steps = checkpointer.folder, steps.stop
-    logger = MetricLogger(
-        out / "train_log.jsonl", cfg.logger, resume_step=steps.start, config=asdict(cfg)
-    )
-    batches = itertools.islice(_batches(source, cfg, max_norm), steps.start, None)
+    logger = None
+    if world.is_main:
+        logger = MetricLogger(
+            out / "train_log.jsonl", cfg.logger, resume_step=steps.start, config=asdict(cfg)
+        )
+    device = parts.sae.W_dec.device
+    batches = _device_batches(source, cfg, max_norm, steps.start, device, world)
     bar = tqdm(
-        total=total_steps, initial=steps.start, unit="step", disable=not cfg.progress, desc="train"
+        total=total_steps,
+        initial=steps.start,
+        unit="step",
+        disable=not (cfg.progress and world.is_main),
+        desc="train",
     )
     reset_idle = IdleMomentumReset(parts.sae, parts.opt) if cfg.idle_momentum == "reset" else None
     rate = _Rate()
     with contextlib.ExitStack() as stack:
         stop_requested = stack.enter_context(_stop_requests())
-        stack.callback(logger.close)
+        if logger is not None:
+            stack.callback(logger.close)
         stack.callback(bar.close)
         # The loop below drops each step's gradients before the next backward, so the steps
         # may write theirs into the memory of the last step's (no page faults); freed after.
         parts.sae.step_memory = StepMemory()
         stack.callback(setattr, parts.sae, "step_memory", None)
+        stack.callback(batches.close)  # stops a prefetching thread
         for step, x in zip(steps, batches, strict=False):
-            result, coefficient = _step(parts, cfg, reset_idle, x, step, total_steps, out)
-            rate.count(x.shape[0])
+            result, coefficient = _step(parts, cfg, reset_idle, x, step, total_steps, out, world)
+            rate.count(x.shape[0] * world.size)
             bar.update(1)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+            logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            if logger is not None and logged:
                 metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second())
                 logger.log(metrics)
                 bar.set_postfix(_postfix(metrics))
@@ -233,7 +309,7 @@ def _loop(
                 if cfg.refit_decoder:  # a kill during the refit's pass resumes at the refit
                     checkpointer.save(step + 1)
                 break
-            stop = stop_requested()
+            stop = agreed_stop(stop_requested(), world, device)
             if stop or (step + 1) % cfg.checkpoint_every == 0:
                 checkpointer.save(step + 1)
             if stop:
@@ -250,9 +326,11 @@ def _step(
     step: int,
     total_steps: int,
     out: Path,
+    world: World,
 ) -> tuple[TrainStep, float]:
-    """One optimizer step on batch x [batch_size, d_in] (rotated in place for the eigenbasis);
-    the step's outcome and the sparsity coefficient it used."""
+    """One optimizer step on batch x [batch_size / processes, d_in] (rotated in place for the
+    eigenbasis); the step's outcome over the whole batch and the sparsity coefficient it
+    used."""
     sae, opt = parts.sae, parts.opt
     # start.cfg is resolved: the architecture's defaults are written out.
     assert cfg.lr is not None and cfg.decay_fraction is not None
@@ -265,19 +343,42 @@ def _step(
     coefficient = parts.controller.coefficient if parts.controller else cfg.coefficient
     if sae.sparsity == SPARSITY_PENALTY:  # a penalty is warmed up; AuxK's weight is not
         coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
-    result = sae.training_step(x, coefficient, dead_mask=parts.tracker.dead_mask)
+    share = sae.training_step(x, coefficient, dead_mask=parts.tracker.dead_mask)
+    result = summed_step(share, world)  # the whole batch's figures (share itself in one process)
     _check_diverged(result, cfg.divergence_fvu, step, out)
-    result.loss.backward()
+    share.loss.backward()
     # The gradients are dropped in there, not before the next backward: the next forward
     # (which for relu forms the gradients itself) runs without them alive.
-    apply_gradients(sae, opt, result, cfg.grad_clip, reset_idle)
+    summed = sum_gradients if world.distributed else None
+    apply_gradients(sae, opt, share, cfg.grad_clip, reset_idle, sum_gradients=summed)
     sae.after_optimizer_step()
     if parts.average is not None:
         parts.average.update(sae)
-    parts.tracker.update(result.fired, x.shape[0])
+    parts.tracker.update(result.fired, x.shape[0] * world.size)
     if parts.controller is not None:
         parts.controller.update(float(result.l0))
     return result, coefficient
+
+
+def _device_batches(
+    source: Source,
+    cfg: TrainConfig,
+    max_norm: float | None,
+    first_step: int,
+    device: torch.device,
+    world: World,
+) -> Generator[torch.Tensor, None, None]:
+    """This process's slices of the batches from step `first_step` on, on `device`."""
+    whole = itertools.islice(_batches(source, cfg, max_norm), first_step, None)
+    mine = (slice_of(batch, world) for batch in whole)
+    return prefetched(mine, device, _ahead(cfg.prefetch, device))
+
+
+def _ahead(prefetch: int | None, device: torch.device) -> int:
+    """Batches to read ahead: as asked, else 2 on an accelerator and none on the CPU."""
+    if prefetch is not None:
+        return prefetch
+    return 0 if device.type == "cpu" else 2
 
 
 class _Rate:
@@ -418,6 +519,24 @@ def _check_sparsity(requested: TrainConfig, n_features: int, tokens: int) -> Non
         # k-sparse architectures keep about k codes a token; penalised ones about their
         # target, if they have one (without one, their L0 is not known before training).
         check_refit_memory(tokens, cfg.k if cfg.k is not None else cfg.target_l0)
+
+
+def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World) -> None:
+    """Refuse, before any work, a dictionary whose step cannot fit the device's memory (or
+    the RAM the processes share), saying what to change (monoscope.plan)."""
+    n_features = cfg.n_features(d_in)
+    resolved = cfg.resolved(n_features)
+    check_fits(
+        n_features,
+        d_in,
+        cfg.batch_size,
+        device,
+        world.size,
+        k=resolved.k or DEFAULT_K,
+        arch=cfg.arch,
+        compute_dtype=cfg.compute_dtype,
+        can_shard=False,  # train has no --shard-features yet (monoscope/sae/sharded.py)
+    )
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -10,16 +10,17 @@ from pathlib import Path
 import monoscope
 
 LAYERS = [
-    {"artifacts", "runtime", "folders"},
+    {"artifacts", "runtime", "folders", "distributed"},
     {"plotting", "config_args", "web"},
     {"models", "data"},
     {"harvest"},
     {"sae"},
+    {"plan"},
     {"train", "evaluate"},
     {"analyze"},
     {"steer", "interpret"},
     {"serve"},
-    {"demo", "testing"},
+    {"demo", "testing", "launch"},
     {"cli", "__init__"},
     {"__main__"},
 ]
