@@ -23,6 +23,9 @@ class HarvestConfig:
     """Storage dtype of activations: float32, bfloat16 (bf16) or float16 (fp16)."""
     model_dtype: str = "float32"
     """Dtype the model computes in; bfloat16 is about twice as fast on recent CPUs."""
+    device: str = "auto"
+    """Device the model runs on: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or
+    mps."""
     context: int = 128
     """Tokens per packed context, BOS included."""
     batch_tokens: int = 4096
