@@ -20,19 +20,37 @@ def _sites(args: argparse.Namespace) -> None:
         print(f"{name}\t{width}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from monoscope.plan import PlanConfig, format_plan, run
+
+    print(format_plan(run(config_from_args(PlanConfig, args))))
+
+
 def _harvest(args: argparse.Namespace) -> None:
+    from monoscope.distributed import launched_world
     from monoscope.harvest import HarvestConfig, run
 
     store = run(config_from_args(HarvestConfig, args))
-    print(f"wrote {store.n_tokens:,} tokens x {len(store.sites)} site(s) to {store.path}")
+    if launched_world().is_main:  # under torchrun, process 0 says it for all
+        print(f"wrote {store.n_tokens:,} tokens x {len(store.sites)} site(s) to {store.path}")
 
 
 def _train(args: argparse.Namespace) -> None:
+    from monoscope.distributed import launched_world
+    from monoscope.runtime import resolve_device
     from monoscope.train import TrainConfig, run
 
     cfg = config_from_args(TrainConfig, args)
-    return_large_blocks_when_freed()  # peak memory: see monoscope.train.memory
+    if cfg.nproc > 1 and not launched_world().distributed:
+        from monoscope.launch import torchrun
+
+        torchrun(cfg.nproc, args.argv)
+        return
+    if resolve_device(cfg.device).type == "cpu":
+        return_large_blocks_when_freed()  # peak memory on the CPU: see monoscope.train.memory
     sae = run(cfg)
+    if not launched_world().is_main:
+        return  # process 0 says it for all
     summary = sae.cfg.training
     print(
         f"trained {sae.cfg.arch} SAE ({sae.cfg.n_features:,} features) on "
@@ -67,7 +85,7 @@ def _analyze(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from monoscope.serve import serve
 
-    serve(args.db, host=args.host, port=args.port, model=args.model)
+    serve(args.db, host=args.host, port=args.port, model=args.model, device=args.device)
 
 
 def _export_site(args: argparse.Namespace) -> None:
@@ -79,8 +97,10 @@ def _export_site(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from monoscope.demo import DemoConfig, run
+    from monoscope.runtime import resolve_device
 
-    return_large_blocks_when_freed()  # the demo trains
+    if resolve_device("auto").type == "cpu":  # the demo trains where `train` would
+        return_large_blocks_when_freed()
     run(config_from_args(DemoConfig, args))
 
 
@@ -231,15 +251,22 @@ def _add_interpret_commands(commands) -> None:
 
 
 def _add_pipeline_commands(commands) -> None:
-    """The stages in pipeline order: sites, harvest, train, eval, analyze, convert."""
+    """The stages in pipeline order: sites, plan, harvest, train, eval, analyze, convert."""
     from monoscope.analyze import AnalyzeConfig
     from monoscope.evaluate import EvalConfig
     from monoscope.harvest import HarvestConfig
+    from monoscope.plan import PlanConfig
     from monoscope.train import TrainConfig
 
     sites = commands.add_parser("sites", help="list a model's sites with their widths")
     sites.add_argument("model", help="built-in name (smollm2-135m), local folder or hub id")
     sites.set_defaults(func=_sites)
+
+    plan = commands.add_parser(
+        "plan", help="memory per GPU, store size, time and fit of an SAE run, before it runs"
+    )
+    add_config_arguments(plan, PlanConfig, rename={})
+    plan.set_defaults(func=_plan)
 
     harvest = commands.add_parser("harvest", help="store a model's activations on a corpus")
     add_config_arguments(harvest, HarvestConfig, rename={"sites": "site"})
@@ -302,6 +329,12 @@ def _add_browser_commands(commands) -> None:
         "--model",
         help='model for "what fires", steering and attribution (default: the store\'s model)',
     )
+    serve.add_argument(
+        "--device",
+        default="auto",
+        help="device the model and SAE run on: auto (CUDA when present, else the CPU), cpu, "
+        "cuda, cuda:N or mps (default: %(default)s)",
+    )
     serve.set_defaults(func=_serve)
 
     export_site = commands.add_parser(
@@ -348,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc` starts the same command in several processes
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a 1 s load are noise here

@@ -41,6 +41,9 @@ class EvalConfig:
     train split's median norm: the rows `train` skips at the same --outlier-multiple (0: off)."""
     plots: bool = False
     """Plot the feature-density histogram (needs matplotlib: pip install monoscope[plots])."""
+    device: str = "auto"
+    """Device the SAE and the model run on: auto (CUDA when present, else the CPU), cpu, cuda,
+    cuda:N or mps."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "n_contexts", "splice_batch"):

@@ -43,6 +43,7 @@ from monoscope.harvest import ActivationStore, StoreError
 from monoscope.harvest.arrays import ArraySource
 from monoscope.models import LanguageModel, load_model
 from monoscope.plotting import save_png
+from monoscope.runtime import resolve_device
 
 if TYPE_CHECKING:
     from monoscope.sae import SparseAutoencoder
@@ -269,15 +270,19 @@ def plot_density(report: dict[str, Any], path: Path) -> None:
 def run(
     cfg: EvalConfig, sae: SparseAutoencoder | None = None, lm: LanguageModel | None = None
 ) -> dict[str, Any]:
-    """Evaluate as `cfg` says (`sae`/`lm` given: used instead of loading cfg.sae/cfg.model);
-    write eval.json and, with cfg.plots, plots/feature_density.png beside it."""
+    """Evaluate as `cfg` says (`sae`/`lm` given: used, on their devices, instead of loading
+    cfg.sae/cfg.model on cfg.device); write eval.json and, with cfg.plots,
+    plots/feature_density.png beside it."""
+    device = resolve_device(cfg.device)  # a device that is not there fails before any load
     if cfg.plots:
         _require_matplotlib()  # fail before the evaluation, not after it
     if sae is None:
         # Imported on use: evaluating an SAE object (the Python API) needs no SAE loader.
         from monoscope.sae import load_sae
 
-        sae = load_sae(cfg.sae)
+        sae = load_sae(cfg.sae, device=device)
+    if lm is None and cfg.model is not None and not Path(cfg.acts).is_file():
+        lm = load_model(cfg.model, device=device)
     report = evaluate(
         sae,
         cfg.acts,

@@ -201,11 +201,13 @@ class ReconstructionStats:
     def update(self, x: Tensor, x_hat: Tensor, f: Tensor, norms: Tensor | None = None) -> None:
         """Add a batch: x, x_hat [b, d_in]; f [b, n_features]; norms [b], the tokens' ‖x‖ (the
         store's, computed before any dtype cast), computed from x when not given."""
-        x64 = x.double()
-        squared_error = (x64 - x_hat.double()).pow(2).sum(dim=-1)  # [b]
         fires = f != 0  # [b, n_features]
-        active = fires.sum(dim=-1)  # [b]
-        counts = fires.sum(dim=0)
+        active, counts = fires.sum(dim=-1), fires.sum(dim=0)  # [b], [n_features]
+        # The sums are float64, on the batch's device where it has float64 (MPS has none).
+        home = torch.device("cpu") if x.device.type == "mps" else x.device
+        active, counts = active.to(home), counts.to(home)
+        x64 = x.to(home).double()
+        squared_error = (x64 - x_hat.to(home).double()).pow(2).sum(dim=-1)  # [b]
         self._counts = counts if self._counts is None else self._counts + counts
         self._all.add(x64, squared_error, active)
         if self.threshold is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from monoscope.artifacts import atomic_write_json
 from monoscope.models import LanguageModel
+from monoscope.runtime import resolve_device
 from monoscope.sae import SparseAutoencoder
 from monoscope.steer.attribution import attribute
 from monoscope.steer.config import AttributeConfig, FeaturesForConfig, SteerConfig
@@ -24,12 +25,16 @@ from monoscope.steer.spec import (
 )
 
 
-def load(sae_dirs: list[str], model: str | None) -> tuple[LanguageModel, dict]:
-    """The model and {folder: SAE}; the model defaults to the one the SAEs name."""
+def load(
+    sae_dirs: list[str], model: str | None, device: str = "auto"
+) -> tuple[LanguageModel, dict]:
+    """The model and {folder: SAE}, on `device` (see `resolve_device`); the model defaults to
+    the one the SAEs name."""
     from monoscope.models import load_model
     from monoscope.sae import load_sae
 
-    saes = {d: load_sae(d) for d in sae_dirs}
+    on = resolve_device(device)  # a device that is not there fails before any load
+    saes = {d: load_sae(d, device=on) for d in sae_dirs}
     for key, sae in saes.items():  # before loading a model in vain
         if model is not None and sae.cfg.model is not None and not same_model(sae.cfg.model, model):
             raise SteeringError(
@@ -42,10 +47,9 @@ def load(sae_dirs: list[str], model: str | None) -> tuple[LanguageModel, dict]:
             raise SteeringError(
                 f"the SAEs name models {sorted(map(str, named))}: pass --model to choose one"
             )
-    lm = load_model(model)
+    lm = load_model(model, device=on)
     for key, sae in saes.items():
         check_sae(lm, sae, key)
-        saes[key] = sae.to(lm.device)
     return lm, saes
 
 
@@ -95,7 +99,7 @@ def run_steer(cfg: SteerConfig) -> dict:
     """Steered and unsteered continuations as `cfg` says; the `compare` result (also written
     to cfg.json_out)."""
     spec, specs, labels = _specs(cfg)
-    lm, saes = load(spec.saes(), cfg.model)
+    lm, saes = load(spec.saes(), cfg.model, cfg.device)
     needs_max = any(s.relative for s in specs)
     max_acts = _max_acts(cfg, saes) if needs_max else None
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.n)
@@ -108,7 +112,7 @@ def run_steer(cfg: SteerConfig) -> dict:
 
 
 def run_attribute(cfg: AttributeConfig) -> dict:
-    lm, saes = load([cfg.sae], cfg.model)
+    lm, saes = load([cfg.sae], cfg.model, cfg.device)
     result = attribute(
         lm,
         saes[cfg.sae],
@@ -140,7 +144,7 @@ def _prompts(values: list[str]) -> list[str]:
 
 
 def run_features_for(cfg: FeaturesForConfig) -> dict:
-    lm, saes = load([cfg.sae], cfg.model)
+    lm, saes = load([cfg.sae], cfg.model, cfg.device)
     sae: SparseAutoencoder = saes[cfg.sae]
     if cfg.prompt is not None:
         result = {"kind": "span", **features_for_span(lm, sae, cfg.prompt, top=cfg.top)}

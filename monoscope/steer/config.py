@@ -53,6 +53,9 @@ class SteerConfig:
     """Top direct-logit tokens per feature whose log-probability shift is reported."""
     json_out: str | None = None
     """Write the full result (texts, per-token activations and KL) to this JSON file."""
+    device: str = "auto"
+    """Device the model and the SAE run on: auto (CUDA when present, else the CPU), cpu, cuda,
+    cuda:N or mps."""
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -92,6 +95,9 @@ class AttributeConfig:
     """Wrap the prompt in the tokenizer's chat template as a user turn."""
     json_out: str | None = None
     """Write the full result (with each position's top features) to this JSON file."""
+    device: str = "auto"
+    """Device the model and the SAE run on: auto (CUDA when present, else the CPU), cpu, cuda,
+    cuda:N or mps."""
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -120,6 +126,9 @@ class FeaturesForConfig:
     """Model (default: the model named in the SAE's config)."""
     json_out: str | None = None
     """Write the result to this JSON file."""
+    device: str = "auto"
+    """Device the model and the SAE run on: auto (CUDA when present, else the CPU), cpu, cuda,
+    cuda:N or mps."""
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not (self.positive or self.negative)):
