@@ -10,6 +10,13 @@ MERGE_AT entries (and before a checkpoint or the results). No Python loop runs o
 and memory depends on n_features and the options, not on the number of tokens. The results do
 not depend on when merges happen, nor on the batch size: ties go to the earlier token.
 
+Memory. The state is a fixed size per feature, whatever the number of tokens
+(`state_bytes_per_feature`): with analyze's defaults 3,144 bytes (top examples 20 x 12, the
+fine interval samples 10 x 4 x 3 x 20, the histogram 50 x 8, co-occurrence counts 10 x 8, and
+28 of counts, sums and maxima), so 3.3 GB at 1M features. Merges and updates work on the entries
+held and the batch's non-zero activations, never on a [n_features, ...] temporary beyond
+[n_features] itself; the pending candidates are bounded by MERGE_AT.
+
 Examples are located by `loc` = context_index * context_length + position (int64), unique in a
 store.
 
@@ -32,6 +39,7 @@ import torch
 from torch import Tensor
 
 from monoscope.analyze.codes import CodeCache
+from monoscope.analyze.config import AnalyzeConfig
 from monoscope.analyze.sampling import KEY_EMPTY, hash_keys, top_per_group
 from monoscope.runtime import intra_op_threads
 
@@ -47,6 +55,33 @@ BOOKKEEPING_THREADS = 1
 """Threads of the per-batch bookkeeping: its ops are small (see runtime.intra_op_threads)."""
 EXPONENT_NONE = -200
 """Fine-interval exponent of a feature that has not fired (2.0**-200 is 0 in float32)."""
+
+
+def state_bytes_per_feature(cfg: AnalyzeConfig) -> int:
+    """Bytes of the Accumulator's state per feature under `cfg`'s options (the state is this
+    times n_features plus a constant; see the module docstring), measured on the tensors."""
+
+    def size(n: int) -> int:
+        acc = Accumulator(
+            n,
+            top_n=cfg.top_n,
+            n_quantiles=cfg.n_quantiles,
+            quantile_examples=cfg.quantile_examples,
+            random_examples=cfg.random_examples,
+            n_bins=cfg.n_bins,
+            seed=cfg.seed,
+            neighbour_index=torch.zeros(n, cfg.neighbours, dtype=torch.int64),
+        )
+        return sum(t.nbytes for t in acc.state.values())
+
+    return size(2) - size(1)
+
+
+def _count(counts: Tensor, index: Tensor) -> None:
+    """counts[i] += occurrences of i in index (int64), in work and memory proportional to
+    index, not to counts (a bincount of the state's size would allocate and add all of it,
+    400 MB a batch for the histograms of 1M features)."""
+    counts.index_put_((index,), torch.ones_like(index), accumulate=True)
 
 
 def _descending(values: Tensor) -> Tensor:
@@ -124,10 +159,9 @@ class Accumulator:
         s["last_loc"].fill_(locs[-1])
         if self.cache is not None:
             self.cache.add(rows, feats, values, locs)
-        s["n_fired"] += torch.bincount(feats, minlength=self.n_features)
+        _count(s["n_fired"], feats)
         s["act_sum"].index_add_(0, feats, values.double())
-        batch_max = torch.zeros(self.n_features).scatter_reduce_(0, feats, values, "amax")
-        torch.maximum(s["act_max"], batch_max, out=s["act_max"])
+        s["act_max"].scatter_reduce_(0, feats, values, "amax")
         if values.numel():
             self._histogram(feats, values)
             better = values > self._top_threshold[feats]  # ties keep the earlier token
@@ -152,7 +186,7 @@ class Accumulator:
             high = max(math.ceil(math.log10(float(values.max()))) + 1, low + 1)
             s["log10_edges"] = torch.linspace(low, high, self.n_bins + 1, dtype=torch.float64)
         bins = torch.bucketize(values.double().log10(), s["log10_edges"][1:-1], right=True)
-        s["hist"] += torch.bincount(feats * self.n_bins + bins, minlength=s["hist"].numel())
+        _count(s["hist"], feats * self.n_bins + bins)
 
     def _fine_candidates(self, feats: Tensor, values: Tensor, where: Tensor) -> None:
         keys = hash_keys(where * self.n_features + feats, seed=self.seed)
@@ -184,7 +218,7 @@ class Accumulator:
         neighbours = self.neighbour_index[feats]  # [nnz, k]
         hits = f.reshape(-1)[rows[:, None] * n + neighbours] > 0  # [nnz, k]
         slots = feats[:, None] * k + torch.arange(k)
-        self.state["cooccur"].view(-1).add_(torch.bincount(slots[hits], minlength=n * k))
+        _count(self.state["cooccur"].view(-1), slots[hits])
 
     # -- merging the pending candidates ----------------------------------------------------
     @staticmethod
@@ -203,13 +237,15 @@ class Accumulator:
             self._merge_fine()
 
     def _merge_top(self) -> None:
-        s, (f, n) = self.state, self.state["top_values"].shape
+        s, n = self.state, self.state["top_values"].shape[1]
         feats, values, where = (torch.cat(p) for p in zip(*self._pending_top, strict=True))
         self._pending_top = []
-        held = torch.arange(f).repeat_interleave(n)
-        groups = torch.cat([held, feats])
-        all_values = torch.cat([s["top_values"].flatten(), values])
-        all_locs = torch.cat([s["top_locs"].flatten(), where])
+        # Only the filled slots: the work and memory of a merge follow the samples held,
+        # not n_features x top_n.
+        held = (s["top_locs"].flatten() >= 0).nonzero().flatten()
+        groups = torch.cat([held // n, feats])
+        all_values = torch.cat([s["top_values"].flatten()[held], values])
+        all_locs = torch.cat([s["top_locs"].flatten()[held], where])
         index, rank = top_per_group(groups, _descending(all_values), n)
         s["top_values"].zero_()
         s["top_locs"].fill_(-1)
@@ -228,9 +264,8 @@ class Accumulator:
         m = s["fine_keys"].shape[1]
         feats, values, where, keys = (torch.cat(p) for p in zip(*self._pending_fine, strict=True))
         self._pending_fine = []
-        held = s["fine_locs"].flatten() >= 0
-        held_feats = torch.arange(self.n_features).repeat_interleave(fine * m)[held]
-        all_feats = torch.cat([held_feats, feats])
+        held = (s["fine_locs"].flatten() >= 0).nonzero().flatten()
+        all_feats = torch.cat([held // (fine * m), feats])
         all_values = torch.cat([s["fine_values"].flatten()[held], values])
         all_locs = torch.cat([s["fine_locs"].flatten()[held], where])
         all_keys = torch.cat([s["fine_keys"].flatten()[held], keys])

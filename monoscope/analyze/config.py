@@ -20,6 +20,7 @@ _OPERATIONAL = (
     "checkpoint_every",
     "overwrite",
     "progress",
+    "device",  # the same numbers on any device, up to rounding
 )
 
 
@@ -53,6 +54,10 @@ class AnalyzeConfig:
     """Bins of each feature's activation histogram (log-spaced, shared by all features)."""
     neighbours: int = 10
     """Nearest features by decoder cosine kept per feature, with their co-occurrence."""
+    exact_neighbours: int = 1 << 17
+    """Dictionaries of up to this many features get exact neighbours (F² x d_in work: minutes at
+    131k features on a few CPU cores, hours at 1M); larger ones an approximate search over
+    k-means lists (about sqrt(F)/8 times less work; see analyze/neighbours.py). 0: always exact."""
     logit_tokens: int = 10
     """Top and bottom tokens kept per feature by direct logit effect."""
     logits: bool = True
@@ -76,6 +81,9 @@ class AnalyzeConfig:
     """Replace an existing feature store at --out instead of refusing (or resuming)."""
     progress: bool = True
     """Show a progress bar."""
+    device: str = "auto"
+    """Device the SAE encodes on (and the model is loaded on): auto (CUDA when present, else the
+    CPU), cpu, cuda, cuda:N or mps."""
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -86,7 +94,13 @@ class AnalyzeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        nonnegative = ("max_tokens", "quantile_examples", "random_examples", "neighbours")
+        nonnegative = (
+            "max_tokens",
+            "quantile_examples",
+            "random_examples",
+            "neighbours",
+            "exact_neighbours",
+        )
         for name in (*nonnegative, "cache_entries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -7,13 +7,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import json
 import sqlite3
+import struct
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import save as save_bytes
-from torch import nn
+from torch import Tensor, nn
 
 from monoscope.analyze import schema
 from monoscope.analyze.checkpoint import checkpoint_path, same_run
@@ -23,12 +27,57 @@ from monoscope.harvest import ActivationStore
 from monoscope.harvest.store import MANIFEST
 from monoscope.sae import SparseAutoencoder
 
+HASH_BYTES = 1 << 26
+"""Bytes of a tensor hashed at a time (a non-contiguous one is copied this much at a time)."""
+
 
 def _sae_sha256(sae: nn.Module) -> str:
     """sha256 of the weights as `sae.save` writes them (= weights.safetensors' for a folder
-    monoscope saved)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    return hashlib.sha256(save_bytes(weights)).hexdigest()
+    monoscope saved), hashed tensor by tensor: the file's bytes are never built in memory
+    (they would double the memory of a 1M-feature SAE)."""
+    weights = {k: v.detach() for k, v in sae.state_dict().items()}
+    digest = hashlib.sha256(safetensors_header(weights))
+    for name, _ in _file_order(weights):
+        _hash_tensor(digest, weights[name])
+    return digest.hexdigest()
+
+
+def _hash_tensor(digest: Any, t: Tensor) -> None:
+    """Add t's data as safetensors stores it (row-major) to `digest`, about HASH_BYTES at a
+    time (a chunk is copied only when t is not contiguous or not on the CPU)."""
+    t = t.reshape(1) if t.dim() == 0 else t
+    row_bytes = max(1, t[0].numel() * t.element_size()) if t.shape[0] else 1
+    rows = max(1, HASH_BYTES // row_bytes)
+    for start in range(0, t.shape[0], rows):
+        part = t[start : start + rows].contiguous().cpu()
+        digest.update(part.reshape(-1).view(torch.uint8).numpy())
+
+
+def _file_order(weights: dict[str, Tensor]) -> list[tuple[str, str]]:
+    """(name, safetensors dtype) in the order safetensors lays the tensors out, read from the
+    header it writes for one-element stand-ins (the order depends on names and dtypes only)."""
+    proxy = save_bytes({k: torch.zeros(1, dtype=v.dtype) for k, v in weights.items()})
+    (size,) = struct.unpack("<Q", proxy[:8])
+    header = json.loads(proxy[8 : 8 + size])
+    return [(name, header[name]["dtype"]) for name in header if name != "__metadata__"]
+
+
+def safetensors_header(weights: dict[str, Tensor]) -> bytes:
+    """The first bytes of `safetensors.torch.save(weights)`: the header's length (8 bytes,
+    little-endian) and the header, compact JSON padded with spaces to a multiple of 8."""
+    entries, offset = {}, 0
+    for name, dtype in _file_order(weights):
+        t = weights[name]
+        size = t.numel() * t.element_size()
+        entries[name] = {
+            "dtype": dtype,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def identity(cfg: AnalyzeConfig, sae: SparseAutoencoder, store: ActivationStore, site: str) -> dict:

@@ -31,7 +31,7 @@ from monoscope.analyze.layout import NEIGHBOURS as MAP_NEIGHBOURS
 from monoscope.analyze.layout import feature_map, require_umap
 from monoscope.analyze.lock import writer_lock
 from monoscope.analyze.logits import logit_effects, token_texts, vocab_size
-from monoscope.analyze.neighbours import cosine_neighbours
+from monoscope.analyze.neighbours import feature_neighbours
 from monoscope.analyze.opening import existing_is_complete, identity, store_for_writing
 from monoscope.analyze.tables import (
     Examples,
@@ -50,10 +50,20 @@ from monoscope.evaluate.metrics import density_histogram
 from monoscope.folders import made_folder
 from monoscope.harvest import ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
-from monoscope.runtime import intra_op_threads
+from monoscope.runtime import intra_op_threads, resolve_device
 
 if TYPE_CHECKING:
     from monoscope.sae import SparseAutoencoder
+
+
+ENCODE_ELEMENTS = 1 << 26
+"""Most feature activations encoded at a time (256 MiB of float32): at 1M features a batch of
+4096 rows would be 16 GiB, so big dictionaries encode fewer rows at a time."""
+
+
+def encode_rows(batch_size: int, n_features: int) -> int:
+    """Rows per SAE encode: batch_size, fewer where [rows, n_features] passes ENCODE_ELEMENTS."""
+    return max(1, min(batch_size, ENCODE_ELEMENTS // n_features))
 
 
 def encode(sae: SparseAutoencoder, x: Tensor) -> Tensor:
@@ -65,14 +75,14 @@ def encode(sae: SparseAutoencoder, x: Tensor) -> Tensor:
 
 
 def _model(
-    cfg: AnalyzeConfig, store: ActivationStore, lm: LanguageModel | None
+    cfg: AnalyzeConfig, store: ActivationStore, lm: LanguageModel | None, device: torch.device
 ) -> LanguageModel | None:
-    """The model for logit effects and token texts, or None (with a warning) when --no-logits
-    was asked and it cannot be loaded."""
+    """The model for logit effects and token texts (loaded on `device`), or None (with a
+    warning) when --no-logits was asked and it cannot be loaded."""
     name = cfg.model or store.manifest["model"]["name"]
     if lm is None:
         try:
-            lm = load_model(name, device="cpu")
+            lm = load_model(name, device=device)
         except (OSError, ValueError, RuntimeError) as err:
             if cfg.logits:
                 raise ValueError(
@@ -137,7 +147,12 @@ class _Analysis:
             else:
                 # The map's neighbours too, when it is drawn: the table keeps the first ones.
                 k = max(self.cfg.neighbours, MAP_NEIGHBOURS - 1 if self.cfg.map else 0)
-                self.neighbours = cosine_neighbours(self.sae.W_dec, k)
+                index, cosine, search = feature_neighbours(
+                    self.sae.W_dec, k, self.cfg.exact_neighbours, self.cfg.seed
+                )
+                self.neighbours = index, cosine
+                with self.conn:
+                    schema.write_meta(self.conn, neighbour_search=search)
         self.cache = CodeCache(n, self.cfg.cache_entries)
         self.acc = Accumulator(
             n,
@@ -178,9 +193,9 @@ class _Analysis:
             self.cfg.window_before,
             self.cfg.window_after,
             int(self.acc.state["last_loc"]),
-            self.cfg.batch_size,
+            encode_rows(self.cfg.batch_size, self.sae.cfg.n_features),
         )
-        directions = self.sae.W_dec.detach()
+        directions = self.sae.W_dec.detach().cpu()  # the logit effects and the map: CPU
         with self._timed("logits"):
             logits = None
             if self.lm is not None and self.cfg.logits:
@@ -232,8 +247,10 @@ class _Analysis:
         )
         try:
             batches = pass_batches(self.store, self.site, cfg, acc.tokens_seen)
+            rows = encode_rows(cfg.batch_size, self.sae.cfg.n_features)
             for step, (x, locs) in enumerate(batches, 1):
-                acc.update(encode(self.sae, x), locs)
+                for part, part_locs in zip(x.split(rows), locs.split(rows), strict=True):
+                    acc.update(encode(self.sae, part), part_locs)
                 bar.update(x.shape[0])
                 if step % cfg.checkpoint_every == 0:
                     self._checkpoint()
@@ -256,11 +273,18 @@ class _Analysis:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty, empty
         x = read_rows(self.store, self.site, locs, self.context)
-        f = torch.cat([encode(self.sae, rows) for rows in x.split(self.cfg.batch_size)])
-        silent = (f == 0) & (self.acc.state["n_fired"] > 0)  # [c, F]
-        rank = silent.cumsum(0) - 1
-        token, feature = (silent & (rank < n)).nonzero(as_tuple=True)
-        return feature, rank[token, feature], locs[token]
+        fired = self.acc.state["n_fired"] > 0
+        taken = torch.zeros(fired.numel(), dtype=torch.int64)  # silent pool tokens so far
+        found: list[tuple[Tensor, Tensor, Tensor]] = []
+        rows = encode_rows(self.cfg.batch_size, fired.numel())
+        for start in range(0, locs.numel(), rows):
+            silent = (encode(self.sae, x[start : start + rows]) == 0) & fired  # [r, F]
+            rank = silent.cumsum(0) + (taken - 1)
+            taken += silent.sum(0)
+            token, feature = (silent & (rank < n)).nonzero(as_tuple=True)
+            found.append((feature, rank[token, feature], locs[start + token]))
+        feature, rank, loc = (torch.cat(part) for part in zip(*found, strict=True))
+        return feature, rank, loc
 
     def _examples(self) -> Examples:
         top, quant = self.acc.top_examples(), self.acc.interval_examples()
@@ -314,6 +338,7 @@ def run(
     cfg.model); resume an interrupted store at cfg.out; returns its path. `logit_directions`
     [n_features, d_model]: what each feature writes to the residual stream, for dictionaries
     whose decoder rows are not residual directions (MLP neurons); default W_dec."""
+    device = resolve_device(cfg.device)  # a device that is not there fails before any load
     if cfg.map:
         require_umap()  # before the pass, not after it
     if cfg.export == "parquet":
@@ -321,7 +346,7 @@ def run(
     if sae is None:
         from monoscope.sae import load_sae
 
-        sae = load_sae(cfg.sae)
+        sae = load_sae(cfg.sae, device=device)
     store = store if store is not None else ActivationStore(cfg.acts)
     site = check_compatible(sae, store, None)
     if cfg.split == "heldout" and store.heldout_fraction <= 0:
@@ -334,7 +359,8 @@ def run(
         if existing_is_complete(out, ident, cfg.overwrite):
             print(f"feature store {out} is already complete", file=sys.stderr)
         else:
-            lm = _model(cfg, store, lm)  # before anything is written: a missing model fails fast
+            # Before anything is written: a missing model fails fast.
+            lm = _model(cfg, store, lm, device)
             with store_for_writing(out, ident) as conn:
                 _Analysis(cfg, sae, store, site, lm, out, ident, conn, logit_directions).run()
         checkpoint_path(out).unlink(missing_ok=True)  # also one a kill left after the commit

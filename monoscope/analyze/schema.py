@@ -21,6 +21,8 @@ meta(key TEXT PRIMARY KEY, value TEXT)       JSON-encoded values:
                      below and above them)
     density_hist     {"edges": [...log10 density...], "counts": [...], "dead": int} over all
                      features (dead: features that never fired, outside the log10 bins)
+    neighbour_search 'exact', 'approximate' (k-means lists, for dictionaries past
+                     params.exact_neighbours; analyze/neighbours.py) or 'none' (no neighbours)
     seconds          {"neighbours", "pass", "examples", "logits", "map", "windows_and_write"}:
                      wall time per stage
     created_at, monoscope_version

@@ -8,6 +8,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import count, repeat
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,11 @@ def _logit_json(ids: list[int], effects: list[float], vocab: list[str]) -> str:
     return json.dumps([[i, vocab[i], e] for i, e in zip(ids, effects, strict=True)])
 
 
+ROWS_AT_A_TIME = 1 << 16
+"""Features whose rows are turned into Python objects at a time (a million features' histograms
+as one Python list would take gigabytes)."""
+
+
 def feature_rows(
     n_fired: Tensor,
     tokens_seen: int,
@@ -102,46 +108,42 @@ def feature_rows(
     vocab: list[str],
     coords: Tensor | None,
 ) -> Iterator[tuple]:
-    fired = n_fired.tolist()
-    density = (n_fired.double() / max(tokens_seen, 1)).tolist()
-    mean = (act_sum / n_fired.clamp_min(1)).tolist()
-    maxima, hists = act_max.tolist(), hist.tolist()
-    if logits is not None:
-        top = zip(logits.top_ids.tolist(), significant(logits.top_effects).tolist(), strict=True)
-        bottom_effects = significant(logits.bottom_effects).tolist()
-        bottom = zip(logits.bottom_ids.tolist(), bottom_effects, strict=True)
-    xy = coords.tolist() if coords is not None else None
-    for i in range(len(fired)):
-        logit_top = logit_bottom = None
+    density = n_fired.double() / max(tokens_seen, 1)
+    mean = act_sum / n_fired.clamp_min(1)
+    for start in range(0, n_fired.numel(), ROWS_AT_A_TIME):
+        part = slice(start, start + ROWS_AT_A_TIME)
+        columns = [n_fired[part], density[part], act_max[part], mean[part]]
+        rows = zip(*(c.tolist() for c in columns), hist[part].tolist(), strict=True)
+        logit_top: Iterator[str | None] = repeat(None)
+        logit_bottom: Iterator[str | None] = repeat(None)
         if logits is not None:
-            logit_top, logit_bottom = (
-                _logit_json(*next(top), vocab),
-                _logit_json(*next(bottom), vocab),
+            logit_top = _logit_column(logits.top_ids[part], logits.top_effects[part], vocab)
+            logit_bottom = _logit_column(
+                logits.bottom_ids[part], logits.bottom_effects[part], vocab
             )
-        x, y = xy[i] if xy is not None else (None, None)
-        yield (
-            i,
-            fired[i],
-            density[i],
-            maxima[i],
-            mean[i],
-            json.dumps(hists[i]),
-            logit_top,
-            logit_bottom,
-            x,
-            y,
-        )
+        xy = coords[part].tolist() if coords is not None else repeat((None, None))
+        for i, (fired, dens, most, average, counts), top, bottom, (x, y) in zip(
+            count(start), rows, logit_top, logit_bottom, xy
+        ):
+            yield (i, fired, dens, most, average, json.dumps(counts), top, bottom, x, y)
+
+
+def _logit_column(ids: Tensor, effects: Tensor, vocab: list[str]) -> Iterator[str]:
+    pairs = zip(ids.tolist(), significant(effects).tolist(), strict=True)
+    return (_logit_json(i, e, vocab) for i, e in pairs)
 
 
 def neighbour_rows(index: Tensor, cosine: Tensor, cooccur: Tensor | None, n_fired: Tensor):
     k = index.shape[1]
-    cos = significant(cosine).tolist()
-    fired = n_fired.tolist()
-    p = (cooccur.double() / n_fired.clamp_min(1)[:, None]).tolist() if cooccur is not None else None
-    for i, neighbours in enumerate(index.tolist()):
-        for r in range(k):
-            share = None if p is None or fired[i] == 0 else p[i][r]
-            yield (i, r, neighbours[r], cos[i][r], share)
+    share = cooccur.double() / n_fired.clamp_min(1)[:, None] if cooccur is not None else None
+    for start in range(0, index.shape[0], ROWS_AT_A_TIME):
+        part = slice(start, start + ROWS_AT_A_TIME)
+        cos = significant(cosine[part]).tolist()
+        fired = n_fired[part].tolist()
+        p = share[part].tolist() if share is not None else [[None] * k] * len(fired)
+        for i, neighbours in enumerate(index[part].tolist()):
+            for r in range(k):
+                yield (start + i, r, neighbours[r], cos[i][r], p[i][r] if fired[i] else None)
 
 
 def write_tables(

@@ -13,7 +13,7 @@ GET  /api/features/{id}/similar  ?limit= -> {"items": [similar]}: the features w
 POST /api/search-meaning     {query, offset, limit} -> the explained features ranked by the
                              cosine of their explanation's embedding and the query's; 422
                              empty, 413 over MAX_QUERY_CHARS, 503 without an embedding model
-GET  /api/map                map points
+GET  /api/map                map points (at most records.MAP_POINTS: a sample past that)
 POST /api/fires              {"text": ...} -> per-token top features (fires.py); 422 empty,
                              413 too long, 503 when the model or SAE cannot be loaded
 POST /api/steer              {feature, prompt, strength, relative, mode, positions,
@@ -207,9 +207,13 @@ def _browse_routes(app, store: FeatureStore, meaning: MeaningIndex, config_js: s
     def search_meaning(body: MeaningRequest) -> JSONResponse:
         return JSONResponse(meaning.search(body.query, body.offset, body.limit))
 
+    rendered_map: list[bytes] = []  # the map's JSON, rendered on the first request
+
     @app.get("/api/map")
-    def feature_map() -> JSONResponse:
-        return JSONResponse(store.map())
+    def feature_map() -> Response:
+        if not rendered_map:
+            rendered_map.append(bytes(JSONResponse(store.map()).body))
+        return Response(rendered_map[0], media_type="application/json")
 
 
 def _model_routes(

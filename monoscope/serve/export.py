@@ -5,11 +5,15 @@ calling `MS.receive(name, data)` (JSONP-style), which the front end loads by add
 tag. Layout of the site:
 
 index.html, assets/        the front end (the same files `monoscope serve` serves)
-config.js                  {"mode": "static", shard_size, shard_digits, similar}
+config.js                  {"mode": "static", shard_size, shard_digits, index_shard_size,
+                           index_shards, index_digits, search_shards, search_digits, similar}
 data/meta.js               meta record
-data/index.js              every feature's summary, column by column (the list and its sort)
-data/search.js             token -> feature ids (the search; loaded on the first search)
-data/map.js                map points
+data/index/NNNN.js         the summaries of features INDEX_SHARD*NNNN.., column by column: a
+                           page of the list by id loads the files it shows, a sorted list or
+                           a search loads them all (once)
+data/search/NN.js          token -> feature ids, for the tokens whose token_shard is NN (a
+                           search loads the files of its words)
+data/map.js                map points (a sample of at most records.MAP_POINTS)
 data/features/NNNN.js      feature records shard_size*NNNN .. shard_size*(NNNN+1)-1, each
                            with `similar`: its explanation's nearest explanations
 monoscope-site.json        marks the folder as a site, so a re-export may replace it
@@ -41,13 +45,19 @@ from typing import Any
 
 from monoscope.artifacts import temp_dir_beside
 from monoscope.serve.app import STATIC, front_end_config
+from monoscope.serve.catalog import Catalog
 from monoscope.serve.meaning import Embedder, MeaningIndex, MeaningUnavailable
 from monoscope.serve.store import FeatureStore
 from monoscope.web.security import META_CSP
 
 SITE_MARKER = "monoscope-site.json"
-SITE_FORMAT_VERSION = 1
+SITE_FORMAT_VERSION = 2
+"""2: the index and the token search sharded (1: one data/index.js and data/search.js)."""
 SHARD_SIZE = 256
+INDEX_SHARD = 1 << 14
+"""Features per index file (about 1 MB of summaries without explanations)."""
+SEARCH_SHARD_IDS = 1 << 18
+"""Feature ids per search file, about: the token index is split into enough files by hash."""
 SIMILAR = 8
 """Nearest explanations stored per explained feature."""
 
@@ -121,28 +131,27 @@ def _write_site(
     _add_policy(root / "index.html")
     n = store.n_features
     n_shards = -(-n // shard_size)
-    digits = max(4, len(str(max(n_shards - 1, 0))))
+    digits = _digits(n_shards)
+    n_index = max(1, -(-n // INDEX_SHARD))
+    n_search = max(1, -(-sum(map(len, store.catalog.token_index.values())) // SEARCH_SHARD_IDS))
     k = max((len(v) for v in similar.values()), default=0) if similar else 0
     config = front_end_config(
-        "static", shard_size=shard_size, shard_digits=digits, similar={"k": k, "note": note}
+        "static",
+        shard_size=shard_size,
+        shard_digits=digits,
+        index_shard_size=INDEX_SHARD,
+        index_shards=n_index,
+        index_digits=_digits(n_index),
+        search_shards=n_search,
+        search_digits=_digits(n_search),
+        similar={"k": k, "note": note},
     )
     (root / "config.js").write_text(config, encoding="utf-8")
-    (root / "data" / "features").mkdir(parents=True)
-    cat = store.catalog
+    for folder in ("features", "index", "search"):
+        (root / "data" / folder).mkdir(parents=True)
     _write_data(root, "meta", store.meta_record())
-    _write_data(
-        root,
-        "index",
-        {
-            "density": cat.density.tolist(),
-            "max_act": cat.max_act.tolist(),
-            "mean_act": cat.mean_act.tolist(),
-            "explanation": cat.explanation,
-            "score": cat.score,
-            "top_tokens": cat.top_tokens,
-        },
-    )
-    _write_data(root, "search", {"tokens": cat.token_index})
+    _write_index(root, store.catalog, n_index)
+    _write_search(root, store.catalog.token_index, n_search)
     _write_data(root, "map", store.map())
     for shard in range(n_shards):
         start = shard * shard_size
@@ -159,6 +168,45 @@ def _write_site(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (root / SITE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _digits(files: int) -> int:
+    """Digits of the files' numbers: at least 4 (0000.js), more when there are more files."""
+    return max(4, len(str(max(files - 1, 0))))
+
+
+def token_shard(word: str, shards: int) -> int:
+    """The search file holding a token's entry: FNV-1a (32-bit) over its code points, as
+    static/assets/js/search.js's tokenShard."""
+    h = 0x811C9DC5
+    for ch in word:
+        h = ((h ^ ord(ch)) * 16777619) & 0xFFFFFFFF
+    return h % shards
+
+
+def _write_index(root: Path, cat: Catalog, files: int) -> None:
+    """data/index/NNNN.js: the summary columns of INDEX_SHARD features each."""
+    for i in range(files):
+        part = slice(i * INDEX_SHARD, (i + 1) * INDEX_SHARD)
+        columns = {
+            "first": i * INDEX_SHARD,
+            "density": cat.density[part].tolist(),
+            "max_act": cat.max_act[part].tolist(),
+            "mean_act": cat.mean_act[part].tolist(),
+            "explanation": cat.explanation[part],
+            "score": cat.score[part],
+            "top_tokens": cat.top_tokens[part],
+        }
+        _write_data(root, f"index/{i:0{_digits(files)}d}", columns)
+
+
+def _write_search(root: Path, token_index: dict[str, list[int]], files: int) -> None:
+    """data/search/NNNN.js: {"tokens": {token: ids}} of the tokens token_shard puts there."""
+    parts: list[dict[str, list[int]]] = [{} for _ in range(files)]
+    for word, ids in token_index.items():
+        parts[token_shard(word, files)][word] = ids
+    for i, tokens in enumerate(parts):
+        _write_data(root, f"search/{i:0{_digits(files)}d}", {"tokens": tokens})
 
 
 def _add_policy(index: Path) -> None:

@@ -13,8 +13,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from monoscope.analyze.recorded import RecordedFolderMissing, locate
 from monoscope.artifacts import sha256_file
+from monoscope.runtime import resolve_device
 
 
 class ModelUnavailable(RuntimeError):
@@ -22,10 +25,19 @@ class ModelUnavailable(RuntimeError):
 
 
 class ServedModel:
-    """Model + SAE of one feature store (`meta` its meta entries), loaded lazily."""
+    """Model + SAE of one feature store (`meta` its meta entries), loaded lazily on `device`
+    (default: CUDA when present, else the CPU); the device is resolved here, so that one that
+    is not there fails at startup, not on the first request that loads."""
 
-    def __init__(self, meta: dict[str, Any], db_path: str | Path, model: str | None = None) -> None:
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        db_path: str | Path,
+        model: str | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
         sae = meta.get("sae") or {}
+        self.device = resolve_device(device)
         self.db_path = Path(db_path)
         self.model_name = model or (meta.get("model") or {}).get("name") or sae.get("model")
         self.sae_recorded = sae.get("path")
@@ -37,7 +49,7 @@ class ServedModel:
         self._checked = False
 
     def load(self):
-        """(LanguageModel, SparseAutoencoder) on the CPU; hold `lock` while calling and using."""
+        """(LanguageModel, SparseAutoencoder) on `device`; hold `lock` while calling and using."""
         if self._lm is None:
             from monoscope.models import load_model
             from monoscope.sae import load_sae
@@ -55,8 +67,8 @@ class ServedModel:
                     "(sha256 differs): rerun `monoscope analyze`"
                 )
             try:
-                sae = load_sae(self.sae_path, device="cpu")
-                lm = load_model(self.model_name, device="cpu")
+                sae = load_sae(self.sae_path, device=self.device)
+                lm = load_model(self.model_name, device=self.device)
             except (OSError, ValueError) as err:
                 raise ModelUnavailable(f"cannot load the model or SAE: {err}") from err
             self._lm, self._sae = lm, sae

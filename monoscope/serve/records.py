@@ -37,7 +37,8 @@ judged   {kind, bucket, rank, truth, answer, ...}: one held-out example and the 
           true and predicted activations per token; fuzzing adds `marked` ([token index]
           the tokens the judge saw marked)
 similar  {id, similarity, explanation, score}: the features whose explanations are nearest
-map      {ids, x, y, density}: the features with map coordinates, column by column
+map      {ids, x, y, density, total}: the features with map coordinates, column by column;
+         total of them, of which at most MAP_POINTS are sent (an even sample by id)
 
 Floats are rounded to 4-6 significant digits; NaN in a scorer's JSON becomes null.
 """
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 from monoscope.serve.catalog import (
@@ -58,6 +60,8 @@ from monoscope.serve.catalog import (
 )
 from monoscope.serve.interpretation import interpretation_records, judged_keys
 
+MAP_POINTS = 1 << 15
+"""Most points the map sends: past this a sample (the browser draws each on a canvas)."""
 EXAMPLE_KINDS = ("top", "quantile")
 """Kinds the browser shows of every feature; of the 'random' (non-firing) contexts it shows the
 ones a scorer's judge graded."""
@@ -235,17 +239,26 @@ def _add_interpretation(
             records[fid]["examples"]["random"].append(example)
 
 
-def map_record(conn: sqlite3.Connection) -> dict[str, list]:
+def map_record(conn: sqlite3.Connection, max_points: int | None = None) -> dict[str, Any]:
+    """The map's points: every feature with coordinates, or when there are more than
+    max_points (default MAP_POINTS) an even sample of them by id (every step-th), so that no
+    answer or data file carries a million points."""
+    max_points = max_points or MAP_POINTS
+    (total,) = conn.execute(
+        "SELECT count(*) FROM features WHERE map_x IS NOT NULL AND map_y IS NOT NULL"
+    ).fetchone()
+    step = max(1, -(-total // max_points))
     ids, xs, ys, density = [], [], [], []
-    for fid, x, y, d in conn.execute(
+    rows = conn.execute(
         "SELECT id, map_x, map_y, density FROM features "
         "WHERE map_x IS NOT NULL AND map_y IS NOT NULL ORDER BY id"
-    ):
+    )
+    for fid, x, y, d in islice(rows, 0, None, step):
         ids.append(fid)
         xs.append(round_sig(x, 5))
         ys.append(round_sig(y, 5))
         density.append(round_sig(d, 4))
-    return {"ids": ids, "x": xs, "y": ys, "density": density}
+    return {"ids": ids, "x": xs, "y": ys, "density": density, "total": total}
 
 
 def _text(vocab: list[str], token_id: int) -> str:

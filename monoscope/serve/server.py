@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from monoscope.runtime import resolve_device
 from monoscope.serve.app import create_app
 from monoscope.serve.fires import FiresEngine
 from monoscope.serve.model import ServedModel
@@ -20,20 +21,27 @@ from monoscope.web.server import (
 )
 
 
-def open_app(db: str | Path, model: str | None = None):
-    """(FastAPI app, FeatureStore) for `db`; FeatureStoreError if it cannot be browsed."""
+def open_app(db: str | Path, model: str | None = None, device: str = "auto"):
+    """(FastAPI app, FeatureStore) for `db`, running the model and SAE on `device` (see
+    `resolve_device`: a device that is not there fails here, not on a request);
+    FeatureStoreError if it cannot be browsed."""
+    on = resolve_device(device)  # before the store opens: a bad --device is the first error
     store = FeatureStore(db)
-    served = ServedModel(store.meta, store.path, model=model)
+    served = ServedModel(store.meta, store.path, model=model, device=on)
     fires = FiresEngine(served, store.catalog, store.vocab)
     return create_app(store, fires, SteerEngine(served, store)), store
 
 
 def serve(
-    db: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
+    db: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str | None = None,
+    device: str = "auto",
 ) -> None:
-    """Serve the browser for `db` until interrupted."""
+    """Serve the browser for `db` until interrupted, the model and SAE on `device`."""
     require_server_extra()
-    app, store = open_app(db, model)
+    app, store = open_app(db, model, device)
     if not store.complete:
         print(
             f"warning: {db} is incomplete (analyze has seen {store.meta.get('tokens_seen', 0):,} "

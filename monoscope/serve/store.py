@@ -34,6 +34,7 @@ class FeatureStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        self._map: dict[str, Any] | None = None
         with _clear_sqlite_errors(self.path):
             conn = self.connection()
             self.meta: dict[str, Any] = read_meta(conn)
@@ -81,8 +82,11 @@ class FeatureStore:
             )
 
     def map(self) -> dict[str, Any]:
-        with _clear_sqlite_errors(self.path):
-            return map_record(self.connection())
+        """The map's points (records.map_record), read once: the store does not change."""
+        if self._map is None:
+            with _clear_sqlite_errors(self.path):
+                self._map = map_record(self.connection())
+        return self._map
 
 
 def _read_vocab(conn: sqlite3.Connection) -> list[str]:

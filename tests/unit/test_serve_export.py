@@ -84,11 +84,11 @@ def test_index_search_and_map_files(site, db):
     store = FeatureStore(db)
     name, meta = read_data(site / "data" / "meta.js")
     assert name == "meta" and meta == json.loads(json.dumps(store.meta_record()))
-    _, index = read_data(site / "data" / "index.js")
-    assert index["max_act"] == store.catalog.max_act.tolist()
+    _, index = read_data(site / "data" / "index" / "0000.js")  # one shard: N < INDEX_SHARD
+    assert index["first"] == 0 and index["max_act"] == store.catalog.max_act.tolist()
     assert index["explanation"][4] == "bridges" and index["top_tokens"] == store.catalog.top_tokens
     assert index["score"][4] == 0.75 and index["score"][40] is None
-    _, search = read_data(site / "data" / "search.js")
+    _, search = read_data(site / "data" / "search" / "0000.js")  # one shard: few tokens
     assert search["tokens"] == store.catalog.token_index
     _, points = read_data(site / "data" / "map.js")
     assert points == store.map() and len(points["ids"]) == N

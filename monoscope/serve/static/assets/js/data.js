@@ -78,14 +78,45 @@
     attribute: (request) => post("api/attribute", request),
   };
 
-  const index = once(() => load("index"));
+  // The static index is sharded (data/index/NNNN.js, index_shard_size features each): a page
+  // by id loads the shards it shows; a sorted list or a search loads them all, once.
+  const padded = (i, digits) => String(i).padStart(digits, "0");
+  const indexShard = (i) => load("index/" + padded(i, config.index_digits));
+  const COLUMNS = ["density", "max_act", "mean_act", "explanation", "score", "top_tokens"];
+  const allColumns = once(async () => {
+    const shards = await Promise.all(Array.from({ length: config.index_shards }, (_, i) => indexShard(i)));
+    return Object.fromEntries(COLUMNS.map((key) => [key, [].concat(...shards.map((s) => s[key]))]));
+  });
+  // {word: [feature ids]} of the query's words, from the search shards that hold them.
+  async function tokenIds(query) {
+    const tokens = Object.create(null);  // no inherited keys: a word may be "constructor"
+    await Promise.all(MS.search.words(query).map(async (word) => {
+      const shard = MS.search.tokenShard(word, config.search_shards);
+      const data = await load("search/" + padded(shard, config.search_digits));
+      if (Object.prototype.hasOwnProperty.call(data.tokens, word)) tokens[word] = data.tokens[word];
+    }));
+    return tokens;
+  }
+  async function summaries(ids) {
+    return Promise.all(ids.map(async (id) => {
+      const shard = await indexShard(Math.floor(id / config.index_shard_size));
+      return MS.search.summary(shard, id, shard.first);
+    }));
+  }
+
   const staticSite = {
     mode: "static",
     meta: () => load("meta"),
     async list(q) {
-      const columns = await index();
+      const meta = await load("meta");
+      const page = MS.search.idPage(meta.n_features, q);
+      if (page) {
+        const { ids, ...rest } = page;
+        return { ...rest, items: await summaries(ids) };
+      }
+      const columns = await allColumns();
       const needsTokens = MS.search.needsTokenIndex(q.query || "");
-      const tokens = needsTokens ? (await load("search")).tokens : {};
+      const tokens = needsTokens ? await tokenIds(q.query) : {};
       return MS.search.run(columns, tokens, q);
     },
     async feature(id) {

@@ -1,4 +1,5 @@
-// The feature map view: every feature with map coordinates; hover for a summary, click to open.
+// The feature map view: the features with map coordinates (a sample of a big dictionary's, see
+// GET /api/map); hover for a summary, click to open.
 "use strict";
 (function (MS) {
   async function mount(root, args, params) {
@@ -21,7 +22,8 @@
     // In the document before plotting: the plot sizes itself from the canvas's layout.
     root.append(MS.h("section.card.map-card", {},
       MS.h("div.map-toolbar", {},
-        MS.h("h2.card-title", {}, "Feature map · " + MS.fmt.int(data.ids.length) + " of " + MS.fmt.int(meta.n_features) + " features"),
+        MS.h("h2.card-title", {}, "Feature map · " + MS.fmt.int(data.ids.length) + " of " + MS.fmt.int(meta.n_features) + " features" +
+          (data.total > data.ids.length ? " (an even sample by id)" : "")),
         MS.h("span.muted", {}, "UMAP of decoder directions. Scroll to zoom, drag to pan, click a point to open it."),
         MS.h("span.spacer"), legend, reset),
       canvas), tip);
