@@ -14,7 +14,7 @@
 (b) Feature-sharded memory: peak RSS growth of one process training the whole TopK SAE of
     `--memory-features` x `--d` as the trainer does (StepMemory, deferred W_enc gradient,
     fused Adam) against each of 2 processes training a `ShardedTopKSAE` slice of it
-    (monoscope.sae.sharded, with monoscope.train.sharded.apply_sharded_gradients), over
+    (monoscope.sae.sharded, with monoscope.train.step.apply_gradients), over
     `--memory-steps` steps of Gaussian batches of 4096 with 5% of the latents dead (AuxK on).
     Each process first trains a tiny SAE and resets its high-water mark (VmHWM), so the figure
     is what the SAE's size costs, not the process's one-off costs; also the bytes of the
@@ -174,7 +174,6 @@ def train_steps(
     from monoscope.sae import SAEConfig, TopKSAE
     from monoscope.sae.sharded import ShardedTopKSAE
     from monoscope.sae.step_memory import StepMemory
-    from monoscope.train.sharded import apply_sharded_gradients
     from monoscope.train.step import apply_gradients
 
     cfg = SAEConfig("topk", args.d, n_features, k=args.k)
@@ -191,7 +190,7 @@ def train_steps(
         result = sae.training_step(x, 1 / 32, dead)
         result.loss.backward()
         if world.distributed:
-            apply_sharded_gradients(sae, opt, result, 1.0)
+            apply_gradients(sae, opt, result, 1.0)
         else:
             apply_gradients(sae, opt, result, 1.0)
         sae.after_optimizer_step()

@@ -270,6 +270,19 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     def before_optimizer_step(self) -> None:
         """Called after backward, before the optimizer step (gradient constraints)."""
 
+    def gradient_norm(self, extra_squares: list[Tensor] | None = None) -> Tensor:
+        """The norm of the whole SAE's gradient; `extra_squares`: the squared norms of
+        gradients not formed yet (sharded.py: summed over the processes holding slices)."""
+        squares = list(extra_squares or [])
+        squares += [
+            torch.linalg.vector_norm(p.grad) ** 2 for p in self.parameters() if p.grad is not None
+        ]
+        return torch.stack(squares).sum().sqrt()
+
+    def clip_gradients(self, max_norm: float) -> None:
+        """Scale every gradient so that the whole SAE's norm is at most `max_norm`."""
+        torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+
     def after_optimizer_step(self) -> None:
         """Called after the optimizer step (parameter constraints)."""
 

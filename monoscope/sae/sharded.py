@@ -104,7 +104,7 @@ class ShardedTopKSAE(nn.Module):
     local: TopKSAE
     step_memory: StepMemory | None = None
     """As `SparseAutoencoder.step_memory`: set, W_enc's gradient is left to be formed after
-    W_dec's step (`TrainStep.deferred`; monoscope.train.sharded.apply_sharded_gradients)."""
+    W_dec's step (`TrainStep.deferred`; monoscope.train.step.apply_gradients)."""
 
     def __init__(self, cfg: SAEConfig, world: World) -> None:
         check_shardable(cfg, world.size)

@@ -56,7 +56,7 @@ def apply_gradients(
                 param.grad = grad.form()
             deferred = []
         if not deferred:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+            sae.clip_gradients(grad_clip)
     if before_step is not None:
         before_step()
     optimizer.step()
@@ -72,11 +72,7 @@ def apply_gradients(
 def _under_clip(
     sae: SparseAutoencoder, deferred: list[tuple[Tensor, DeferredGradient]], grad_clip: float
 ) -> bool:
-    """Whether the global gradient norm is surely below the point where clipping scales
+    """Whether the whole SAE's gradient norm is surely below the point where clipping scales
     (with a margin for the rounding of the norms, which clip_grad_norm_ sums its own way)."""
-    squares = [g.norm_bound() ** 2 for _, g in deferred]
-    squares += [
-        torch.linalg.vector_norm(p.grad) ** 2 for p in sae.parameters() if p.grad is not None
-    ]
-    total = float(torch.stack(squares).sum().sqrt())
+    total = float(sae.gradient_norm([g.norm_bound() ** 2 for _, g in deferred]))
     return total * (1 + DeferredGradient.ROUNDING_MARGIN) + _NORM_EPS < grad_clip

@@ -23,7 +23,6 @@ from monoscope.distributed import World
 from monoscope.sae import BatchTopKSAE, SAEConfig, TopKSAE, load_sae
 from monoscope.sae.sharded import ShardedTopKSAE, check_shardable, shard_of
 from monoscope.sae.step_memory import StepMemory
-from monoscope.train.sharded import apply_sharded_gradients
 from monoscope.train.step import apply_gradients
 
 TOLERANCE = 1e-5
@@ -130,7 +129,7 @@ def adam_differences(world: World, out: Path) -> dict[str, float]:
         sae.after_optimizer_step()
         mine = sharded.training_step(batch, 1 / 32, dead[_span(sharded)])
         mine.loss.backward()
-        apply_sharded_gradients(sharded, optimizers[1], mine, CLIP)
+        apply_gradients(sharded, optimizers[1], mine, CLIP)
         sharded.after_optimizer_step()
     differences = {
         f"trained {name}": _max_difference(getattr(sharded, name), _slice_of(name, p, sharded))
