@@ -89,7 +89,7 @@ class JumpReLUSAE(SparseAutoencoder):
     short_run_recipe = TrainingDefaults(
         lr=1e-3, coefficient=0.5, adam_beta1=0.9, lr_warmup_fraction=0.0, b_dec_init="zero"
     )
-    # Not re-decided at 2M tokens (docs/LOG.md).
+    # At 2M tokens neither recipe is sparse without --target-l0 (docs/LOG.md, 2026-12-07).
     training_defaults = short_run_recipe
 
     def __init__(self, cfg: SAEConfig) -> None:

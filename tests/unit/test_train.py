@@ -39,8 +39,10 @@ def test_schedules_follow_the_recipe():
 def test_architecture_defaults_and_overrides():
     topk, relu = TrainConfig(arch="topk").resolved(), TrainConfig(arch="relu").resolved()
     assert (topk.lr, topk.adam_beta1, topk.lr_warmup_fraction) == (4e-3, 0.8, 0.1)
-    assert (relu.lr, relu.adam_beta1, relu.lr_warmup_fraction) == (5e-5, 0.9, 0)
-    assert (topk.decoder_lr_multiple, relu.decoder_lr_multiple) == (1.0, 1.0)
+    assert (relu.lr, relu.adam_beta1, relu.lr_warmup_fraction) == (2e-3, 0.9, 0)
+    assert (topk.decoder_lr_multiple, relu.decoder_lr_multiple) == (1.0, 5.0)
+    relu_paper = TrainConfig(arch="relu", recipe="paper").resolved()
+    assert (relu_paper.lr, relu_paper.coefficient, relu_paper.b_dec_init) == (5e-5, 5.0, "zero")
     short_run = TrainConfig(arch="topk", recipe="short-run").resolved()
     assert (short_run.decoder_lr_multiple, short_run.adam_basis) == (4.0, "eigen")
     assert (topk.adam_basis, relu.adam_basis) == ("eigen", "standard")
@@ -48,9 +50,9 @@ def test_architecture_defaults_and_overrides():
     assert TrainConfig(arch="topk", adam_basis="standard").resolved().adam_basis == "standard"
     with pytest.raises(ValueError, match="--adam-basis must be eigen or standard"):
         TrainConfig(adam_basis="pca")
-    assert (topk.idle_momentum, relu.idle_momentum) == ("reset", "keep")
+    assert (topk.idle_momentum, relu.idle_momentum) == ("reset", "reset")
     assert TrainConfig(arch="batchtopk").resolved().idle_momentum == "keep"
-    assert TrainConfig(arch="relu", idle_momentum="reset").resolved().idle_momentum == "reset"
+    assert TrainConfig(arch="relu", idle_momentum="keep").resolved().idle_momentum == "keep"
     with pytest.raises(ValueError, match="--idle-momentum must be reset or keep"):
         TrainConfig(idle_momentum="lazy")
     assert (topk.k, TrainConfig(k=8).resolved().k, relu.k) == (32, 8, None)
@@ -112,7 +114,7 @@ def test_the_defaults_live_on_the_architectures_and_the_help_shows_them():
             assert resolved.lr == defaults.lr_for(9216), (cls.arch, recipe)
             assert resolved.resolved() == resolved  # nothing left to resolve
     assert (
-        TrainConfig.default_help("lr") == "relu 5e-05, topk 0.004, batchtopk 0.0025, jumprelu 0.001"
+        TrainConfig.default_help("lr") == "relu 0.002, topk 0.004, batchtopk 0.0025, jumprelu 0.001"
     )
     assert TrainConfig.default_help("k") == "topk 32, batchtopk 32"
     assert TrainConfig.default_help("seed") is None
@@ -506,7 +508,8 @@ def test_a_finite_but_exploding_loss_also_stops_the_run(low_rank_npy, tmp_path):
 
 def test_target_l0_steers_relu_sparsity(low_rank_npy, tmp_path):
     # At this fixed coefficient L0 stays near 45-50 (measured); the controller must pull it down.
-    options = dict(arch="relu", tokens=256 * 150, lr=3e-3, coefficient=0.05, warmup_fraction=0.0)
+    options = dict(arch="relu", recipe="paper", tokens=256 * 150, lr=3e-3, coefficient=0.05)
+    options |= dict(warmup_fraction=0.0)
     run(cfg(low_rank_npy, tmp_path / "sae", target_l0=25.0, **options))
     late = [row["l0"] for row in read_log(tmp_path / "sae")[-10:]]
     assert 20.0 < sum(late) / len(late) < 32.0
@@ -763,8 +766,8 @@ def test_b_dec_starts_where_the_config_says(low_rank_npy, tmp_path):
 
     source = open_source(low_rank_npy)
     for arch, b_dec_init, moved in [
-        ("relu", None, False),
-        ("relu", "median", True),
+        ("relu", None, True),  # the default recipe's median (the paper's: zero)
+        ("relu", "zero", False),
         ("topk", None, True),
     ]:
         config = cfg(low_rank_npy, tmp_path / "x", arch=arch, b_dec_init=b_dec_init)
