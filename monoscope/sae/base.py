@@ -313,8 +313,7 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
 
     @torch.no_grad()
     def load_weights(self, tensors: dict[str, Tensor], source: str) -> None:
-        """Make `tensors` the parameters (cast to their dtype; the read tensors are taken, not
-        copied, so a large SAE is held once); missing, extra or misshapen keys are named."""
+        """Copy `tensors` into the parameters; missing, extra or misshapen keys are named."""
         expected = self.state_dict()
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
@@ -330,8 +329,8 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
                     f"{list(target.shape)} (d_in={self.cfg.d_in}, "
                     f"n_features={self.cfg.n_features})"
                 )
-        cast = {key: tensors[key].to(target.dtype) for key, target in expected.items()}
-        self.load_state_dict(cast, assign=True)
+            # A copy, not the tensor read: safetensors maps the file, which may change later.
+            target.copy_(tensors[key])
 
     def extra_repr(self) -> str:
         c = self.cfg

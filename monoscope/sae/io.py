@@ -56,8 +56,7 @@ def load_monoscope(folder: str | Path, verify: bool | None = None) -> SparseAuto
         cfg = SAEConfig.from_json(raw)
     except (ValueError, TypeError) as err:
         raise SAEFormatError(f"{folder / CONFIG_FILE}: {err}") from err
-    with torch.device("meta"):  # no memory: the weights read are assigned to it
-        sae = empty_sae(cfg)
+    sae = empty_sae(cfg)
     sae.load_weights(read_tensors(folder / WEIGHTS_FILE, checks), str(folder / WEIGHTS_FILE))
     return sae
 
