@@ -151,7 +151,8 @@ class TrainConfig:
     nproc: int = 1
     """Data-parallel processes: `monoscope train --nproc N` starts N with torchrun (gloo
     between CPUs, NCCL between GPUs), each taking 1/N of every batch (the same SAE as one
-    process, within rounding). Under torchrun, the number it started."""
+    process, within rounding). Under torchrun leave it out: torchrun's parser reads --nproc as
+    its own --nproc-per-node."""
     prefetch: int | None = None
     """Batches read ahead on a background thread (pinned and copied asynchronously to CUDA);
     unset: 2 on an accelerator, 0 on the CPU (a thread there takes cores from the step)."""
