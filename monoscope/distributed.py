@@ -6,7 +6,9 @@ every helper here then does nothing, so single-process code paths stay as they a
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,27 @@ def leave() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: torch.device) -> Iterator[World]:
+    """In the process group torchrun's environment describes, joined here unless it already
+    was (then left as it is). Leaving after success waits for every process first: one that
+    tears down its connections while another still closes its own has aborted the latter
+    ("terminate called without an active exception"). After an error there is no wait: the
+    others may be gone."""
+    world = launched_world()
+    owns = world.distributed and not dist.is_initialized()
+    join(device)
+    try:
+        yield world
+    except BaseException:
+        if owns:
+            leave()
+        raise
+    if owns:
+        dist.barrier()
+        leave()
 
 
 def barrier() -> None:

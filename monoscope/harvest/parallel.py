@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import torch
-import torch.distributed as dist
 
 from monoscope.artifacts import read_sealed_json, sha256_file
-from monoscope.distributed import World, all_reduce_sum_, broadcast_object, join, leave
+from monoscope.distributed import World, all_reduce_sum_, broadcast_object, joined
 from monoscope.harvest.config import HarvestConfig
 from monoscope.harvest.forward import ShardMaker, fill, progress_bar
 from monoscope.harvest.manifest import check_inputs, finish, open_store, say_complete
@@ -71,13 +70,8 @@ class Together:
 def run_in_world(cfg: HarvestConfig, lm: LanguageModel | None, world: World) -> ActivationStore:
     """Harvest as `cfg` says with the other processes of `world` (joined here if needed)."""
     device = lm.device if lm is not None else process_device(cfg.device, world)
-    joined_here = not dist.is_initialized()
-    join(device)
-    try:
+    with joined(device):
         return _harvest(cfg, lm, Together(world, device))
-    finally:
-        if joined_here:
-            leave()
 
 
 def process_device(name: str, world: World) -> torch.device:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from monoscope.distributed import World, join, launched_world, leave
+from monoscope.distributed import World, joined, launched_world
 from monoscope.plan import check_fits
 from monoscope.runtime import resolve_device
 from monoscope.sae import SparseAutoencoder, TrainStep
@@ -130,13 +130,8 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     world = launched_world()
     _check_world(cfg, world)
     device = training_device(cfg.device, world)
-    owns_group = world.distributed and not torch.distributed.is_initialized()
-    join(device)
-    try:
+    with joined(device):
         return _run(cfg, world, device)
-    finally:
-        if owns_group:
-            leave()
 
 
 def training_device(name: str, world: World) -> torch.device:
