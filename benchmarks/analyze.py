@@ -66,17 +66,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def accumulator(n_features: int, neighbour_index: torch.Tensor) -> Accumulator:
-    cfg = AnalyzeConfig()
-    return Accumulator(
-        n_features,
-        top_n=cfg.top_n,
-        n_quantiles=cfg.n_quantiles,
-        quantile_examples=cfg.quantile_examples,
-        random_examples=cfg.random_examples,
-        n_bins=cfg.n_bins,
-        seed=cfg.seed,
-        neighbour_index=neighbour_index,
-    )
+    return Accumulator.for_config(AnalyzeConfig(), n_features, neighbour_index)
 
 
 def timed(fn, *args):

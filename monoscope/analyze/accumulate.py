@@ -62,16 +62,8 @@ def state_bytes_per_feature(cfg: AnalyzeConfig) -> int:
     times n_features plus a constant; see the module docstring), measured on the tensors."""
 
     def size(n: int) -> int:
-        acc = Accumulator(
-            n,
-            top_n=cfg.top_n,
-            n_quantiles=cfg.n_quantiles,
-            quantile_examples=cfg.quantile_examples,
-            random_examples=cfg.random_examples,
-            n_bins=cfg.n_bins,
-            seed=cfg.seed,
-            neighbour_index=torch.zeros(n, cfg.neighbours, dtype=torch.int64),
-        )
+        neighbours = torch.zeros(n, cfg.neighbours, dtype=torch.int64)
+        acc = Accumulator.for_config(cfg, n, neighbours)
         return sum(t.nbytes for t in acc.state.values())
 
     return size(2) - size(1)
@@ -97,6 +89,27 @@ class Accumulator:
     AnalyzeConfig); neighbour_index [n_features, k] int64 lists the neighbours whose
     co-occurrence is counted (k may be 0); `cache`, if given, receives every batch's entries.
     """
+
+    @classmethod
+    def for_config(
+        cls,
+        cfg: AnalyzeConfig,
+        n_features: int,
+        neighbour_index: Tensor,
+        cache: CodeCache | None = None,
+    ) -> Accumulator:
+        """An accumulator with `cfg`'s options (see the class's)."""
+        return cls(
+            n_features,
+            top_n=cfg.top_n,
+            n_quantiles=cfg.n_quantiles,
+            quantile_examples=cfg.quantile_examples,
+            random_examples=cfg.random_examples,
+            n_bins=cfg.n_bins,
+            seed=cfg.seed,
+            neighbour_index=neighbour_index,
+            cache=cache,
+        )
 
     def __init__(
         self,

@@ -154,16 +154,8 @@ class _Analysis:
                 with self.conn:
                     schema.write_meta(self.conn, neighbour_search=search)
         self.cache = CodeCache(n, self.cfg.cache_entries)
-        self.acc = Accumulator(
-            n,
-            top_n=self.cfg.top_n,
-            n_quantiles=self.cfg.n_quantiles,
-            quantile_examples=self.cfg.quantile_examples,
-            random_examples=self.cfg.random_examples,
-            n_bins=self.cfg.n_bins,
-            seed=self.cfg.seed,
-            neighbour_index=self.neighbours[0][:, : self.cfg.neighbours],
-            cache=self.cache,
+        self.acc = Accumulator.for_config(
+            self.cfg, n, self.neighbours[0][:, : self.cfg.neighbours], self.cache
         )
         if saved is not None:
             self.cache.load_state({k: saved.pop(k) for k in list(saved) if k.startswith("cache_")})

@@ -117,16 +117,8 @@ def test_feature_neighbours_chooses_the_search_by_size_and_skips_k_zero():
 
 
 def accumulator(n_features: int, cfg: AnalyzeConfig) -> Accumulator:
-    return Accumulator(
-        n_features,
-        top_n=cfg.top_n,
-        n_quantiles=cfg.n_quantiles,
-        quantile_examples=cfg.quantile_examples,
-        random_examples=cfg.random_examples,
-        n_bins=cfg.n_bins,
-        seed=cfg.seed,
-        neighbour_index=torch.zeros(n_features, cfg.neighbours, dtype=torch.int64),
-    )
+    neighbours = torch.zeros(n_features, cfg.neighbours, dtype=torch.int64)
+    return Accumulator.for_config(cfg, n_features, neighbours)
 
 
 def state_bytes(acc: Accumulator) -> int:
