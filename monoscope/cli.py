@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import nullcontext
 
@@ -381,7 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; its exit code. A process torchrun started ends here, at once."""
+    code = _run_command(sys.argv[1:] if argv is None else argv)
+    from monoscope.distributed import launched_world
+
+    if launched_world().distributed:
+        # Past the work (the process group already left): skip the interpreter's teardown,
+        # where gloo's worker threads have aborted a finished process (SIGABRT) now and then.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --nproc` starts the same command in several processes
     from transformers.utils import logging as hf_logging
