@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from monoscope.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -43,6 +45,15 @@ def launched_world() -> World:
     if not 0 <= rank < size:
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={size}")
     return World(rank, size, local)
+
+
+def process_device(name: str, world: World) -> torch.device:
+    """The device `--device NAME` means for this process: 'cuda' (or 'auto' on a CUDA
+    machine) is the process's own GPU, cuda:LOCAL_RANK, when torchrun started several."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank if world.distributed else 0)
+    return device
 
 
 def backend_for(device: torch.device) -> str:

@@ -21,7 +21,13 @@ from typing import Any, TypeVar, cast
 import torch
 
 from monoscope.artifacts import read_sealed_json, sha256_file
-from monoscope.distributed import World, all_reduce_sum_, broadcast_object, joined
+from monoscope.distributed import (
+    World,
+    all_reduce_sum_,
+    broadcast_object,
+    joined,
+    process_device,
+)
 from monoscope.harvest.config import HarvestConfig
 from monoscope.harvest.forward import ShardMaker, fill, progress_bar
 from monoscope.harvest.manifest import check_inputs, finish, open_store, say_complete
@@ -29,7 +35,6 @@ from monoscope.harvest.plan import plan_shards
 from monoscope.harvest.records import record_in_entry_file, settle_entries
 from monoscope.harvest.store import MANIFEST, ActivationStore, StoreError
 from monoscope.models import LanguageModel, load_model
-from monoscope.runtime import resolve_device
 
 T = TypeVar("T")
 
@@ -72,14 +77,6 @@ def run_in_world(cfg: HarvestConfig, lm: LanguageModel | None, world: World) -> 
     device = lm.device if lm is not None else process_device(cfg.device, world)
     with joined(device):
         return _harvest(cfg, lm, Together(world, device))
-
-
-def process_device(name: str, world: World) -> torch.device:
-    """The device `--device` means for this process: 'cuda' is the process's own GPU."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", world.local_rank)
-    return device
 
 
 def _harvest(cfg: HarvestConfig, lm: LanguageModel | None, together: Together) -> ActivationStore:

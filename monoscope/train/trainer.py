@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from monoscope.distributed import World, joined, launched_world
+from monoscope.distributed import World, joined, launched_world, process_device
 from monoscope.plan import check_fits
-from monoscope.runtime import resolve_device
 from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
@@ -129,17 +128,9 @@ def run(cfg: TrainConfig) -> SparseAutoencoder:
     require_backend(cfg.logger)  # a missing optional package fails before anything is done
     world = launched_world()
     _check_world(cfg, world)
-    device = training_device(cfg.device, world)
+    device = process_device(cfg.device, world)
     with joined(device):
         return _run(cfg, world, device)
-
-
-def training_device(name: str, world: World) -> torch.device:
-    """The device `--device` names; a CUDA process of several takes cuda:LOCAL_RANK."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", world.local_rank if world.distributed else 0)
-    return device
 
 
 def _check_world(cfg: TrainConfig, world: World) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import monoscope
 
 LAYERS = [
-    {"artifacts", "runtime", "folders", "distributed"},
-    {"plotting", "config_args", "web"},
+    {"artifacts", "runtime", "folders"},
+    {"plotting", "config_args", "web", "distributed"},
     {"models", "data"},
     {"harvest"},
     {"sae"},
