@@ -121,3 +121,13 @@ def broadcast_object(value: object, source: int = 0) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=source)
     return box[0]
+
+
+def gather_objects(value: object) -> list[object]:
+    """Every process's `value`, in rank order, on every process (as `broadcast_object`:
+    values this program made, never data read from files)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    box: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(box, value)
+    return box

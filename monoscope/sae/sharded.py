@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -51,24 +51,30 @@ SLICED = ("W_enc", "b_enc", "W_dec")
 
 def check_shardable(cfg: SAEConfig, processes: int) -> None:
     """ValueError for an SAE that cannot be split by features over `processes`."""
-    if cfg.arch != "topk":
-        raise ValueError(f"--shard-features trains topk SAEs only, not {cfg.arch}")
-    if cfg.n_features % processes:
+    check_shardable_run(cfg.arch, cfg.n_features, cfg.k or 0, processes, cfg.compute_dtype)
+    if cfg.input_norm != "none" or cfg.skip_connection:
+        raise ValueError("--shard-features trains SAEs without input_norm or skip connection")
+
+
+def check_shardable_run(
+    arch: str, n_features: int, k: int, processes: int, compute_dtype: str = "float32"
+) -> None:
+    """ValueError for a training run that cannot split its dictionary over `processes`, naming
+    what to change."""
+    if arch != "topk":
+        raise ValueError(f"--shard-features trains topk SAEs only, not {arch}")
+    if n_features % processes:
         raise ValueError(
-            f"{cfg.n_features} features do not split into {processes} equal slices: use a "
+            f"{n_features} features do not split into {processes} equal slices: use a "
             f"multiple of {processes} (--features)"
         )
-    assert cfg.k is not None  # SAEConfig requires k of a topk SAE
-    if cfg.n_features // processes < cfg.k:
+    if n_features // processes < k:
         raise ValueError(
-            f"--k {cfg.k} is more than a slice of {cfg.n_features // processes} features "
-            f"({cfg.n_features} over {processes} processes): use fewer processes or more features"
+            f"--k {k} is more than a slice of {n_features // processes} features "
+            f"({n_features} over {processes} processes): use fewer processes or more features"
         )
-    if cfg.compute_dtype != "float32" or cfg.input_norm != "none" or cfg.skip_connection:
-        raise ValueError(
-            "--shard-features trains with compute_dtype float32, no input_norm and no skip "
-            "connection"
-        )
+    if compute_dtype != "float32":
+        raise ValueError("--shard-features trains with --compute-dtype float32")
 
 
 class _IntoShards(torch.autograd.Function):
@@ -102,6 +108,7 @@ class ShardedTopKSAE(nn.Module):
     """
 
     local: TopKSAE
+    sparsity: ClassVar[str] = TopKSAE.sparsity
     step_memory: StepMemory | None = None
     """As `SparseAutoencoder.step_memory`: set, W_enc's gradient is left to be formed after
     W_dec's step (`TrainStep.deferred`; monoscope.train.step.apply_gradients)."""
@@ -382,11 +389,18 @@ class ShardedTopKSAE(nn.Module):
             whole.save(folder)
 
 
-def shard_of(sae: SparseAutoencoder, world: World) -> ShardedTopKSAE:
-    """This process's slice of the whole TopK `sae` (on its device), for `world`."""
+Trainable = SparseAutoencoder | ShardedTopKSAE
+"""What the trainer steps: one process's whole SAE, or its slice of a sharded one."""
+
+
+def shard_of(
+    sae: SparseAutoencoder, world: World, device: torch.device | None = None
+) -> ShardedTopKSAE:
+    """This process's slice of the whole TopK `sae`, on `device` (default: the SAE's): only
+    the slice is copied there."""
     if not isinstance(sae, TopKSAE):
         raise ValueError(f"--shard-features trains topk SAEs only, not {sae.cfg.arch}")
-    sharded = ShardedTopKSAE(sae.cfg, world).to(sae.W_enc.device)
+    sharded = ShardedTopKSAE(sae.cfg, world).to(device or sae.W_enc.device)
     span = slice(sharded.offset, sharded.offset + sharded.width)
     with torch.no_grad():
         sharded.W_enc.copy_(sae.W_enc[:, span])

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monoscope.sae import SparseAutoencoder
 from monoscope.sae.base import covariance_eigh
+from monoscope.sae.sharded import Trainable
 
 EIGEN_DIRECTIONS = 128
 """Leading eigen-directions turned onto axes (all of them when d_in <= 2 x this)."""
@@ -87,7 +87,7 @@ class Rotation:
 
 
 @torch.no_grad()
-def rotate_sae(sae: SparseAutoencoder, q: Tensor) -> None:
+def rotate_sae(sae: Trainable, q: Tensor) -> None:
     """Express `sae` in the coordinates x' = x @ q, in place; `q.T` undoes it."""
     sae.W_dec.copy_(sae.W_dec @ q)
     sae.W_enc.copy_(q.T @ sae.W_enc)

@@ -4,6 +4,11 @@
 dead-latent counters; `checkpoint.json` holds the step, the scalar state and the name and sha256 of
 that tensor file. Both are written atomically, tensors first, so the JSON never points at a file
 that is not whole; older tensor files are removed only after the JSON moved on.
+
+A feature-sharded run (`--shard-features`) holds different tensors in each process: process r
+of N writes `checkpoint-<step>-<r>of<N>.safetensors`, and `checkpoint.json` (process 0's, once
+every file is whole) lists each file with its sha256. Such a checkpoint resumes in N processes
+only.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from monoscope.artifacts import (
+    CorruptFileError,
     atomic_write_bytes,
     read_sealed_json,
     sha256_bytes,
     write_sealed_json,
 )
-from monoscope.sae import SparseAutoencoder
+from monoscope.distributed import World, barrier, gather_objects
+from monoscope.sae.sharded import Trainable
 from monoscope.train.average import WeightAverage
 from monoscope.train.basis import Rotation
 from monoscope.train.dead import DeadLatentTracker
@@ -57,48 +64,85 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[di
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(folder: Path, state: TrainingState) -> None:
+def save_checkpoint(folder: Path, state: TrainingState, shard: World | None = None) -> None:
+    """Write `state` as the checkpoint in `folder`; with `shard` (a feature-sharded run's
+    world), this process's part of it (every process must call this)."""
     data = save_bytes({k: v.detach().cpu().contiguous() for k, v in state.tensors.items()})
-    name = f"checkpoint-{state.step:08d}.safetensors"
+    if shard is None:
+        name = f"checkpoint-{state.step:08d}.safetensors"
+        atomic_write_bytes(folder / name, data)
+        pointer = {"file": name, "sha256": sha256_bytes(data)}
+        write_sealed_json(folder / POINTER, {"step": state.step, **pointer, **state.scalars})
+        _remove_older(folder, "checkpoint-*.safetensors", name)
+        return
+    suffix = f"{shard.rank}of{shard.size}.safetensors"
+    name = f"checkpoint-{state.step:08d}-{suffix}"
     atomic_write_bytes(folder / name, data)
-    write_sealed_json(
-        folder / POINTER,
-        {"step": state.step, "file": name, "sha256": sha256_bytes(data), **state.scalars},
-    )
-    for old in folder.glob("checkpoint-*.safetensors"):
-        if old.name != name:
+    shards = gather_objects({"file": name, "sha256": sha256_bytes(data)})
+    if shard.is_main:
+        write_sealed_json(folder / POINTER, {"step": state.step, "shards": shards, **state.scalars})
+    barrier()  # each older file stays until the pointer has moved on from it
+    _remove_older(folder, f"checkpoint-*-{suffix}", name)
+
+
+def _remove_older(folder: Path, pattern: str, kept: str) -> None:
+    for old in folder.glob(pattern):
+        if old.name != kept:
             old.unlink()
 
 
-def load_checkpoint(folder: Path) -> TrainingState | None:
-    """The latest checkpoint in `folder`, or None; a corrupt one is an error, not ignored."""
+def load_checkpoint(folder: Path, shard: World | None = None) -> TrainingState | None:
+    """The latest checkpoint in `folder` (with `shard`, this process's part of a feature-sharded
+    run's), or None; a corrupt one is an error, not ignored; one of another layout is refused."""
     pointer = folder / POINTER
     if not pointer.exists():
         return None
     try:
         meta = read_sealed_json(pointer)
-        data = (folder / meta["file"]).read_bytes()
-    except (ValueError, OSError, KeyError, TypeError) as err:
+        entry = _own_entry(meta, shard, folder)
+        data = (folder / entry["file"]).read_bytes()
+    except (CorruptFileError, OSError, KeyError, TypeError) as err:
         raise RuntimeError(
             f"checkpoint {pointer} cannot be read ({type(err).__name__}: {err}); "
             "pass --overwrite to start over"
         ) from err
-    if sha256_bytes(data) != meta["sha256"]:
+    if sha256_bytes(data) != entry["sha256"]:
         raise RuntimeError(
-            f"checkpoint {folder / meta['file']} does not match its sha256; "
+            f"checkpoint {folder / entry['file']} does not match its sha256; "
             "pass --overwrite to start over"
         )
     step = meta.pop("step")
-    for key in ("file", "sha256"):
-        meta.pop(key)
+    for key in ("file", "sha256", "shards"):
+        meta.pop(key, None)
     return TrainingState(step, meta, load_bytes(data))
+
+
+def _own_entry(meta: dict, shard: World | None, folder: Path) -> dict:
+    """The {file, sha256} of this process's tensors in the pointer `meta`; ValueError when the
+    checkpoint's layout is not this run's."""
+    shards = meta.get("shards")
+    if shards is None:
+        if shard is not None:
+            raise ValueError(
+                f"{folder} holds a checkpoint of a run without --shard-features: resume it "
+                "without, or pass --overwrite to start over"
+            )
+        return meta
+    if shard is None or len(shards) != shard.size:
+        processes = f"{len(shards)} process{'es' * (len(shards) != 1)}"
+        raise ValueError(
+            f"{folder} holds a checkpoint of a run with --shard-features in {processes}: "
+            "resume it so, or pass --overwrite to start over"
+        )
+    entry: dict = shards[shard.rank]
+    return entry
 
 
 @dataclass
 class RunParts:
     """Every piece of a run's mutable state, which a checkpoint holds."""
 
-    sae: SparseAutoencoder
+    sae: Trainable
     opt: torch.optim.Optimizer
     tracker: DeadLatentTracker
     controller: L0Controller | None
@@ -118,6 +162,8 @@ class Checkpointer:
     writes: bool = True
     """False in the processes of a data-parallel run other than process 0, which writes for
     all (their states are the same)."""
+    shard: World | None = None
+    """A feature-sharded run's world: every process writes its own part."""
 
     def save(self, step: int) -> None:
         if not self.writes:
@@ -136,7 +182,7 @@ class Checkpointer:
             "controller": p.controller.state() if p.controller else None,
             **self.record,
         }
-        save_checkpoint(self.folder, TrainingState(step, scalars, tensors))
+        save_checkpoint(self.folder, TrainingState(step, scalars, tensors), self.shard)
 
     def restore(self, state: TrainingState) -> int:
         """Load `state` into the parts; its step."""

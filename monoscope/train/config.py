@@ -153,6 +153,10 @@ class TrainConfig:
     between CPUs, NCCL between GPUs), each taking 1/N of every batch (the same SAE as one
     process, within rounding). Under torchrun leave it out: torchrun's parser reads --nproc as
     its own --nproc-per-node."""
+    shard_features: bool = False
+    """Split the dictionary by features over the processes (topk): each holds 1/N of W_enc,
+    b_enc, W_dec and their Adam state and reads every whole batch; the top k is chosen over
+    all slices. For dictionaries too large for one device; resumes in as many processes."""
     prefetch: int | None = None
     """Batches read ahead on a background thread (pinned and copied asynchronously to CUDA);
     unset: 2 on an accelerator, 0 on the CPU (a thread there takes cores from the step)."""

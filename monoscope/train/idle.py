@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from monoscope.sae import SparseAutoencoder
+from monoscope.sae.sharded import Trainable
 
 LATENT_AXES = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "log_threshold": 0}
 """The axis that indexes latents in each per-latent parameter (b_dec is shared by all)."""
@@ -28,7 +28,7 @@ class IdleMomentumReset:
     the latents whose gradient is zero this step. A latent is idle when its b_enc gradient is
     exactly zero: every latent that took part in the batch's loss has b_enc in its path."""
 
-    def __init__(self, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, sae: Trainable, optimizer: torch.optim.Optimizer) -> None:
         self.sae = sae
         self.optimizer = optimizer
         self.entries = [

@@ -58,13 +58,18 @@ def slice_of(batch: Tensor, world: World) -> Tensor:
     return batch[world.rank * rows : (world.rank + 1) * rows].clone()
 
 
-@torch.no_grad()
 def broadcast_parameters(module: torch.nn.Module, tensors: list[Tensor], world: World) -> None:
     """Process 0's parameters, buffers and `tensors`, in every process: a start computed on
     each is the same anyway, but this makes it so whatever the machines' rounding."""
+    broadcast_tensors([*module.state_dict().values(), *tensors], world)
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: list[Tensor], world: World) -> None:
+    """Process 0's `tensors`, in place in every process."""
     if not world.distributed:
         return
-    for tensor in [*module.state_dict().values(), *tensors]:
+    for tensor in tensors:
         dist.broadcast(tensor, src=0)
 
 

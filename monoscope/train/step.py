@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from monoscope.sae.base import SparseAutoencoder, TrainStep
+from monoscope.sae.base import TrainStep
+from monoscope.sae.sharded import Trainable
 from monoscope.sae.sparse import DeferredGradient
 from monoscope.sae.topk import GRADIENT_SLOT
 
@@ -31,7 +32,7 @@ _NORM_EPS = 1e-6  # clip_grad_norm_'s: its factor is max_norm / (norm + 1e-6), a
 
 @torch.no_grad()
 def apply_gradients(
-    sae: SparseAutoencoder,
+    sae: Trainable,
     optimizer: torch.optim.Optimizer,
     result: TrainStep,
     grad_clip: float,
@@ -70,7 +71,7 @@ def apply_gradients(
 
 
 def _under_clip(
-    sae: SparseAutoencoder, deferred: list[tuple[Tensor, DeferredGradient]], grad_clip: float
+    sae: Trainable, deferred: list[tuple[Tensor, DeferredGradient]], grad_clip: float
 ) -> bool:
     """Whether the whole SAE's gradient norm is surely below the point where clipping scales
     (with a margin for the rounding of the norms, which clip_grad_norm_ sums its own way)."""

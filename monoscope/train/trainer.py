@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from monoscope.distributed import World, joined, launched_world, process_device
+from monoscope.distributed import World, all_reduce_sum_, joined, launched_world, process_device
 from monoscope.plan import check_fits
 from monoscope.sae import SparseAutoencoder, TrainStep
+from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run, shard_of
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
@@ -39,6 +40,7 @@ from monoscope.train.outdir import prepare_out, removed_if_failed_early
 from monoscope.train.parallel import (
     agreed_stop,
     broadcast_parameters,
+    broadcast_tensors,
     check_data_parallel,
     run_on_main,
     share_batches,
@@ -124,7 +126,10 @@ def train(acts: str | Path, out: str | Path, **options: Any) -> SparseAutoencode
 
 def run(cfg: TrainConfig) -> SparseAutoencoder:
     """Train an SAE as `cfg` says; resume from the checkpoint at cfg.out if there is one.
-    Started by torchrun, each process trains on its slice of every batch (parallel.py)."""
+    Started by torchrun, each process trains on its slice of every batch (parallel.py), or
+    with cfg.shard_features on every batch with its slice of the dictionary (sae/sharded.py):
+    then process 0 returns the whole SAE and the others their slices, as TopK SAEs of F/N
+    features."""
     require_backend(cfg.logger)  # a missing optional package fails before anything is done
     world = launched_world()
     _check_world(cfg, world)
@@ -142,7 +147,10 @@ def _check_world(cfg: TrainConfig, world: World) -> None:
         )
     if world.distributed and cfg.nproc not in (1, world.size):
         raise ValueError(f"--nproc {cfg.nproc}, but torchrun started {world.size} processes")
-    check_data_parallel(world, cfg.arch, cfg.batch_size, bool(cfg.stream_model))
+    if not cfg.shard_features:
+        check_data_parallel(world, cfg.arch, cfg.batch_size, bool(cfg.stream_model))
+    elif cfg.stream_model:
+        raise ValueError("--shard-features trains from a store (--acts), not --stream-model")
 
 
 def _run(cfg: TrainConfig, world: World, device: torch.device) -> SparseAutoencoder:
@@ -163,6 +171,10 @@ def _run(cfg: TrainConfig, world: World, device: torch.device) -> SparseAutoenco
     if total_steps < 1:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
     _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
+    if cfg.shard_features:
+        resolved = cfg.resolved(cfg.n_features(source.d))
+        k = resolved.k or DEFAULT_K
+        check_shardable_run(cfg.arch, cfg.n_features(source.d), k, world.size, cfg.compute_dtype)
     _check_fits(cfg, source.d, device, world)
     out = Path(cfg.out)
     # Process 0 owns the folder: it prepares it (the others wait) and writes every file.
@@ -183,7 +195,7 @@ def _train(
     median = source.median_norm()
     limit = requested.outlier_multiple
     max_norm = limit * median if limit > 0 else None
-    state = load_checkpoint(out)
+    state = load_checkpoint(out, world if requested.shard_features else None)
     data_id = source.fingerprint()
     if state is None:
         start = new_start(requested, source, max_norm)
@@ -196,33 +208,54 @@ def _train(
         "resolved_defaults": cfg.resolved_defaults(),
         "data_fingerprint": data_id,
     }
-    checkpointer = Checkpointer(out, parts, record, writes=world.is_main)
+    sharded = isinstance(parts.sae, ShardedTopKSAE)
+    writes = world.is_main or sharded
+    checkpointer = Checkpointer(out, parts, record, writes, world if sharded else None)
     first = 0
     if state is not None:
         first = checkpointer.restore(state)
         if cfg.progress:
             print(f"resuming {out} at step {first} of {total_steps}", file=sys.stderr)
     _loop(parts, cfg, source, max_norm, range(first, total_steps), checkpointer, world)
-    parts.sae.cfg.training = _summary(parts, cfg, source, total_steps, median, max_norm)
-    parts.sae.cfg.training["processes"] = world.size
+    summary = _summary(parts, cfg, source, total_steps, median, max_norm, world)
+    parts.sae.cfg.training = summary | {"processes": world.size}
     _final_weights(parts)
-    sae = parts.sae
-    sae.batch_shares = type(sae).batch_shares  # the class's: one process's batches again
+    sae = _whole(parts.sae)
     # Adam's state (twice the weights) and the average's copy are not needed any more: the
     # refit's memory is.
     del parts, checkpointer, start
-    if not world.is_main:  # process 0 refits and saves the SAE every process holds
+    if not world.is_main:  # process 0 refits and saves the SAE (it alone holds all of it)
         return sae.eval()
     return _finish(sae, cfg, source, max_norm, total_steps)
 
 
+def _whole(trained: Trainable) -> SparseAutoencoder:
+    """The trained SAE as one process's SAE: a sharded one gathered in process 0 (in the
+    others, their own slice)."""
+    if not isinstance(trained, ShardedTopKSAE):
+        trained.batch_shares = type(trained).batch_shares  # one process's batches again
+        return trained
+    whole = trained.gathered()
+    if whole is not None:
+        return whole
+    trained.local.cfg.training = trained.cfg.training
+    return trained.local
+
+
 def _parts(start: Start, total_steps: int, device: torch.device, world: World) -> RunParts:
-    """The SAE on `device`, the optimizer and the run's other state, as the new run starts
-    them (in every process alike)."""
-    sae, cfg = start.sae.to(device), start.cfg
+    """The SAE on `device` (with --shard-features, this process's slice of it), the optimizer
+    and the run's other state, as the new run starts them (in every process alike)."""
+    cfg = start.cfg
     rotation = None if start.rotation is None else start.rotation.to(device)
-    broadcast_parameters(sae, [] if rotation is None else list(rotation.tensors().values()), world)
-    share_batches(sae, world)
+    rotated = [] if rotation is None else list(rotation.tensors().values())
+    sae: Trainable
+    if cfg.shard_features:
+        sae = shard_of(start.sae, world, device)  # only the slice reaches the device
+        broadcast_tensors([sae.b_dec.data, *rotated], world)  # what every process shares
+    else:
+        sae = start.sae.to(device)
+        broadcast_parameters(sae, rotated, world)
+        share_batches(sae, world)
     # start.cfg is resolved: the architecture's defaults are written out.
     assert cfg.lr is not None and cfg.adam_beta1 is not None and cfg.coefficient is not None
     groups: list[dict[str, Any]] = [
@@ -237,7 +270,8 @@ def _parts(start: Start, total_steps: int, device: torch.device, world: World) -
         if cfg.weight_average
         else None
     )
-    tracker = DeadLatentTracker(sae.cfg.n_features, cfg.dead_window, device)
+    features = sae.width if isinstance(sae, ShardedTopKSAE) else sae.cfg.n_features
+    tracker = DeadLatentTracker(features, cfg.dead_window, device)
     return RunParts(sae, opt, tracker, controller, average, rotation)
 
 
@@ -259,7 +293,8 @@ def _loop(
             out / "train_log.jsonl", cfg.logger, resume_step=steps.start, config=asdict(cfg)
         )
     device = parts.sae.W_dec.device
-    batches = _device_batches(source, cfg, max_norm, steps.start, device, world)
+    sliced = world if not cfg.shard_features else World()  # sharded: every process, all rows
+    batches = _device_batches(source, cfg, max_norm, steps.start, device, sliced)
     bar = tqdm(
         total=total_steps,
         initial=steps.start,
@@ -281,11 +316,12 @@ def _loop(
         stack.callback(batches.close)  # stops a prefetching thread
         for step, x in zip(steps, batches, strict=False):
             result, coefficient = _step(parts, cfg, reset_idle, x, step, total_steps, out, world)
-            rate.count(x.shape[0] * world.size)
+            rate.count(cfg.batch_size)
             bar.update(1)
             logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            dead = _dead_fraction(parts, world) if logged else 0.0  # in every process
             if logger is not None and logged:
-                metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second())
+                metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second(), dead)
                 logger.log(metrics)
                 bar.set_postfix(_postfix(metrics))
             # Gone before the next batch is read, rather than held while it is: one batch
@@ -314,9 +350,9 @@ def _step(
     out: Path,
     world: World,
 ) -> tuple[TrainStep, float]:
-    """One optimizer step on batch x [batch_size / processes, d_in] (rotated in place for the
-    eigenbasis); the step's outcome over the whole batch and the sparsity coefficient it
-    used."""
+    """One optimizer step on batch x [batch_size / processes, d_in] (sharded: [batch_size,
+    d_in]; rotated in place for the eigenbasis); the step's outcome over the whole batch and
+    the sparsity coefficient it used."""
     sae, opt = parts.sae, parts.opt
     # start.cfg is resolved: the architecture's defaults are written out.
     assert cfg.lr is not None and cfg.decay_fraction is not None
@@ -330,17 +366,19 @@ def _step(
     if sae.sparsity == SPARSITY_PENALTY:  # a penalty is warmed up; AuxK's weight is not
         coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
     share = sae.training_step(x, coefficient, dead_mask=parts.tracker.dead_mask)
-    result = summed_step(share, world)  # the whole batch's figures (share itself in one process)
+    # The whole batch's figures: a sharded step's are already (its `fired`, its slice's).
+    sharded = isinstance(sae, ShardedTopKSAE)
+    result = share if sharded else summed_step(share, world)
     _check_diverged(result, cfg.divergence_fvu, step, out)
     share.loss.backward()
     # The gradients are dropped in there, not before the next backward: the next forward
     # (which for relu forms the gradients itself) runs without them alive.
-    summed = sum_gradients if world.distributed else None
+    summed = sum_gradients if world.distributed and not sharded else None
     apply_gradients(sae, opt, share, cfg.grad_clip, reset_idle, sum_gradients=summed)
     sae.after_optimizer_step()
     if parts.average is not None:
         parts.average.update(sae)
-    parts.tracker.update(result.fired, x.shape[0] * world.size)
+    parts.tracker.update(result.fired, cfg.batch_size)
     if parts.controller is not None:
         parts.controller.update(float(result.l0))
     return result, coefficient
@@ -380,8 +418,23 @@ class _Rate:
         return self.tokens / (time.perf_counter() - self.start)
 
 
+def _dead_fraction(parts: RunParts, world: World) -> float:
+    """The fraction of the whole dictionary's latents that are dead (a sharded run's slices'
+    counts summed: every process must call this)."""
+    if not isinstance(parts.sae, ShardedTopKSAE):
+        return parts.tracker.dead_fraction()
+    dead = parts.tracker.dead_mask.sum().view(1).to(torch.float64)
+    return float(all_reduce_sum_(dead)) / parts.sae.cfg.n_features
+
+
 def _metrics(
-    parts: RunParts, cfg: TrainConfig, result: TrainStep, step: int, coefficient: float, rate: float
+    parts: RunParts,
+    cfg: TrainConfig,
+    result: TrainStep,
+    step: int,
+    coefficient: float,
+    rate: float,
+    dead_fraction: float,
 ) -> dict[str, Any]:
     """The line of train_log.jsonl after `step` (counting from 0)."""
     return {
@@ -394,7 +447,7 @@ def _metrics(
         "sparsity": float(result.sparsity),
         "coefficient": coefficient,
         "lr": parts.opt.param_groups[0]["lr"],
-        "dead_fraction": parts.tracker.dead_fraction(),
+        "dead_fraction": dead_fraction,
         "tokens_per_s": round(rate, 1),
     }
 
@@ -417,8 +470,10 @@ def _summary(
     total_steps: int,
     median: float,
     max_norm: float | None,
+    world: World,
 ) -> dict[str, Any]:
-    """What the saved SAE's config records of its training (`SAEConfig.training`)."""
+    """What the saved SAE's config records of its training (`SAEConfig.training`; every
+    process must call this)."""
     return {
         "tokens": total_steps * cfg.batch_size,
         "steps": total_steps,
@@ -439,7 +494,8 @@ def _summary(
         "median_norm": median,
         "max_norm": max_norm,
         "dead_window": cfg.dead_window,
-        "dead_fraction": parts.tracker.dead_fraction(),
+        "dead_fraction": _dead_fraction(parts, world),
+        "shard_features": cfg.shard_features,
         "data": source.description,
         "seed": cfg.seed,
     }
@@ -521,7 +577,8 @@ def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World)
         k=resolved.k or DEFAULT_K,
         arch=cfg.arch,
         compute_dtype=cfg.compute_dtype,
-        can_shard=False,  # train has no --shard-features yet (monoscope/sae/sharded.py)
+        shard_features=cfg.shard_features,
+        can_shard=cfg.arch == "topk",
     )
 
 

@@ -1,6 +1,7 @@
-"""kill -9 of one process of a data-parallel training run (`monoscope train --nproc 2`, which
-starts torchrun): torchrun ends the job, and the same command run again resumes from the last
-checkpoint to the SAE an uninterrupted 2-process run trains, byte for byte."""
+"""kill -9 of one process of a training run in 2 processes (`monoscope train --nproc 2`, which
+starts torchrun), data-parallel or feature-sharded: torchrun ends the job, and the same command
+run again resumes from the last checkpoint (for a sharded run, each process's part of it) to
+the SAE an uninterrupted 2-process run trains, byte for byte."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def acts(tmp_path_factory) -> Path:
     return path
 
 
-def train_args(acts: Path, out: Path) -> list[str]:
+LAYOUTS = {"data-parallel": [], "feature-sharded": ["--shard-features"]}
+
+
+def train_args(acts: Path, out: Path, layout: str) -> list[str]:
     """30 steps of 64 tokens in 2 processes, a checkpoint every 4."""
     return [
         "train",
         *("--acts", str(acts), "--out", str(out), "--features", "64", "--k", "4"),
         *("--batch-size", "64", "--tokens", str(64 * 30), "--checkpoint-every", "4"),
-        *("--log-every", "1", "--no-progress", "--nproc", "2"),
+        *("--log-every", "1", "--no-progress", "--nproc", "2", *LAYOUTS[layout]),
     ]
 
 
@@ -83,17 +87,24 @@ def _descends(pid: int, ancestor: int) -> bool:
     return False
 
 
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def layout(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def trained(acts, tmp_path_factory) -> Path:
+def trained(acts, layout, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dp_ref") / "sae"
-    assert finish(start(train_args(acts, out), out.parent)) == 0
+    assert finish(start(train_args(acts, out, layout), out.parent)) == 0
     return out
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_killing_one_process_and_rerunning_gives_the_same_sae(acts, trained, tmp_path, seed):
+def test_killing_one_process_and_rerunning_gives_the_same_sae(
+    acts, layout, trained, tmp_path, seed
+):
     out = tmp_path / "sae"
-    args = train_args(acts, out)
+    args = train_args(acts, out, layout)
     proc = start(args, tmp_path)
     victim_rank, marks = random.Random(seed).choice([0, 1]), random.Random(seed).randint(6, 24)
     deadline = time.monotonic() + TIMEOUT_S

@@ -192,7 +192,7 @@ def test_what_cannot_be_sharded_is_refused():
         check_shardable(cfg, 16)
     with pytest.raises(ValueError, match="trains topk SAEs only, not relu"):
         check_shardable(SAEConfig("relu", D, FEATURES), 2)
-    with pytest.raises(ValueError, match="compute_dtype float32"):
+    with pytest.raises(ValueError, match="--compute-dtype float32"):
         check_shardable(SAEConfig("topk", D, FEATURES, k=K, compute_dtype="bfloat16"), 2)
     batchtopk = SAEConfig("batchtopk", D, FEATURES, k=K)
     with pytest.raises(ValueError, match="trains topk SAEs only, not batchtopk"):

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 from monoscope.cli import main
 from monoscope.distributed import World
 from monoscope.launch import without_nproc
+from monoscope.sae.sharded import check_shardable_run
 from monoscope.sae.shares import BatchShares, total_variance
 from monoscope.train import TrainConfig, run
+from monoscope.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from monoscope.train.parallel import check_data_parallel, slice_of
 from monoscope.train.prefetch import prefetched
 
@@ -168,3 +170,62 @@ def test_a_dictionary_that_cannot_fit_is_refused_before_any_work(acts, tmp_path)
     with pytest.raises(ValueError, match=r"needs [\d,.]+ GiB per rank"):
         run(TrainConfig(acts=str(acts), out=str(out), features="400000000", k=4, batch_size=128))
     assert not out.exists()
+
+
+SHARDED = ["--features", "96", "--batch-size", "128", "--k", "4", "--no-progress"]
+"""96 features: slices of 48 and 32 in 2 and 3 processes."""
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_a_feature_sharded_run_trains_the_sae_one_process_trains(acts, tmp_path, nproc):
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    assert main(["train", "--acts", str(acts), "--out", str(one), *SHARDED]) == 0
+    args = ["train", "--acts", str(acts), "--out", str(sharded), *SHARDED, "--shard-features"]
+    done = _torchrun([*args, "--checkpoint-every", "5"], nproc)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _weights(one), _weights(sharded)
+    assert a.keys() == b.keys()
+    for name in a:  # one ordinary SAE folder, gathered from the slices
+        assert torch.allclose(a[name], b[name], rtol=0, atol=PARITY_TOLERANCE), name
+    logs = [(f / "train_log.jsonl").read_text().splitlines() for f in (one, sharded)]
+    for line_one, line_sharded in zip(*logs, strict=True):
+        got, want = json.loads(line_sharded), json.loads(line_one)
+        for key in ("l0", "dead_fraction", "fvu"):  # the whole dictionary's figures
+            assert got[key] == pytest.approx(want[key], abs=1e-5), key
+    training = json.loads((sharded / "config.json").read_text())["training"]
+    assert training["shard_features"] and training["processes"] == nproc
+    assert not list(sharded.glob("checkpoint*"))
+
+
+def test_what_cannot_shard_its_features_is_refused(acts, tmp_path):
+    def attempt(**options):
+        base = dict(acts=str(acts), out=str(tmp_path / "o"), batch_size=128, progress=False)
+        run(TrainConfig(**(base | dict(shard_features=True) | options)))
+
+    with pytest.raises(ValueError, match="trains topk SAEs only, not relu"):
+        attempt(arch="relu", features="64")
+    with pytest.raises(ValueError, match="--k 40 is more than a slice of 32 features"):
+        check_shardable_run("topk", 96, 40, processes=3)
+    with pytest.raises(ValueError, match="96 features do not split into 5 equal slices"):
+        check_shardable_run("topk", 96, 4, processes=5)
+    with pytest.raises(ValueError, match="from a store"):
+        attempt(stream_model="x", site="blocks.0.hook_resid_post", tokens=256)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_resumes_only_in_the_layout_that_wrote_it(tmp_path):
+    state = TrainingState(4, {"sae": {}}, {"x": torch.ones(3)})
+    save_checkpoint(tmp_path, state, World())  # one process of a sharded run
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == [
+        "checkpoint-00000004-0of1.safetensors"
+    ]
+    assert torch.equal(load_checkpoint(tmp_path, World()).tensors["x"], torch.ones(3))
+    with pytest.raises(ValueError, match="with --shard-features in 1 process: resume it so"):
+        load_checkpoint(tmp_path, World(rank=0, size=2))
+    with pytest.raises(ValueError, match="with --shard-features in 1 process"):
+        load_checkpoint(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    save_checkpoint(plain, state)
+    with pytest.raises(ValueError, match="a run without --shard-features"):
+        load_checkpoint(plain, World())
