@@ -1,8 +1,9 @@
 """Training across processes on this machine's CPUs (issue 24, parts 2 and 3), gloo.
 
 (a) Data parallel: `monoscope train` in one process (MONOSCOPE_THREADS=2) against
-    `torchrun --nproc-per-node 2 -m monoscope train` (MONOSCOPE_THREADS=1 each), same global
-    batch, on a synthetic array (`--tokens` rows x `--d`, sparse codes over random directions
+    `torchrun --nproc-per-node 2 -m monoscope train` (MONOSCOPE_THREADS=1 each), and the same
+    with `--shard-features` (each process its half of the dictionary, every whole batch), same
+    global batch, on a synthetic array (`--tokens` rows x `--d`, sparse codes over random directions
     plus noise, written once into `--work`): topk, `--features` 9216, k 32, batch 4096. The
     tokens/s of each run are read from its train_log.jsonl, over the steps after the first
     `_WARM_STEPS` (the log's rate is cumulative from the loop's start: elapsed = tokens /
@@ -69,11 +70,16 @@ def synthetic_array(path: Path, rows: int, d: int) -> Path:
 
 
 def train_run(
-    acts: Path, out: Path, args: argparse.Namespace, processes: int, threads: int | None = None
+    acts: Path,
+    out: Path,
+    args: argparse.Namespace,
+    processes: int,
+    threads: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> float:
-    """Run `monoscope train` in `processes` processes of `threads` threads (default: the
-    --threads split over them); its steady tokens/s (from its log)."""
-    options = ["--acts", str(acts), "--out", str(out), "--features", str(args.features)]
+    """Run `monoscope train` (with `extra` options) in `processes` processes of `threads`
+    threads (default: the --threads split over them); its steady tokens/s (from its log)."""
+    options = ["--acts", str(acts), "--out", str(out), "--features", str(args.features), *extra]
     options += ["--k", str(args.k), "--batch-size", str(args.batch), "--log-every", "1"]
     options += ["--checkpoint-every", "100000", "--no-progress", "--overwrite"]
     if processes == 1:
@@ -108,27 +114,38 @@ def parity(one: Path, two: Path) -> float:
 
 def throughput(args: argparse.Namespace, work: Path) -> None:
     acts = synthetic_array(work / f"acts-{args.tokens}x{args.d}.npy", args.tokens, args.d)
-    best = {1: 0.0, 2: 0.0}
+    runs = {"1": (1, ()), "2": (2, ()), "2-sharded": (2, ("--shard-features",))}
+    best = dict.fromkeys(runs, 0.0)
     for _ in range(args.repeats):
-        for processes in (1, 2):
-            rate = train_run(acts, work / f"sae-{processes}", args, processes)
-            best[processes] = max(best[processes], rate)
+        for name, (processes, extra) in runs.items():
+            rate = train_run(acts, work / f"sae-{name}", args, processes, extra=extra)
+            best[name] = max(best[name], rate)
     error = parity(work / "sae-1", work / "sae-2")
+    sharded_error = parity(work / "sae-1", work / "sae-2-sharded")
     # The rounding floor: one process again with another thread count (other sums' orders).
     other = 1 if args.threads > 1 else 2
     train_run(acts, work / "sae-1-other-threads", args, 1, threads=other)
     floor = parity(work / "sae-1", work / "sae-1-other-threads")
-    fvu = {n: json.loads(last_line(work / f"sae-{n}" / "train_log.jsonl"))["fvu"] for n in (1, 2)}
+    fvu = {n: json.loads(last_line(work / f"sae-{n}" / "train_log.jsonl"))["fvu"] for n in runs}
     each = max(1, args.threads // 2)
     print(f"\n(a) data parallel: {args.tokens} x {args.d} tokens, {args.features} features, k")
     print(
         f"    {args.k}, batch {args.batch}, {args.threads} threads in all; best of {args.repeats}"
     )
-    print(f"    1 process   x {args.threads} threads: {best[1]:10,.0f} tokens/s")
-    print(f"    2 processes x {each} thread{'s' * (each > 1)}: {best[2]:10,.0f} tokens/s")
-    print(f"    2 / 1: {best[2] / best[1]:.2f}x; largest weight difference {error:.2e}")
+    threads = f"{each} thread{'s' * (each > 1)}"
+    print(f"    1 process   x {args.threads} threads: {best['1']:10,.0f} tokens/s")
+    print(f"    2 processes x {threads}: {best['2']:10,.0f} tokens/s")
+    print(f"    2 / 1: {best['2'] / best['1']:.2f}x; largest weight difference {error:.2e}")
+    print(f"    2 feature-sharded processes x {threads}: {best['2-sharded']:10,.0f} tokens/s")
+    print(
+        f"    sharded / 1: {best['2-sharded'] / best['1']:.2f}x; largest weight difference "
+        f"{sharded_error:.2e}"
+    )
     print(f"    (1 process at {args.threads} against {other} threads: {floor:.2e}, the rounding")
-    print(f"    floor); last step's FVU {fvu[1]:.6f} (1 process), {fvu[2]:.6f} (2)")
+    print(
+        f"    floor); last step's FVU {fvu['1']:.6f} (1 process), {fvu['2']:.6f} (2), "
+        f"{fvu['2-sharded']:.6f} (2 sharded)"
+    )
 
 
 def last_line(path: Path) -> str:
@@ -189,10 +206,7 @@ def train_steps(
         start = time.perf_counter()
         result = sae.training_step(x, 1 / 32, dead)
         result.loss.backward()
-        if world.distributed:
-            apply_gradients(sae, opt, result, 1.0)
-        else:
-            apply_gradients(sae, opt, result, 1.0)
+        apply_gradients(sae, opt, result, 1.0)
         sae.after_optimizer_step()
         times.append(time.perf_counter() - start)
         del result
