@@ -131,3 +131,12 @@ def gather_objects(value: object) -> list[object]:
     box: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(box, value)
     return box
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D `tensor` (of one length in all), end to end in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -33,6 +33,7 @@ the demo workload (4: candidates cost more; 1: too many rows recomputed)."""
 
 class BatchTopKSAE(TopKFamilySAE):
     arch = "batchtopk"
+    data_parallel = True  # the batch-wide selection is made across processes (`choose`)
     # Bussmann et al.: AuxK as Gao's, Adam (0.9, 0.999) at 2e-4 / √(F / 2^14), b_dec at the
     # geometric median.
     paper_recipe = TrainingDefaults(
@@ -69,6 +70,8 @@ class BatchTopKSAE(TopKFamilySAE):
         return top_groups(pre, m, offset, self.cfg.n_features)
 
     def choose(self, values: Tensor, indices: Tensor, rows_pre: RowsPre) -> tuple[Pattern, Tensor]:
+        if self.batch_shares.parts > 1:
+            return self._choose_across_processes(values, indices, rows_pre)
         # The batch's top rows * k among the rows' candidates: exact for every row whose
         # weakest candidate does not beat the weakest value kept, `floor` (its other entries
         # are below it). A row whose does ("saturated": it may hold more of the top than its
@@ -95,6 +98,35 @@ class BatchTopKSAE(TopKFamilySAE):
             pool.append(pre[r, c])
         kept, position = torch.cat(pool).topk(n, sorted=False)
         return Pattern.from_flat(torch.cat(flats)[position], kept, rows, cols)
+
+    def _choose_across_processes(
+        self, values: Tensor, indices: Tensor, rows_pre: RowsPre
+    ) -> tuple[Pattern, Tensor]:
+        """`choose` for this process's slice of a batch spread over processes (`batch_shares`):
+        the whole batch's top rows * k, found with two all-gathers of n values each. The n-th
+        largest candidate of all processes is the floor below which no entry can be kept; this
+        process's saturated rows are recomputed against it, as in one process; then the n-th
+        largest of every process's pool is the cut, and each keeps its entries at or above it
+        (a tie at the cut keeps both, where one process keeps one of them)."""
+        shares = self.batch_shares
+        rows, m = values.shape
+        n, cols = shares.rows(values) * self.k, self.cfg.n_features
+        flat = (torch.arange(rows, device=values.device)[:, None] * cols + indices).flatten()
+        pool = values.flatten()
+        floor = shares.nth_largest(pool, n)
+        saturated = (values.amin(1) > floor).nonzero().flatten() if m < cols else None
+        if saturated is not None and saturated.numel():
+            others = torch.ones(rows, dtype=torch.bool, device=values.device)
+            others[saturated] = False
+            flats, pools = [flat.view(rows, m)[others].flatten()], [values[others].flatten()]
+            for block in saturated.split(self.chunk_rows):
+                pre = rows_pre(block)
+                r, c = (pre >= floor).nonzero(as_tuple=True)
+                flats.append(block[r] * cols + c)
+                pools.append(pre[r, c])
+            flat, pool = torch.cat(flats), torch.cat(pools)
+        kept = pool >= shares.nth_largest(pool, n)
+        return Pattern.from_flat(flat[kept], pool[kept], rows, cols)
 
     @torch.no_grad()
     def calibrate_threshold(self, sample: Tensor) -> float:

@@ -26,10 +26,12 @@ def _unchanged(tensor: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class BatchShares:
     """How the rows of a training batch are shared out: `parts` processes hold equal slices,
-    and `sum_` adds a tensor over them in place (an all-reduce; identity for one process)."""
+    `sum_` adds a tensor over them in place (an all-reduce; identity for one process), and
+    `gather` puts every process's 1-D tensor end to end in rank order (an all-gather)."""
 
     parts: int = 1
     sum_: Callable[[Tensor], Tensor] = _unchanged
+    gather: Callable[[Tensor], Tensor] = _unchanged
 
     def rows(self, x: Tensor) -> int:
         """Rows of the whole batch, from this process's slice x [rows, d]."""
@@ -40,6 +42,14 @@ class BatchShares:
         if self.parts == 1:
             return values.mean()
         return values.sum() / (values.shape[0] * self.parts)
+
+    def nth_largest(self, values: Tensor, n: int) -> Tensor:
+        """The n-th largest of every process's `values` [m] together (-inf where they hold
+        fewer than n): each process offers its own top n, which hold the union's."""
+        top = values.topk(min(n, values.numel()), sorted=False).values
+        if top.numel() < n:
+            top = torch.cat([top, top.new_full((n - top.numel(),), float("-inf"))])
+        return self.gather(top).topk(n, sorted=False).values.min()
 
     def total_variance(self, x: Tensor, scale: float = 1.0) -> Tensor:
         """Σ ||x_n * scale - mean||² over the whole batch's rows, the mean being the whole

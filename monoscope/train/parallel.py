@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from monoscope.distributed import World, all_reduce_sum_, broadcast_object
+from monoscope.distributed import World, all_gather_cat, all_reduce_sum_, broadcast_object
 from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.registry import archs_where, trained_class
 from monoscope.sae.shares import BatchShares
@@ -46,7 +46,7 @@ def check_data_parallel(world: World, arch: str, batch_size: int, streaming: boo
 def share_batches(sae: SparseAutoencoder, world: World) -> None:
     """Make `sae`'s training steps return their share of the whole batch's loss."""
     if world.distributed:
-        sae.batch_shares = BatchShares(world.size, all_reduce_sum_)
+        sae.batch_shares = BatchShares(world.size, all_reduce_sum_, all_gather_cat)
 
 
 def slice_of(batch: Tensor, world: World) -> Tensor:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from monoscope.cli import main
 from monoscope.distributed import World
 from monoscope.launch import without_nproc
+from monoscope.sae import BatchTopKSAE
 from monoscope.sae.sharded import check_shardable_run
 from monoscope.sae.shares import BatchShares, total_variance
 from monoscope.train import TrainConfig, run
@@ -43,7 +44,7 @@ def acts(tmp_path):
 
 
 def _options(arch: str) -> list[str]:
-    k = ["--k", "4"] if arch == "topk" else ["--target-l0", "4"]
+    k = ["--k", "4"] if arch in ("topk", "batchtopk") else ["--target-l0", "4"]
     return ["--arch", arch, "--features", "64", "--batch-size", "128", *k, "--no-progress"]
 
 
@@ -58,7 +59,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
 def test_two_processes_train_the_sae_one_process_trains(acts, tmp_path, arch):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--acts", str(acts), "--out", str(one), *_options(arch)]) == 0
@@ -90,15 +91,25 @@ def test_nproc_without_torchrun_from_python_says_how_to_start_them(acts, tmp_pat
         run(TrainConfig(acts=str(acts), out=str(tmp_path / "o"), nproc=2, progress=False))
 
 
-def test_what_cannot_be_split_over_processes_is_refused():
+def test_what_cannot_be_split_over_processes_is_refused(monkeypatch):
     two = World(rank=0, size=2)
+    monkeypatch.setattr(BatchTopKSAE, "data_parallel", False)  # as an architecture may be
     with pytest.raises(ValueError, match="batchtopk in 2 processes is not supported"):
         check_data_parallel(two, "batchtopk", 128, streaming=False)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="does not split into 2 equal slices"):
         check_data_parallel(two, "topk", 127, streaming=False)
     with pytest.raises(ValueError, match="--stream-model trains in one process"):
         check_data_parallel(two, "topk", 128, streaming=True)
     check_data_parallel(World(), "batchtopk", 127, streaming=True)  # one process: anything
+
+
+def test_the_nth_largest_value_is_over_every_process():
+    mine, theirs = torch.tensor([5.0, 1.0, 3.0]), torch.tensor([4.0, 6.0, 2.0])
+    # Another process offers its own top n: here, stood in for by the gather.
+    shares = BatchShares(2, gather=lambda top: torch.cat([top, theirs.topk(top.numel()).values]))
+    assert [float(shares.nth_largest(mine, n)) for n in (1, 2, 3)] == [6.0, 5.0, 4.0]
+    assert float(BatchShares().nth_largest(mine, 4)) == float("-inf")  # fewer than n
 
 
 def test_each_process_takes_its_own_slice_of_the_batch():
