@@ -77,6 +77,9 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     data_parallel: ClassVar[bool] = False
     """Whether `training_step` on equal slices of a batch returns each slice's share of the
     whole batch's loss (`batch_shares`), so that it trains across processes."""
+    feature_shardable: ClassVar[bool] = False
+    """Whether `train --shard-features` can split its dictionary over processes
+    (monoscope.sae.sharded)."""
 
     @classmethod
     def check_config(cls, cfg: SAEConfig) -> None:

@@ -30,9 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from monoscope.distributed import World, all_reduce_sum_
+from monoscope.distributed import World, all_reduce_sum_, broadcast_object
 from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.config import SAEConfig
+from monoscope.sae.registry import archs_where, trained_class
 from monoscope.sae.shares import total_variance
 from monoscope.sae.sparse import (
     DeferredGradient,
@@ -61,8 +62,9 @@ def check_shardable_run(
 ) -> None:
     """ValueError for a training run that cannot split its dictionary over `processes`, naming
     what to change."""
-    if arch != "topk":
-        raise ValueError(f"--shard-features trains topk SAEs only, not {arch}")
+    if not trained_class(arch).feature_shardable:
+        shardable = archs_where(lambda cls: cls.feature_shardable)
+        raise ValueError(f"--shard-features trains {shardable} SAEs only, not {arch}")
     if n_features % processes:
         raise ValueError(
             f"{n_features} features do not split into {processes} equal slices: use a "
@@ -407,4 +409,35 @@ def shard_of(
         sharded.b_enc.copy_(sae.b_enc[span])
         sharded.W_dec.copy_(sae.W_dec[span])
         sharded.b_dec.copy_(sae.b_dec)
+    return sharded
+
+
+@torch.no_grad()
+def scattered(
+    whole: SparseAutoencoder | None, world: World, device: torch.device
+) -> ShardedTopKSAE:
+    """Process 0's whole TopK SAE `whole` (None in the others, which never hold it) split
+    over `world`: each process gets its slice on `device`, sent by process 0 a slice at a
+    time, and the config; b_dec is left to be broadcast."""
+    if world.is_main and not isinstance(whole, TopKSAE):
+        raise ValueError("--shard-features trains topk SAEs only")
+    document = broadcast_object(whole.cfg.to_json() if whole is not None else None)
+    assert isinstance(document, dict)
+    sharded = ShardedTopKSAE(SAEConfig.from_json(document), world).to(device)
+    for name in SLICED:
+        mine = getattr(sharded, name)
+        if not world.is_main:
+            dist.recv(mine.data, src=0)
+            continue
+        assert whole is not None
+        for rank in range(world.size):
+            span = slice(rank * sharded.width, (rank + 1) * sharded.width)
+            full = getattr(whole, name)
+            piece = (full[:, span] if name == "W_enc" else full[span]).to(device)
+            if rank == 0:
+                mine.copy_(piece)
+            else:
+                dist.send(piece.contiguous(), dst=rank)
+    if whole is not None:
+        sharded.b_dec.copy_(whole.b_dec)
     return sharded

@@ -440,6 +440,7 @@ def _merge(
 class TopKSAE(TopKFamilySAE):
     arch = "topk"
     data_parallel = True  # its loss is sums over rows: each slice's share adds up
+    feature_shardable = True  # monoscope.sae.sharded.ShardedTopKSAE
     # Gao et al.: AuxK 1/32, b_dec at the geometric median, Adam (0.9, 0.999) at lr 1e-4 (their
     # code's default), nothing else changed. Their Adam eps (6.25e-10) is not set: torch's.
     paper_recipe = TrainingDefaults(

@@ -25,11 +25,11 @@ resume on another device or number of processes: the same SAE within rounding)."
 
 @dataclass
 class Start:
-    """What a run begins from: its resolved settings, its SAE and (in the eigenbasis) the
-    rotation the SAE and the batches are in."""
+    """What a run begins from: its resolved settings, its SAE (None where it was not built:
+    `with_sae`) and (in the eigenbasis) the rotation the SAE and the batches are in."""
 
     cfg: TrainConfig
-    sae: SparseAutoencoder
+    sae: SparseAutoencoder | None
     rotation: Rotation | None
 
 
@@ -39,10 +39,15 @@ def init_sample(source, max_norm: float | None) -> torch.Tensor:
     return sample if max_norm is None else sample[sample.norm(dim=-1) <= max_norm]
 
 
-def new_start(requested: TrainConfig, source, max_norm: float | None) -> Start:
-    """A freshly initialised SAE, started from a sample of `source`, and for --adam-basis
-    eigen the rotation it is put in."""
+def new_start(
+    requested: TrainConfig, source, max_norm: float | None, with_sae: bool = True
+) -> Start:
+    """A freshly initialised SAE (if `with_sae`), started from a sample of `source`,
+    and for --adam-basis eigen the rotation it is put in."""
     cfg = requested.resolved(requested.n_features(source.d))
+    if not with_sae:
+        eigen = cfg.adam_basis == "eigen"
+        return Start(cfg, None, Rotation.eigen(init_sample(source, max_norm)) if eigen else None)
     sae_cfg = SAEConfig(
         arch=cfg.arch,
         d_in=source.d,
@@ -84,10 +89,12 @@ def resumed_start(
     data_id: str,
     data: Mapping[str, object],
     out: Path,
+    with_sae: bool = True,
 ) -> Start:
     """The run a checkpoint in `out` holds, refused if it was begun with other settings or on
     other data than `data` (whose fingerprint is `data_id`); it goes on with the defaults it
-    started with, should this version's differ."""
+    started with, should this version's differ. Its SAE (if `with_sae`) is as initialised:
+    the checkpoint's weights are restored into it later."""
     changed = changed_settings(state.scalars["train_config"], requested)
     if changed:
         raise ValueError(
@@ -103,7 +110,7 @@ def resumed_start(
     # before --idle-momentum, every run kept the momentum.
     recorded = from_older_version(state.scalars.get("resolved_defaults", {}))
     cfg = replace(requested, **({"idle_momentum": "keep"} | recorded)).resolved()
-    sae = build_sae(SAEConfig.from_json(state.scalars["sae"]))
+    sae = build_sae(SAEConfig.from_json(state.scalars["sae"])) if with_sae else None
     return Start(cfg, sae, Rotation.from_tensors(state.tensors))
 
 

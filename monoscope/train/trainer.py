@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from monoscope.distributed import World, all_reduce_sum_, joined, launched_world, process_device
 from monoscope.plan import check_fits
-from monoscope.sae import SparseAutoencoder, TrainStep
-from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run, shard_of
+from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep
+from monoscope.sae.registry import trained_class
+from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run, scattered
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
@@ -197,18 +198,22 @@ def _train(
     max_norm = limit * median if limit > 0 else None
     state = load_checkpoint(out, world if requested.shard_features else None)
     data_id = source.fingerprint()
+    # A sharded run's whole SAE is built by process 0 only, as it starts; a resumed one's slices
+    # are read from each process's checkpoint file.
+    whole = not requested.shard_features or (state is None and world.is_main)
     if state is None:
-        start = new_start(requested, source, max_norm)
+        start = new_start(requested, source, max_norm, with_sae=whole)
     else:
-        start = resumed_start(state, requested, data_id, source.description, out)
+        start = resumed_start(state, requested, data_id, source.description, out, whole)
     cfg = start.cfg
-    parts = _parts(start, total_steps, device, world)
+    resumed_cfg = None if state is None else SAEConfig.from_json(state.scalars["sae"])
+    parts = _parts(start, total_steps, device, world, resumed_cfg)
     record = {
         "train_config": recorded_settings(requested),
         "resolved_defaults": cfg.resolved_defaults(),
         "data_fingerprint": data_id,
     }
-    sharded = isinstance(parts.sae, ShardedTopKSAE)
+    sharded = cfg.shard_features
     writes = world.is_main or sharded
     checkpointer = Checkpointer(out, parts, record, writes, world if sharded else None)
     first = 0
@@ -232,7 +237,7 @@ def _train(
 def _whole(trained: Trainable) -> SparseAutoencoder:
     """The trained SAE as one process's SAE: a sharded one gathered in process 0 (in the
     others, their own slice)."""
-    if not isinstance(trained, ShardedTopKSAE):
+    if isinstance(trained, SparseAutoencoder):
         trained.batch_shares = type(trained).batch_shares  # one process's batches again
         return trained
     whole = trained.gathered()
@@ -242,17 +247,28 @@ def _whole(trained: Trainable) -> SparseAutoencoder:
     return trained.local
 
 
-def _parts(start: Start, total_steps: int, device: torch.device, world: World) -> RunParts:
-    """The SAE on `device` (with --shard-features, this process's slice of it), the optimizer
-    and the run's other state, as the new run starts them (in every process alike)."""
+def _parts(
+    start: Start,
+    total_steps: int,
+    device: torch.device,
+    world: World,
+    resumed: SAEConfig | None = None,
+) -> RunParts:
+    """The SAE on `device` (with --shard-features, this process's slice of it; of the SAE of
+    config `resumed`, for a resumed run), the optimizer and the run's other state, as the new
+    run starts them (in every process alike)."""
     cfg = start.cfg
     rotation = None if start.rotation is None else start.rotation.to(device)
     rotated = [] if rotation is None else list(rotation.tensors().values())
     sae: Trainable
     if cfg.shard_features:
-        sae = shard_of(start.sae, world, device)  # only the slice reaches the device
+        if resumed is not None:
+            sae = ShardedTopKSAE(resumed, world).to(device)  # weights: the checkpoint's
+        else:
+            sae = scattered(start.sae, world, device)  # only the slice reaches the device
         broadcast_tensors([sae.b_dec.data, *rotated], world)  # what every process shares
     else:
+        assert start.sae is not None  # built in every process unless sharded
         sae = start.sae.to(device)
         broadcast_parameters(sae, rotated, world)
         share_batches(sae, world)
@@ -270,7 +286,7 @@ def _parts(start: Start, total_steps: int, device: torch.device, world: World) -
         if cfg.weight_average
         else None
     )
-    features = sae.width if isinstance(sae, ShardedTopKSAE) else sae.cfg.n_features
+    features = sae.cfg.n_features // (world.size if cfg.shard_features else 1)
     tracker = DeadLatentTracker(features, cfg.dead_window, device)
     return RunParts(sae, opt, tracker, controller, average, rotation)
 
@@ -367,7 +383,7 @@ def _step(
         coefficient *= coefficient_warmup(step, total_steps, cfg.warmup_fraction)
     share = sae.training_step(x, coefficient, dead_mask=parts.tracker.dead_mask)
     # The whole batch's figures: a sharded step's are already (its `fired`, its slice's).
-    sharded = isinstance(sae, ShardedTopKSAE)
+    sharded = cfg.shard_features
     result = share if sharded else summed_step(share, world)
     _check_diverged(result, cfg.divergence_fvu, step, out)
     share.loss.backward()
@@ -421,7 +437,7 @@ class _Rate:
 def _dead_fraction(parts: RunParts, world: World) -> float:
     """The fraction of the whole dictionary's latents that are dead (a sharded run's slices'
     counts summed: every process must call this)."""
-    if not isinstance(parts.sae, ShardedTopKSAE):
+    if isinstance(parts.sae, SparseAutoencoder):  # the whole dictionary's counters
         return parts.tracker.dead_fraction()
     dead = parts.tracker.dead_mask.sum().view(1).to(torch.float64)
     return float(all_reduce_sum_(dead)) / parts.sae.cfg.n_features
@@ -578,7 +594,7 @@ def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World)
         arch=cfg.arch,
         compute_dtype=cfg.compute_dtype,
         shard_features=cfg.shard_features,
-        can_shard=cfg.arch == "topk",
+        can_shard=trained_class(cfg.arch).feature_shardable,
     )
 
 
