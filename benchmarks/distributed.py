@@ -21,10 +21,16 @@
     is what the SAE's size costs, not the process's one-off costs; also the bytes of the
     parameters + Adam's moments + one weight gradient (the step's peak state), and the time a
     step. Target: per-rank / unsharded <= 0.55.
+(c) The same through `monoscope train` itself: the peak RSS of one process training the
+    `--memory-features` SAE on the synthetic array (10 steps, a checkpoint every 5) against
+    each process of `train --shard-features` in 2 processes (torchrun), each less the peak of
+    the same run with a 1,024-feature SAE (the fixed costs: torch, the store's shuffle pool).
+    Process 0 also builds the starting SAE, gathers the trained one and writes checkpoints.
 
 Run from the repository root (about 3-6 minutes on 2 shared cores):
     python benchmarks/distributed.py [--work runs/bench-distributed] [--tokens 200000]
         [--repeats 2] [--memory-features 65536] [--skip-throughput] [--skip-memory]
+        [--skip-train-memory]
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from benchmarks.train import reset_peak_rss, rss_kb  # noqa: E402
 _WARM_STEPS = 4  # logged steps left out of the rate: the loop's first steps fault pages in
 _DEAD_SHARE = 0.05
 _TAG = "DISTRIBUTED_MEMORY"
+_PEAK_TAG = "TRAIN_PEAK"
+_FIXED_FEATURES = 1024
 
 
 def synthetic_array(path: Path, rows: int, d: int) -> Path:
@@ -264,7 +272,75 @@ def _memory_run(args: argparse.Namespace, work: Path, size: int) -> list[dict]:
     return figures
 
 
+# -- (c) memory of `monoscope train` ----------------------------------------------------------
+def peak_worker(argv: list[str]) -> None:
+    """One process of (c): `monoscope <argv>`, then its peak RSS, also when the CLI leaves
+    through os._exit (as a process torchrun started does)."""
+    from monoscope.cli import main as cli
+
+    leave = os._exit
+
+    def report_and_leave(code: int) -> None:
+        _report_peak()
+        leave(code)
+
+    os._exit = report_and_leave  # type: ignore[assignment]
+    code = cli(argv)
+    _report_peak()
+    sys.exit(code)
+
+
+def _report_peak() -> None:
+    figures = {"rank": int(os.environ.get("RANK", "0")), "peak_kb": rss_kb("VmHWM")}
+    print(_PEAK_TAG, json.dumps(figures), flush=True)
+
+
+def train_peaks(acts: Path, out: Path, args: argparse.Namespace, features: int, sharded: bool):
+    """Peak RSS (kB) of each process of a 10-step `monoscope train` of `features` features: one
+    process, or 2 feature-sharded ones; in rank order."""
+    options = ["train", "--acts", str(acts), "--out", str(out), "--features", str(features)]
+    options += ["--k", str(args.k), "--batch-size", str(args.batch), "--overwrite"]
+    options += ["--tokens", str(10 * args.batch), "--checkpoint-every", "5", "--no-progress"]
+    worker = [__file__, "--train-peak", *options]
+    if sharded:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc-per-node=2", *worker, "--shard-features"]
+    else:
+        command = [sys.executable, *worker]
+    each = str(max(1, args.threads // (2 if sharded else 1)))
+    env = os.environ | {"MONOSCOPE_THREADS": each, "OMP_NUM_THREADS": each}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    tagged = [line for line in done.stdout.splitlines() if line.startswith(_PEAK_TAG)]
+    if done.returncode != 0 or len(tagged) != (2 if sharded else 1):
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    figures = sorted(
+        (json.loads(line[len(_PEAK_TAG) :]) for line in tagged), key=lambda f: f["rank"]
+    )
+    return [f["peak_kb"] for f in figures]
+
+
+def train_memory(args: argparse.Namespace, work: Path) -> None:
+    """(c): peak RSS growth of `monoscope train`, one process against 2 feature-sharded."""
+    acts = synthetic_array(work / f"acts-{args.tokens}x{args.d}.npy", args.tokens, args.d)
+    growth = {}
+    for sharded in (False, True):
+        fixed = train_peaks(acts, work / "train-memory", args, _FIXED_FEATURES, sharded)
+        peaks = train_peaks(acts, work / "train-memory", args, args.memory_features, sharded)
+        growth[sharded] = [peak - base for peak, base in zip(peaks, fixed, strict=True)]
+    mib = 1024
+    one = growth[False][0]
+    print(f"\n(c) monoscope train: topk {args.memory_features} x {args.d}, k {args.k}, batch")
+    print(f"    {args.batch}, 10 steps; peak RSS less that of {_FIXED_FEATURES} features")
+    print(f"    1 process:                  {one / mib:7.0f} MiB")
+    for rank, value in enumerate(growth[True]):
+        print(f"    --shard-features, rank {rank}:  {value / mib:7.0f} MiB ({value / one:.3f}x)")
+    print(f"    per-rank / unsharded: {max(growth[True]) / one:.3f} (target <= 0.55)")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--train-peak"]:
+        peak_worker(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-distributed")
     parser.add_argument("--tokens", type=int, default=200_000)
@@ -280,6 +356,7 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=4)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-train-memory", action="store_true")
     parser.add_argument("--memory-worker", type=Path, dest="worker_dir", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=1, help=argparse.SUPPRESS)
@@ -292,6 +369,8 @@ def main() -> None:
         throughput(args, args.work)
     if not args.skip_memory:
         memory(args, args.work)
+    if not args.skip_train_memory:
+        train_memory(args, args.work)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ def _train(
     cfg = start.cfg
     resumed_cfg = None if state is None else SAEConfig.from_json(state.scalars["sae"])
     parts = _parts(start, total_steps, device, world, resumed_cfg)
+    if requested.shard_features:
+        start.sae = None  # process 0's whole starting SAE: each process holds its slice now
     record = {
         "train_config": recorded_settings(requested),
         "resolved_defaults": cfg.resolved_defaults(),
