@@ -336,12 +336,11 @@ def _loop(
             result, coefficient = _step(parts, cfg, reset_idle, x, step, total_steps, out, world)
             rate.count(cfg.batch_size)
             bar.update(1)
-            logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
-            dead = _dead_fraction(parts, world) if logged else 0.0  # in every process
-            if logger is not None and logged:
-                metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second(), dead)
-                logger.log(metrics)
-                bar.set_postfix(_postfix(metrics))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+                metrics = _metrics(parts, cfg, result, step, coefficient, rate.per_second(), world)
+                if logger is not None:
+                    logger.log(metrics)
+                    bar.set_postfix(_postfix(metrics))
             # Gone before the next batch is read, rather than held while it is: one batch
             # alive at a time (9 MiB at batch 4096 x 576).
             del x, result
@@ -452,9 +451,10 @@ def _metrics(
     step: int,
     coefficient: float,
     rate: float,
-    dead_fraction: float,
+    world: World,
 ) -> dict[str, Any]:
-    """The line of train_log.jsonl after `step` (counting from 0)."""
+    """The line of train_log.jsonl after `step` (counting from 0); every process must call
+    this (a sharded run's dead latents are counted over its processes)."""
     return {
         "step": step + 1,
         "tokens": (step + 1) * cfg.batch_size,
@@ -465,7 +465,7 @@ def _metrics(
         "sparsity": float(result.sparsity),
         "coefficient": coefficient,
         "lr": parts.opt.param_groups[0]["lr"],
-        "dead_fraction": dead_fraction,
+        "dead_fraction": _dead_fraction(parts, world),
         "tokens_per_s": round(rate, 1),
     }
 
