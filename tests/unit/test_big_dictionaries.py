@@ -29,6 +29,7 @@ from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.sae import SAEConfig, build_sae
 from monoscope.serve import FeatureStore, export_site
+from monoscope.serve import catalog as catalog_module
 from monoscope.serve import export as export_module
 from monoscope.serve import records as records_module
 from monoscope.serve.catalog import Catalog
@@ -251,6 +252,22 @@ def test_search_pages_equal_a_brute_force_search(query, sort, order):
         page = cat.search(query, sort, order, offset, 25)
         assert page["total"] == len(expected)
         assert [item["id"] for item in page["items"]] == expected[offset : offset + 25]
+
+
+@pytest.mark.parametrize("find_limit", [0, 10**9], ids=["one-loop", "occurrence-by-occurrence"])
+def test_either_way_of_finding_a_word_and_the_kept_words_give_the_same_features(
+    find_limit, monkeypatch
+):
+    """Whichever way the sampled count picks, and with the kept words' matches evicted and
+    found again, a search gives what a brute-force one does."""
+    monkeypatch.setattr(catalog_module, "FIND_LIMIT", find_limit)
+    monkeypatch.setattr(catalog_module, "COUNT_SAMPLE", 64)
+    monkeypatch.setattr(catalog_module, "WORDS_KEPT", 2)
+    cat = catalog(500)
+    for query in ["river", "cat", "golden gate", "river", "x1", "cat code", "nothing", "river"]:
+        page = cat.search(query, "id", "asc", 0, 500)
+        assert [item["id"] for item in page["items"]] == brute_force_search(cat, query, "id", "asc")
+    assert len(cat._word_hits) <= 2
 
 
 def test_the_api_answers_a_page_and_a_sample(tmp_path, monkeypatch):
