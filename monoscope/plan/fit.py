@@ -123,6 +123,22 @@ def check_fits(
     )
 
 
+def check_gather_fits(n_features: int, d_in: int) -> int:
+    """Refuse up front a feature-sharded run whose whole SAE process 0 cannot hold in this
+    machine's RAM: it builds the whole SAE to start the run and gathers it to save it (twice
+    the weights while the file is written); the bytes needed otherwise."""
+    weights = 4 * (2 * n_features * d_in + n_features + d_in)
+    need, total = 2 * weights, available_ram()
+    if need > usable(total):
+        raise DoesNotFitError(
+            f"a feature-sharded SAE of {n_features:,} features x d {d_in:,} is built whole and "
+            f"gathered in process 0's RAM to start and save it: {gib(need)}, and this machine "
+            f"has {gib(total)} available ({HEADROOM:.0%} kept free): use fewer --features, or a "
+            "machine with more RAM for process 0"
+        )
+    return need
+
+
 def candidates_per_row(arch: str, k: int, n_features: int) -> int:
     """m: the candidates each row offers the selection (BatchTopK's choose among more)."""
     if arch == "batchtopk":

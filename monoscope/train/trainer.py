@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from monoscope.distributed import World, all_reduce_sum_, joined, launched_world, process_device
-from monoscope.plan import check_fits
+from monoscope.plan import check_fits, check_gather_fits
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep
 from monoscope.sae.registry import trained_class
 from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run, scattered
@@ -583,7 +583,8 @@ def _check_sparsity(requested: TrainConfig, n_features: int, tokens: int) -> Non
 
 def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World) -> None:
     """Refuse, before any work, a dictionary whose step cannot fit the device's memory (or
-    the RAM the processes share), saying what to change (monoscope.plan)."""
+    the RAM the processes share), or a sharded one process 0 cannot hold whole to start and
+    save it, saying what to change (monoscope.plan)."""
     n_features = cfg.n_features(d_in)
     resolved = cfg.resolved(n_features)
     check_fits(
@@ -598,6 +599,8 @@ def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World)
         shard_features=cfg.shard_features,
         can_shard=trained_class(cfg.arch).feature_shardable,
     )
+    if cfg.shard_features and world.is_main:
+        check_gather_fits(n_features, d_in)
 
 
 def _check_diverged(result: TrainStep, limit: float, step: int, out: Path) -> None:

@@ -16,7 +16,14 @@ from monoscope.models import load_model
 from monoscope.models.builtin import BUILTIN_MODELS
 from monoscope.models.hub import ModelNotFoundError
 from monoscope.models.sites import UnknownSiteError
-from monoscope.plan import DoesNotFitError, PlanConfig, check_fits, format_plan, run
+from monoscope.plan import (
+    DoesNotFitError,
+    PlanConfig,
+    check_fits,
+    check_gather_fits,
+    format_plan,
+    run,
+)
 from monoscope.plan import fit as fit_module
 from monoscope.plan import runner as runner_module
 from monoscope.plan.fit import available_ram, required, suggestions, usable
@@ -365,3 +372,11 @@ def test_the_command_errors_in_one_line(capsys):
 def test_more_active_latents_than_features_is_refused():
     with pytest.raises(ValueError, match="--k 64 is larger than the number of features 32"):
         run(PlanConfig(d_model=8, features="32", k=64, tokens_per_s=1.0))
+
+
+def test_a_sharded_run_whose_whole_sae_process_0_cannot_hold_is_refused(monkeypatch):
+    monkeypatch.setattr(fit_module, "available_ram", lambda: 4 * GIB)
+    # 2^20 x 576: 4.5 GiB of weights, held twice while the gathered SAE is written.
+    with pytest.raises(DoesNotFitError, match=r"process 0's RAM .*: 9\.0 GiB, .* 4\.0 GiB"):
+        check_gather_fits(1 << 20, 576)
+    assert check_gather_fits(1 << 16, 576) == 2 * 4 * (2 * (1 << 16) * 576 + (1 << 16) + 576)
