@@ -123,12 +123,17 @@ def check_fits(
     )
 
 
+def gather_bytes(n_features: int, d_in: int) -> int:
+    """Host RAM process 0 of a feature-sharded run needs for the whole SAE: it builds it to
+    start the run and gathers it to save it (twice the float32 weights while the file is
+    written)."""
+    return 2 * 4 * (2 * n_features * d_in + n_features + d_in)
+
+
 def check_gather_fits(n_features: int, d_in: int) -> int:
     """Refuse up front a feature-sharded run whose whole SAE process 0 cannot hold in this
-    machine's RAM: it builds the whole SAE to start the run and gathers it to save it (twice
-    the weights while the file is written); the bytes needed otherwise."""
-    weights = 4 * (2 * n_features * d_in + n_features + d_in)
-    need, total = 2 * weights, available_ram()
+    machine's RAM (`gather_bytes`); the bytes needed otherwise."""
+    need, total = gather_bytes(n_features, d_in), available_ram()
     if need > usable(total):
         raise DoesNotFitError(
             f"a feature-sharded SAE of {n_features:,} features x d {d_in:,} is built whole and "

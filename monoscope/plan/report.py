@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from monoscope.harvest.config import HarvestConfig
-from monoscope.plan.fit import HEADROOM, required, usable
+from monoscope.plan.fit import HEADROOM, gather_bytes, required, usable
 from monoscope.plan.memory import MemoryPlan
 from monoscope.plan.runner import Estimate, Plan
 from monoscope.plan.sizes import count, disk, gib
@@ -59,6 +59,11 @@ def _memory(plan: Plan) -> str:
             "host RAM of a rank writing a checkpoint (copy + bytes)",
             gib(2 * dp.checkpoint),
             gib(2 * sh.checkpoint),
+        ),
+        _row(
+            "host RAM of process 0: the whole SAE, built and gathered",
+            "-",
+            gib(gather_bytes(plan.shape.n_features, plan.shape.d_in)),
         ),
     ]
     return "\n".join(lines + _workspace_note(plan))

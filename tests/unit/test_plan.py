@@ -351,6 +351,8 @@ def test_the_command_prints_every_part(capsys):
         assert expected in out, expected
     weights = 4 * (2 * 4096 * 34_000_000 + 34_000_000 + 4096) / GIB
     assert f"{weights:,.1f} GiB" in out
+    # Process 0 of a sharded run holds the whole SAE twice while it writes it.
+    assert re.search(rf"host RAM of process 0: .* - +{2 * weights:,.1f} GiB", out)
 
 
 def test_the_command_says_when_it_fits(capsys):
