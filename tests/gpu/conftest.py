@@ -1,5 +1,6 @@
 """The GPU tier (issue 24): the CUDA step against the CPU step, bfloat16 selection within
-tolerance, and eval/analyze on CUDA against the CPU, on tiny things.
+tolerance, eval/analyze/attribute and `train` runs on CUDA against the CPU (with two GPUs or
+more, data-parallel and feature-sharded over NCCL too), on tiny things.
 
 Where CUDA is absent every test here is skipped, with its reason, before any fixture runs; the
 modules import nothing heavy at their top, so collecting them costs next to nothing.
