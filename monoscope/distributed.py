@@ -133,10 +133,10 @@ def gather_objects(value: object) -> list[object]:
     return box
 
 
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Every process's 1-D `tensor` (of one length in all), end to end in rank order."""
+def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every process's `tensor` (of one shape in all), joined along `dim` in rank order."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    return torch.cat(parts, dim)

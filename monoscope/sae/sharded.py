@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from monoscope.distributed import World, all_reduce_sum_, broadcast_object
+from monoscope.distributed import World, all_gather_cat, all_reduce_sum_, broadcast_object
 from monoscope.sae.base import SparseAutoencoder, TrainStep
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.registry import archs_where, trained_class
@@ -48,6 +48,12 @@ from monoscope.sae.topk import AUXK_COEFFICIENT, GRADIENT_SLOT, TopKSAE
 _NORM_EPS = 1e-6  # clip_grad_norm_'s: its factor is max_norm / (norm + 1e-6), at most 1
 SLICED = ("W_enc", "b_enc", "W_dec")
 """The parameters each process holds a slice of; b_dec is replicated."""
+
+
+def features_of(whole: Tensor, name: str, span: slice) -> Tensor:
+    """The `span` of features of the whole SAE's parameter `name` (a view): W_enc's columns
+    [d_in, F], the rows of the others."""
+    return whole[:, span] if name == "W_enc" else whole[span]
 
 
 def check_shardable(cfg: SAEConfig, processes: int) -> None:
@@ -282,11 +288,7 @@ class ShardedTopKSAE(nn.Module):
 
     def _gather(self, tensor: Tensor) -> Tensor:
         """Every process's `tensor` [rows, m], side by side [rows, N m] (in rank order)."""
-        if not self.world.distributed:
-            return tensor
-        parts = [torch.empty_like(tensor) for _ in range(self.world.size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, 1)
+        return all_gather_cat(tensor, dim=1)
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
@@ -358,16 +360,14 @@ class ShardedTopKSAE(nn.Module):
             mine = getattr(self, name)
             target = None if whole is None else getattr(whole, name)
             for source in range(self.world.size):
-                self._receive_slice(mine, target, source, columns=name == "W_enc")
+                self._receive_slice(mine, target, source, name)
         if whole is not None:
             whole.b_dec.copy_(self.b_dec)
         return whole
 
-    def _receive_slice(
-        self, mine: Tensor, target: Tensor | None, source: int, columns: bool
-    ) -> None:
-        """Process `source`'s slice of `mine` into the whole `target` (in process 0): its
-        `columns` (W_enc [d_in, F]) or rows."""
+    def _receive_slice(self, mine: Tensor, target: Tensor | None, source: int, name: str) -> None:
+        """Process `source`'s slice of `mine` into the whole `target` (in process 0), the
+        parameter `name`."""
         rank = self.world.rank
         if target is None:
             if rank == source:
@@ -378,10 +378,7 @@ class ShardedTopKSAE(nn.Module):
             piece = torch.empty_like(piece)
             dist.recv(piece, src=source)
         span = slice(source * self.width, (source + 1) * self.width)
-        if columns:
-            target[:, span] = piece.cpu()
-        else:
-            target[span] = piece.cpu()
+        features_of(target, name, span).copy_(piece.cpu())
 
     def save(self, folder: str | Path) -> None:
         """Write the whole SAE to `folder` as one ordinary SAE folder (process 0 writes it,
@@ -395,19 +392,15 @@ Trainable = SparseAutoencoder | ShardedTopKSAE
 """What the trainer steps: one process's whole SAE, or its slice of a sharded one."""
 
 
-def shard_of(
-    sae: SparseAutoencoder, world: World, device: torch.device | None = None
-) -> ShardedTopKSAE:
-    """This process's slice of the whole TopK `sae`, on `device` (default: the SAE's): only
-    the slice is copied there."""
+def shard_of(sae: SparseAutoencoder, world: World) -> ShardedTopKSAE:
+    """This process's slice of the whole TopK `sae` (on its device), for `world`."""
     if not isinstance(sae, TopKSAE):
         raise ValueError(f"--shard-features trains topk SAEs only, not {sae.cfg.arch}")
-    sharded = ShardedTopKSAE(sae.cfg, world).to(device or sae.W_enc.device)
+    sharded = ShardedTopKSAE(sae.cfg, world).to(sae.W_enc.device)
     span = slice(sharded.offset, sharded.offset + sharded.width)
     with torch.no_grad():
-        sharded.W_enc.copy_(sae.W_enc[:, span])
-        sharded.b_enc.copy_(sae.b_enc[span])
-        sharded.W_dec.copy_(sae.W_dec[span])
+        for name in SLICED:
+            getattr(sharded, name).copy_(features_of(getattr(sae, name), name, span))
         sharded.b_dec.copy_(sae.b_dec)
     return sharded
 
@@ -432,8 +425,7 @@ def scattered(
         assert whole is not None
         for rank in range(world.size):
             span = slice(rank * sharded.width, (rank + 1) * sharded.width)
-            full = getattr(whole, name)
-            piece = (full[:, span] if name == "W_enc" else full[span]).to(device)
+            piece = features_of(getattr(whole, name), name, span).to(device)
             if rank == 0:
                 mine.copy_(piece)
             else:

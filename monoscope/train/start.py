@@ -45,9 +45,10 @@ def new_start(
     """A freshly initialised SAE (if `with_sae`), started from a sample of `source`,
     and for --adam-basis eigen the rotation it is put in."""
     cfg = requested.resolved(requested.n_features(source.d))
+    sample = init_sample(source, max_norm)
+    rotation = Rotation.eigen(sample) if cfg.adam_basis == "eigen" else None
     if not with_sae:
-        eigen = cfg.adam_basis == "eigen"
-        return Start(cfg, None, Rotation.eigen(init_sample(source, max_norm)) if eigen else None)
+        return Start(cfg, None, rotation)
     sae_cfg = SAEConfig(
         arch=cfg.arch,
         d_in=source.d,
@@ -58,12 +59,9 @@ def new_start(
         compute_dtype=cfg.compute_dtype,
     )
     sae = build_sae(sae_cfg, seed=cfg.seed)
-    sample = init_sample(source, max_norm)
     start_from_sample(sae, cfg, sample)
-    if cfg.adam_basis != "eigen":
-        return Start(cfg, sae, None)
-    rotation = Rotation.eigen(sample)
-    rotate_sae(sae, rotation.matrix())
+    if rotation is not None:
+        rotate_sae(sae, rotation.matrix())
     return Start(cfg, sae, rotation)
 
 

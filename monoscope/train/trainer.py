@@ -172,10 +172,6 @@ def _run(cfg: TrainConfig, world: World, device: torch.device) -> SparseAutoenco
     if total_steps < 1:
         raise ValueError(f"{tokens} tokens make no step of {cfg.batch_size}: lower --batch-size")
     _check_sparsity(cfg, cfg.n_features(source.d), total_steps * cfg.batch_size)
-    if cfg.shard_features:
-        resolved = cfg.resolved(cfg.n_features(source.d))
-        k = resolved.k or DEFAULT_K
-        check_shardable_run(cfg.arch, cfg.n_features(source.d), k, world.size, cfg.compute_dtype)
     _check_fits(cfg, source.d, device, world)
     out = Path(cfg.out)
     # Process 0 owns the folder: it prepares it (the others wait) and writes every file.
@@ -582,18 +578,20 @@ def _check_sparsity(requested: TrainConfig, n_features: int, tokens: int) -> Non
 
 
 def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World) -> None:
-    """Refuse, before any work, a dictionary whose step cannot fit the device's memory (or
-    the RAM the processes share), or a sharded one process 0 cannot hold whole to start and
-    save it, saying what to change (monoscope.plan)."""
+    """Refuse, before any work, a dictionary that cannot be split by features as asked, whose
+    step cannot fit the device's memory (or the RAM the processes share), or a sharded one
+    process 0 cannot hold whole to start and save it, saying what to change (monoscope.plan)."""
     n_features = cfg.n_features(d_in)
-    resolved = cfg.resolved(n_features)
+    k = cfg.resolved(n_features).k or DEFAULT_K
+    if cfg.shard_features:
+        check_shardable_run(cfg.arch, n_features, k, world.size, cfg.compute_dtype)
     check_fits(
         n_features,
         d_in,
         cfg.batch_size,
         device,
         world.size,
-        k=resolved.k or DEFAULT_K,
+        k=k,
         arch=cfg.arch,
         compute_dtype=cfg.compute_dtype,
         shard_features=cfg.shard_features,
