@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from monoscope.plan.config import PLANNED_ARCHS
-from monoscope.plan.memory import MemoryPlan, StepShape, memory_plan
+from monoscope.plan.memory import FLOAT, MemoryPlan, StepShape, memory_plan, parameters
 from monoscope.plan.sizes import count, gib
 from monoscope.sae.batchtopk import CANDIDATES_PER_K
 from monoscope.sae.topk import TopKFamilySAE
@@ -127,7 +127,7 @@ def gather_bytes(n_features: int, d_in: int) -> int:
     """Host RAM process 0 of a feature-sharded run needs for the whole SAE: it builds it to
     start the run and gathers it to save it (twice the float32 weights while the file is
     written)."""
-    return 2 * 4 * (2 * n_features * d_in + n_features + d_in)
+    return 2 * FLOAT * parameters(n_features, d_in)
 
 
 def check_gather_fits(n_features: int, d_in: int) -> int:

@@ -75,8 +75,12 @@ class StepShape:
 
     @property
     def parameters_per_rank(self) -> int:
-        f, d = self.features_per_rank, self.d_in
-        return 2 * d * f + f + d
+        return parameters(self.features_per_rank, self.d_in)
+
+
+def parameters(n_features: int, d_in: int) -> int:
+    """W_enc, W_dec, b_enc and b_dec's values for `n_features` latents of width `d_in`."""
+    return 2 * d_in * n_features + n_features + d_in
 
 
 @dataclass(frozen=True)
