@@ -90,17 +90,21 @@ def train_run(
     options = ["--acts", str(acts), "--out", str(out), "--features", str(args.features), *extra]
     options += ["--k", str(args.k), "--batch-size", str(args.batch), "--log-every", "1"]
     options += ["--checkpoint-every", "100000", "--no-progress", "--overwrite"]
-    if processes == 1:
-        command = [sys.executable, "-m", "monoscope", "train", *options]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += [f"--nproc-per-node={processes}", "-m", "monoscope", "train", *options]
-    each = str(threads or max(1, args.threads // processes))
-    env = os.environ | {"MONOSCOPE_THREADS": each, "OMP_NUM_THREADS": each}
+    each = threads or max(1, args.threads // processes)
+    launched(["-m", "monoscope", "train", *options], processes, each)
+    return steady_rate(out / "train_log.jsonl")
+
+
+def launched(program: list[str], processes: int, threads: int) -> str:
+    """Run `python <program>` in one process, or in `processes` under torchrun, each of
+    `threads` threads; its standard output (a failure raises, with its standard error)."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [sys.executable, *(torchrun if processes > 1 else []), *program]
+    env = os.environ | {"MONOSCOPE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return steady_rate(out / "train_log.jsonl")
+    return done.stdout
 
 
 def steady_rate(log: Path) -> float:
@@ -301,18 +305,12 @@ def train_peaks(acts: Path, out: Path, args: argparse.Namespace, features: int, 
     options = ["train", "--acts", str(acts), "--out", str(out), "--features", str(features)]
     options += ["--k", str(args.k), "--batch-size", str(args.batch), "--overwrite"]
     options += ["--tokens", str(10 * args.batch), "--checkpoint-every", "5", "--no-progress"]
-    worker = [__file__, "--train-peak", *options]
-    if sharded:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += ["--nproc-per-node=2", *worker, "--shard-features"]
-    else:
-        command = [sys.executable, *worker]
-    each = str(max(1, args.threads // (2 if sharded else 1)))
-    env = os.environ | {"MONOSCOPE_THREADS": each, "OMP_NUM_THREADS": each}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
-    tagged = [line for line in done.stdout.splitlines() if line.startswith(_PEAK_TAG)]
-    if done.returncode != 0 or len(tagged) != (2 if sharded else 1):
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    processes = 2 if sharded else 1
+    program = [__file__, "--train-peak", *options, *(["--shard-features"] * sharded)]
+    out_text = launched(program, processes, max(1, args.threads // processes))
+    tagged = [line for line in out_text.splitlines() if line.startswith(_PEAK_TAG)]
+    if len(tagged) != processes:
+        raise RuntimeError(f"expected {processes} peak figures, got:\n{out_text[-3000:]}")
     figures = sorted(
         (json.loads(line[len(_PEAK_TAG) :]) for line in tagged), key=lambda f: f["rank"]
     )
