@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from monoscope.artifacts import atomic_write_bytes, json_bytes
@@ -26,6 +25,7 @@ from monoscope.sae.normalization import denormalise_tokens, normalise_tokens
 from monoscope.sae.shares import BatchShares
 from monoscope.sae.sparse import DeferredGradient, Pattern
 from monoscope.sae.step_memory import StepMemory
+from monoscope.tensorfiles import atomic_write_safetensors, file_size
 
 if TYPE_CHECKING:
     from monoscope.sae.training import SampleStart, TrainingDefaults
@@ -309,9 +309,12 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        data, config = save_bytes(weights), json_bytes(self.cfg.to_json())
-        write_checksums(folder, {CONFIG_FILE: config}, {WEIGHTS_FILE: (len(data), weights)})
-        atomic_write_bytes(folder / WEIGHTS_FILE, data)
+        config = json_bytes(self.cfg.to_json())
+        write_checksums(
+            folder, {CONFIG_FILE: config}, {WEIGHTS_FILE: (file_size(weights), weights)}
+        )
+        # Streamed from the weights: the file's bytes are never all in memory beside them.
+        atomic_write_safetensors(folder / WEIGHTS_FILE, weights)
         atomic_write_bytes(folder / CONFIG_FILE, config)
 
     @torch.no_grad()

@@ -18,17 +18,16 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 
 from monoscope.artifacts import (
     CorruptFileError,
-    atomic_write_bytes,
     read_sealed_json,
     sha256_bytes,
     write_sealed_json,
 )
 from monoscope.distributed import World, barrier, gather_objects
 from monoscope.sae.sharded import Trainable
+from monoscope.tensorfiles import atomic_write_safetensors
 from monoscope.train.average import WeightAverage
 from monoscope.train.basis import Rotation
 from monoscope.train.dead import DeadLatentTracker
@@ -67,18 +66,18 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[di
 def save_checkpoint(folder: Path, state: TrainingState, shard: World | None = None) -> None:
     """Write `state` as the checkpoint in `folder`; with `shard` (a feature-sharded run's
     world), this process's part of it (every process must call this)."""
-    data = save_bytes({k: v.detach().cpu().contiguous() for k, v in state.tensors.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
     if shard is None:
         name = f"checkpoint-{state.step:08d}.safetensors"
-        atomic_write_bytes(folder / name, data)
-        pointer = {"file": name, "sha256": sha256_bytes(data)}
+        pointer = {"file": name, "sha256": atomic_write_safetensors(folder / name, tensors)}
         write_sealed_json(folder / POINTER, {"step": state.step, **pointer, **state.scalars})
         _remove_older(folder, "checkpoint-*.safetensors", name)
         return
     suffix = f"{shard.rank}of{shard.size}.safetensors"
     name = f"checkpoint-{state.step:08d}-{suffix}"
-    atomic_write_bytes(folder / name, data)
-    shards = gather_objects({"file": name, "sha256": sha256_bytes(data)})
+    shards = gather_objects(
+        {"file": name, "sha256": atomic_write_safetensors(folder / name, tensors)}
+    )
     if shard.is_main:
         write_sealed_json(folder / POINTER, {"step": state.step, "shards": shards, **state.scalars})
     barrier()  # each older file stays until the pointer has moved on from it

@@ -11,7 +11,7 @@ import monoscope
 
 LAYERS = [
     {"artifacts", "runtime", "folders"},
-    {"plotting", "config_args", "web", "distributed"},
+    {"plotting", "config_args", "web", "distributed", "tensorfiles"},
     {"models", "data"},
     {"harvest"},
     {"sae"},
