@@ -75,7 +75,7 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor]
         with os.fdopen(fd, "wb") as f:
             f.write(head)
             for name in names:
-                data = tensors[name].reshape(-1).view(torch.uint8).numpy()
+                data = tensors[name].reshape(-1).view(torch.uint8).numpy().data
                 for start in range(0, len(data), WRITE_BYTES):
                     piece = data[start : start + WRITE_BYTES]
                     f.write(piece)

@@ -38,11 +38,10 @@ def usable(total: int) -> int:
     return int(total * (1 - HEADROOM))
 
 
-def required(plan: MemoryPlan, on_cpu: bool = False, dense: bool = False) -> int:
-    """Bytes a rank needs: the step's peak, and on the CPU also a checkpoint's (its serialised
-    bytes live in the same memory; a GPU's checkpoint is serialised in host memory)."""
-    peak = plan.dense_peak if dense else plan.peak
-    return max(peak, plan.checkpoint_peak) if on_cpu else peak
+def required(plan: MemoryPlan, dense: bool = False) -> int:
+    """Bytes a rank needs: the step's peak (a checkpoint is written from the tensors as they
+    are, so on the CPU it adds nothing to it; a GPU's is copied to host memory)."""
+    return plan.dense_peak if dense else plan.peak
 
 
 def device_memory(device: torch.device) -> tuple[int, str]:
@@ -88,7 +87,7 @@ def check_fits(
     The TopK family's step is counted whole. Other architectures' dense steps are not
     modelled: for them the parts every step holds (weights, Adam, two weight gradients) are
     checked, a lower bound, so that a refusal is still sure. On the CPU the ranks are processes
-    sharing this machine's RAM, and a checkpoint is serialised in the same memory."""
+    sharing this machine's RAM."""
     shape = StepShape(
         n_features,
         d_in,
@@ -105,14 +104,14 @@ def check_fits(
     on_cpu = device.type == "cpu"
     sharing = world_size if on_cpu else 1
     modelled = arch in PLANNED_ARCHS
-    need = required(plan, on_cpu) if modelled else sum(map(plan.part, LOWER_BOUND_PARTS))
+    need = required(plan) if modelled else sum(map(plan.part, LOWER_BOUND_PARTS))
     if need * sharing <= usable(total):
         return plan
     fixes = []
     if modelled:
         budget = usable(total) // sharing
         fixes = suggestions(
-            shape, budget, on_cpu, ranks_flag="--nproc", more_ranks=not on_cpu, can_shard=can_shard
+            shape, budget, ranks_flag="--nproc", more_ranks=not on_cpu, can_shard=can_shard
         )
     advice = " or ".join(fixes) if fixes else "fewer --features, or a device with more memory"
     shared = f", {world_size} ranks sharing it" if sharing > 1 else ""
@@ -124,10 +123,10 @@ def check_fits(
 
 
 def gather_bytes(n_features: int, d_in: int) -> int:
-    """Host RAM process 0 of a feature-sharded run needs for the whole SAE: it builds it to
-    start the run and gathers it to save it (twice the float32 weights while the file is
-    written)."""
-    return 2 * FLOAT * parameters(n_features, d_in)
+    """Host RAM process 0 of a feature-sharded run needs for the whole SAE: it gathers the
+    float32 weights once to save them (each process starts its own slice, and the file is
+    written from the weights, never built beside them)."""
+    return FLOAT * parameters(n_features, d_in)
 
 
 def check_gather_fits(n_features: int, d_in: int) -> int:
@@ -136,8 +135,8 @@ def check_gather_fits(n_features: int, d_in: int) -> int:
     need, total = gather_bytes(n_features, d_in), available_ram()
     if need > usable(total):
         raise DoesNotFitError(
-            f"a feature-sharded SAE of {n_features:,} features x d {d_in:,} is built whole and "
-            f"gathered in process 0's RAM to start and save it: {gib(need)}, and this machine "
+            f"a feature-sharded SAE of {n_features:,} features x d {d_in:,} is gathered whole "
+            f"in process 0's RAM to save it: {gib(need)}, and this machine "
             f"has {gib(total)} available ({HEADROOM:.0%} kept free): use fewer --features, or a "
             "machine with more RAM for process 0"
         )
@@ -161,7 +160,6 @@ def layout(shape: StepShape) -> str:
 def suggestions(
     shape: StepShape,
     budget: int,
-    on_cpu: bool = False,
     ranks_flag: str = "--gpus",
     more_ranks: bool = True,
     can_shard: bool = True,
@@ -171,10 +169,10 @@ def suggestions(
     `ranks_flag` N), a smaller batch, fewer features."""
 
     def fits(s: StepShape) -> bool:
-        return required(memory_plan(s), on_cpu) <= budget
+        return required(memory_plan(s)) <= budget
 
     def need(s: StepShape) -> str:
-        return gib(required(memory_plan(s), on_cpu))
+        return gib(required(memory_plan(s)))
 
     out = []
     sharded = replace(shape, shard_features=True)

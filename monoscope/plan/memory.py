@@ -98,7 +98,8 @@ class MemoryPlan:
     dense_preactivations: int
     """[rows, F] in the compute dtype: what a dense encoder adds."""
     checkpoint: int
-    """Bytes a checkpoint serialises: the weights and Adam's moments."""
+    """Bytes a checkpoint holds: the weights and Adam's moments (a GPU rank copies them to
+    host memory to write them)."""
 
     def part(self, key: str) -> int:
         return next(p.bytes for p in self.parts if p.key == key)
@@ -118,13 +119,6 @@ class MemoryPlan:
         """The peak of a step that holds the [rows, F] pre-activations instead of the blocked
         selection's buffer (its residual stays)."""
         return self.peak - self.part("workspace") + self.residual + self.dense_preactivations
-
-    @property
-    def checkpoint_peak(self) -> int:
-        """Memory while a checkpoint is written from the CPU: what stays between steps (not
-        AuxK's gradient, nor the selection) plus the serialised bytes."""
-        between = self.peak - self.part("auxk") - self.part("selection")
-        return between + self.checkpoint
 
 
 def memory_plan(shape: StepShape) -> MemoryPlan:

@@ -56,12 +56,12 @@ def _memory(plan: Plan) -> str:
         _row("peak: the trainer's blocked TopK step", gib(dp.peak), gib(sh.peak)),
         _row(f"peak with a dense GPU encoder (+ {dense})", gib(dp.dense_peak), gib(sh.dense_peak)),
         _row(
-            "host RAM of a rank writing a checkpoint (copy + bytes)",
-            gib(2 * dp.checkpoint),
-            gib(2 * sh.checkpoint),
+            "host RAM of a GPU rank writing a checkpoint (its copy)",
+            gib(dp.checkpoint),
+            gib(sh.checkpoint),
         ),
         _row(
-            "host RAM of process 0: the whole SAE, built and gathered",
+            "host RAM of process 0: the whole SAE, gathered to save it",
             "-",
             gib(gather_bytes(plan.shape.n_features, plan.shape.d_in)),
         ),

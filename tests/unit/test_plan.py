@@ -212,7 +212,7 @@ def test_check_fits_refuses_on_a_gpu_with_the_need_the_memory_and_the_fixes(monk
 
 def test_check_fits_on_the_cpu_counts_the_ranks_sharing_its_ram(monkeypatch):
     shape = StepShape(147_456, 576, 4096, 32, world_size=2)
-    need = required(memory_plan(shape), on_cpu=True)  # a rank's, its half of each batch
+    need = required(memory_plan(shape))  # a rank's, its half of each batch
     monkeypatch.setattr(fit_module, "available_ram", lambda: int(1.5 * need / 0.9))
     with pytest.raises(DoesNotFitError) as err:
         check_fits(147_456, 576, 4096, torch.device("cpu"), world_size=2)
@@ -264,10 +264,10 @@ def test_auxk_forms_a_whole_w_dec_gradient_which_the_plan_counts(monkeypatch):
     assert memory_plan(StepShape(4096, D, 256, K)).part("auxk") == 4096 * D * 4
 
 
-def test_on_the_cpu_a_checkpoint_counts_in_the_same_memory():
+def test_a_checkpoint_is_the_weights_and_adam_and_adds_nothing_to_the_step():
     plan = memory_plan(StepShape(F, D, 256, K))
     assert plan.checkpoint == 3 * plan.part("weights")
-    assert required(plan, on_cpu=True) == max(plan.peak, plan.checkpoint_peak)
+    assert required(plan) == plan.peak
 
 
 # --- store ---------------------------------------------------------------------------------
@@ -351,8 +351,8 @@ def test_the_command_prints_every_part(capsys):
         assert expected in out, expected
     weights = 4 * (2 * 4096 * 34_000_000 + 34_000_000 + 4096) / GIB
     assert f"{weights:,.1f} GiB" in out
-    # Process 0 of a sharded run holds the whole SAE twice while it writes it.
-    assert re.search(rf"host RAM of process 0: .* - +{2 * weights:,.1f} GiB", out)
+    # Process 0 of a sharded run gathers the whole SAE once, to write it.
+    assert re.search(rf"host RAM of process 0: .* - +{weights:,.1f} GiB", out)
 
 
 def test_the_command_says_when_it_fits(capsys):
@@ -378,7 +378,7 @@ def test_more_active_latents_than_features_is_refused():
 
 def test_a_sharded_run_whose_whole_sae_process_0_cannot_hold_is_refused(monkeypatch):
     monkeypatch.setattr(fit_module, "available_ram", lambda: 4 * GIB)
-    # 2^20 x 576: 4.5 GiB of weights, held twice while the gathered SAE is written.
-    with pytest.raises(DoesNotFitError, match=r"process 0's RAM .*: 9\.0 GiB, .* 4\.0 GiB"):
+    # 2^20 x 576: 4.5 GiB of weights, gathered once to be written.
+    with pytest.raises(DoesNotFitError, match=r"process 0's RAM .*: 4\.5 GiB, .* 4\.0 GiB"):
         check_gather_fits(1 << 20, 576)
-    assert check_gather_fits(1 << 16, 576) == 2 * 4 * (2 * (1 << 16) * 576 + (1 << 16) + 576)
+    assert check_gather_fits(1 << 16, 576) == 4 * (2 * (1 << 16) * 576 + (1 << 16) + 576)
