@@ -200,15 +200,18 @@ def train_steps(
     """Train a TopK SAE of `n_features` (this process's slice where `world` has several)
     over `batches` as the trainer would; (median seconds a step, the bytes of parameters +
     Adam's moments + one weight gradient)."""
-    from monoscope.sae import SAEConfig, TopKSAE
+    from monoscope.sae import SAEConfig, build_sae
     from monoscope.sae.sharded import ShardedTopKSAE
     from monoscope.sae.step_memory import StepMemory
     from monoscope.train.step import apply_gradients
 
     cfg = SAEConfig("topk", args.d, n_features, k=args.k)
     generator = torch.Generator().manual_seed(world.rank)
-    sae = ShardedTopKSAE(cfg, world) if world.distributed else TopKSAE(cfg)
-    sae.reset_parameters(generator)
+    if world.distributed:
+        sae = ShardedTopKSAE(cfg, world)
+        sae.init_slice(seed=0)
+    else:
+        sae = build_sae(cfg, seed=0)
     sae.step_memory = StepMemory()
     width = n_features // world.size
     dead = torch.rand(width, generator=generator) < _DEAD_SHARE

@@ -10,6 +10,8 @@ architecture's `activation_convention` (see config.py).
 from __future__ import annotations
 
 import abc
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -164,12 +166,19 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
-    def firing_cuts(self, sample: Tensor, l0: float, columns_per_pass: int = 1024) -> Tensor:
+    def firing_cuts(
+        self,
+        sample: Tensor,
+        l0: float,
+        columns_per_pass: int = 1024,
+        of_features: int | None = None,
+    ) -> Tensor:
         """Per latent [n_features], the pre-activation above which it fires on about
-        l0 / n_features of the raw `sample` [n, d_in]: its (fires + 1)-th largest, with fires at
-        least one and below n (a small sample sets it only roughly)."""
+        l0 / of_features (default n_features: a slice of a dictionary passes the whole's size)
+        of the raw `sample` [n, d_in]: its (fires + 1)-th largest, with fires at least one and
+        below n (a small sample sets it only roughly)."""
         n_rows, n = sample.shape[0], self.cfg.n_features
-        fires = min(max(1, round(n_rows * l0 / n)), n_rows - 1)
+        fires = min(max(1, round(n_rows * l0 / (of_features or n))), n_rows - 1)
         x = self.encoder_input(self.normalise(sample))
         cuts = []
         for start in range(0, n, columns_per_pass):
@@ -182,14 +191,13 @@ class SparseAutoencoder(nn.Module, metaclass=abc.ABCMeta):
     def least_squares_scale(self, sample: Tensor, rows_per_pass: int = 1024) -> float:
         """<x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² over the raw `sample` [n, d_in] (normalised
         space): the factor on the reconstruction that fits the sample best; 1 when x̂ = b_dec."""
-        target_dot = sample.new_zeros((), dtype=torch.float64)
-        fit_dot = sample.new_zeros((), dtype=torch.float64)
-        for rows in sample.split(rows_per_pass):
-            x = self.normalise(rows) - self.b_dec
-            x_hat = self.decode(self.encode(rows)) * self.cfg.input_scale - self.b_dec
-            target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
-            fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
-        return float(target_dot / fit_dot) if fit_dot > 0 else 1.0
+        scale = self.cfg.input_scale
+        return least_squares_factor(
+            sample.split(rows_per_pass),
+            self.normalise,
+            lambda rows: self.decode(self.encode(rows)) * scale,
+            self.b_dec,
+        )
 
     def prepare_rows(self, x: Tensor) -> Tensor:
         """Raw activations [..., d_in] in the parameters' dtype, each row mapped by the
@@ -360,3 +368,51 @@ def random_directions(n: int, d: int, generator: torch.Generator) -> Tensor:
     v = torch.randn(n, d, generator=generator)
     norms: Tensor = v.norm(dim=-1, keepdim=True)
     return v / norms
+
+
+DRAW_ROWS = 4096
+"""Rows drawn at a time by `random_direction_rows` (a multiple of 16: see there)."""
+
+
+def random_direction_rows(n: int, d: int, generator: torch.Generator, span: slice) -> Tensor:
+    """The rows `span` [stop - start, d] of `random_directions(n, d, generator)`, drawn
+    DRAW_ROWS rows at a time up to the span's end (the rows before it drawn and dropped): a
+    slice of a dictionary too large to draw whole in one place.
+
+    The same numbers as the whole draw: torch's CPU normal sampler turns its uniform draws into
+    normals 16 at a time, redrawing the last 16 of a tensor whose size is not a multiple of 16;
+    every block but the last holds a multiple of 16 numbers, and the last block ends where the
+    whole does with at least 16 (tests/unit/test_sharded_sae.py checks it against the whole)."""
+    start, stop = span.start or 0, min(span.stop, n)
+    bounds = [*range(0, n, DRAW_ROWS), n]
+    if len(bounds) > 2 and (n - bounds[-2]) * d < 16:
+        del bounds[-2]  # a short tail joins the block before it, as in the whole draw
+    pieces = []
+    for first, end in itertools.pairwise(bounds):
+        if first >= stop:
+            break
+        block = torch.randn(end - first, d, generator=generator)
+        if end > start:
+            pieces.append(block[max(start, first) - first : stop - first])
+    v = torch.cat(pieces)
+    norms: Tensor = v.norm(dim=-1, keepdim=True)
+    return v / norms
+
+
+def least_squares_factor(
+    row_blocks: Iterable[Tensor],
+    normalise: Callable[[Tensor], Tensor],
+    reconstruct: Callable[[Tensor], Tensor],
+    b_dec: Tensor,
+) -> float:
+    """<x - b_dec, x̂ - b_dec> / ||x̂ - b_dec||² summed over blocks of raw rows [rows, d_in],
+    x = normalise(rows) and x̂ = reconstruct(rows) in the normalised space: the factor on the
+    reconstruction that fits the rows best; 1 when x̂ = b_dec."""
+    target_dot = b_dec.new_zeros((), dtype=torch.float64)
+    fit_dot = b_dec.new_zeros((), dtype=torch.float64)
+    for rows in row_blocks:
+        x = normalise(rows) - b_dec
+        x_hat = reconstruct(rows) - b_dec
+        target_dot += torch.linalg.vecdot(x, x_hat).sum(dtype=torch.float64)
+        fit_dot += torch.linalg.vecdot(x_hat, x_hat).sum(dtype=torch.float64)
+    return float(target_dot / fit_dot) if fit_dot > 0 else 1.0

@@ -30,8 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from monoscope.distributed import World, all_gather_cat, all_reduce_sum_, broadcast_object
-from monoscope.sae.base import SparseAutoencoder, TrainStep
+from monoscope.distributed import World, all_gather_cat, all_reduce_sum_
+from monoscope.sae.base import (
+    SparseAutoencoder,
+    TrainStep,
+    least_squares_factor,
+    random_direction_rows,
+)
 from monoscope.sae.config import SAEConfig
 from monoscope.sae.registry import archs_where, trained_class
 from monoscope.sae.shares import total_variance
@@ -43,7 +48,8 @@ from monoscope.sae.sparse import (
     sparse_error,
 )
 from monoscope.sae.step_memory import StepMemory
-from monoscope.sae.topk import AUXK_COEFFICIENT, GRADIENT_SLOT, TopKSAE
+from monoscope.sae.topk import AUXK_COEFFICIENT, CUT_SAMPLE, GRADIENT_SLOT, TopKSAE
+from monoscope.sae.training import SampleStart
 
 _NORM_EPS = 1e-6  # clip_grad_norm_'s: its factor is max_norm / (norm + 1e-6), at most 1
 SLICED = ("W_enc", "b_enc", "W_dec")
@@ -117,6 +123,7 @@ class ShardedTopKSAE(nn.Module):
 
     local: TopKSAE
     sparsity: ClassVar[str] = TopKSAE.sparsity
+    start_settings: ClassVar[tuple[str, ...]] = TopKSAE.start_settings
     step_memory: StepMemory | None = None
     """As `SparseAutoencoder.step_memory`: set, W_enc's gradient is left to be formed after
     W_dec's step (`TrainStep.deferred`; monoscope.train.step.apply_gradients)."""
@@ -143,11 +150,60 @@ class ShardedTopKSAE(nn.Module):
         """The parameters each process holds a different slice of."""
         return [self.W_enc, self.b_enc, self.W_dec]
 
+    # -- the start -----------------------------------------------------------------------
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        """This slice as TopKSAE initialises a dictionary of its size (the generator should
-        differ by process): for dictionaries too large to build whole anywhere."""
-        self.local.reset_parameters(generator)
+    def init_slice(self, seed: int) -> None:
+        """This slice of the whole SAE `build_sae(cfg, seed)` initialises (TopKSAE's tied
+        start: decoder rows random unit vectors, the encoder their transpose, biases 0), the
+        whole never built: the rows before the slice are drawn and dropped a block at a time."""
+        span = slice(self.offset, self.offset + self.width)
+        generator = torch.Generator().manual_seed(seed)
+        rows = random_direction_rows(self.cfg.n_features, self.cfg.d_in, generator, span)
+        self.W_dec.copy_(rows)
+        self.W_enc.copy_(rows.t())
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: Tensor) -> None:
+        """b_dec as `SparseAutoencoder.init_b_dec` sets it from the raw `sample` [n, d_in]
+        (the same in every process), process 0's in all: the replicas stay equal to the bit."""
+        self.local.init_b_dec(sample)
+        if self.world.distributed:
+            dist.broadcast(self.b_dec.data, src=0)
+
+    @torch.no_grad()
+    def start_from_sample(self, sample: Tensor, start: SampleStart) -> None:
+        """TopKSAE's data-dependent start (`TopKFamilySAE.start_from_sample`) of this slice,
+        with the whole SAE's fits: the least-squares scales of the whole reconstruction and
+        each latent's firing cut at the whole dictionary's rate k / F. Every process must call
+        this with the same raw `sample` [n, d_in]."""
+        local = self.local
+        if start.decoder_init_power > 0:
+            local.shape_decoder_directions(sample, start.decoder_init_power)  # row by row
+        factor = self.least_squares_scale(sample)
+        if factor > 0:
+            self.W_enc.mul_(factor)
+        if sample.shape[0] < 2 or start.b_enc_init_share == 0:
+            return
+        cuts = local.firing_cuts(sample[:CUT_SAMPLE], self.k, of_features=self.cfg.n_features)
+        self.b_enc.sub_(start.b_enc_init_share * cuts)
+        factor = self.least_squares_scale(sample)
+        if factor > 0:
+            self.W_enc.mul_(factor)
+            self.b_enc.mul_(factor)
+
+    @torch.no_grad()
+    def least_squares_scale(self, sample: Tensor, rows_per_pass: int = 1024) -> float:
+        """`SparseAutoencoder.least_squares_scale` of the whole SAE over the raw `sample`
+        [n, d_in] (the same in every process; so is the factor)."""
+        scale = self.cfg.input_scale
+        return least_squares_factor(
+            sample.split(rows_per_pass),
+            lambda rows: rows.to(self.W_enc.dtype) * scale,
+            lambda rows: self.forward(rows) * scale,
+            self.b_dec,
+        )
 
     # -- the step ------------------------------------------------------------------------
     def training_step(
@@ -402,34 +458,4 @@ def shard_of(sae: SparseAutoencoder, world: World) -> ShardedTopKSAE:
         for name in SLICED:
             getattr(sharded, name).copy_(features_of(getattr(sae, name), name, span))
         sharded.b_dec.copy_(sae.b_dec)
-    return sharded
-
-
-@torch.no_grad()
-def scattered(
-    whole: SparseAutoencoder | None, world: World, device: torch.device
-) -> ShardedTopKSAE:
-    """Process 0's whole TopK SAE `whole` (None in the others, which never hold it) split
-    over `world`: each process gets its slice on `device`, sent by process 0 a slice at a
-    time, and the config; b_dec is left to be broadcast."""
-    if world.is_main and not isinstance(whole, TopKSAE):
-        raise ValueError("--shard-features trains topk SAEs only")
-    document = broadcast_object(whole.cfg.to_json() if whole is not None else None)
-    assert isinstance(document, dict)
-    sharded = ShardedTopKSAE(SAEConfig.from_json(document), world).to(device)
-    for name in SLICED:
-        mine = getattr(sharded, name)
-        if not world.is_main:
-            dist.recv(mine.data, src=0)
-            continue
-        assert whole is not None
-        for rank in range(world.size):
-            span = slice(rank * sharded.width, (rank + 1) * sharded.width)
-            piece = features_of(getattr(whole, name), name, span).to(device)
-            if rank == 0:
-                mine.copy_(piece)
-            else:
-                dist.send(piece.contiguous(), dst=rank)
-    if whole is not None:
-        sharded.b_dec.copy_(whole.b_dec)
     return sharded

@@ -49,7 +49,7 @@ GRADIENT_SLOT = "weight gradient"
 """The `StepMemory` slot W_dec's gradient and then W_enc's (deferred) lie in."""
 AUXK_COEFFICIENT = 1 / 32
 """Gao et al.'s AuxK weight α: the coefficient to pass to `training_step` for topk/batchtopk."""
-_CUT_SAMPLE = 8192  # rows that set the firing cuts of `start_below_firing_cuts`
+CUT_SAMPLE = 8192  # rows that set the firing cuts of `start_below_firing_cuts`
 
 RowsPre = Callable[[Tensor], Tensor]
 """Pre-activations [r, n_features] (in the selection's dtype) of the rows of the batch given
@@ -160,7 +160,7 @@ class TopKFamilySAE(SparseAutoencoder):
         batches spread over more latents: fewer dead latents (docs/LOG.md)."""
         if sample.shape[0] < 2 or share == 0:
             return 1.0
-        self.b_enc.sub_(share * self.firing_cuts(sample[:_CUT_SAMPLE], self.k))
+        self.b_enc.sub_(share * self.firing_cuts(sample[:CUT_SAMPLE], self.k))
         factor = self.least_squares_scale(sample)
         if factor > 0:  # no positive fit (no signal): left as it is
             self.W_enc.mul_(factor)

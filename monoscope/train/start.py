@@ -10,11 +10,14 @@ from pathlib import Path
 
 import torch
 
-from monoscope.sae import SAEConfig, SparseAutoencoder, build_sae
+from monoscope.distributed import World
+from monoscope.sae import SAEConfig, build_sae
+from monoscope.sae.sharded import ShardedTopKSAE, Trainable
 from monoscope.sae.training import SampleStart
 from monoscope.train.basis import Rotation, rotate_sae
 from monoscope.train.checkpoint import TrainingState
 from monoscope.train.config import TrainConfig, from_older_version
+from monoscope.train.parallel import broadcast_tensors
 
 INIT_SAMPLE = 16_384
 """Rows that set the input scale and the data-dependent start."""
@@ -25,11 +28,12 @@ resume on another device or number of processes: the same SAE within rounding)."
 
 @dataclass
 class Start:
-    """What a run begins from: its resolved settings, its SAE (None where it was not built:
-    `with_sae`) and (in the eigenbasis) the rotation the SAE and the batches are in."""
+    """What a run begins from: its resolved settings, its SAE (with --shard-features, this
+    process's slice of it; None where it was not built: `resumed_start`'s `with_sae`) and (in
+    the eigenbasis) the rotation the SAE and the batches are in."""
 
     cfg: TrainConfig
-    sae: SparseAutoencoder | None
+    sae: Trainable | None
     rotation: Rotation | None
 
 
@@ -40,15 +44,14 @@ def init_sample(source, max_norm: float | None) -> torch.Tensor:
 
 
 def new_start(
-    requested: TrainConfig, source, max_norm: float | None, with_sae: bool = True
+    requested: TrainConfig, source, max_norm: float | None, world: World | None = None
 ) -> Start:
-    """A freshly initialised SAE (if `with_sae`), started from a sample of `source`,
-    and for --adam-basis eigen the rotation it is put in."""
+    """A freshly initialised SAE started from a sample of `source` (with --shard-features,
+    this process's slice of it in `world`, the same slice of the same start), and for
+    --adam-basis eigen the rotation it is put in."""
     cfg = requested.resolved(requested.n_features(source.d))
     sample = init_sample(source, max_norm)
     rotation = Rotation.eigen(sample) if cfg.adam_basis == "eigen" else None
-    if not with_sae:
-        return Start(cfg, None, rotation)
     sae_cfg = SAEConfig(
         arch=cfg.arch,
         d_in=source.d,
@@ -57,24 +60,38 @@ def new_start(
         site=source.site,
         model=source.model,
         compute_dtype=cfg.compute_dtype,
+        input_scale=input_scale(sample),  # known before a slice copies the config
     )
-    sae = build_sae(sae_cfg, seed=cfg.seed)
+    sae: Trainable
+    if cfg.shard_features:
+        assert world is not None
+        if rotation is not None:  # process 0's: every slice is rotated alike
+            broadcast_tensors(list(rotation.tensors().values()), world)
+        sae = ShardedTopKSAE(sae_cfg, world)
+        sae.init_slice(cfg.seed)
+    else:
+        sae = build_sae(sae_cfg, seed=cfg.seed)
     start_from_sample(sae, cfg, sample)
     if rotation is not None:
         rotate_sae(sae, rotation.matrix())
     return Start(cfg, sae, rotation)
 
 
-def start_from_sample(sae: SparseAutoencoder, cfg: TrainConfig, sample: torch.Tensor) -> None:
+def input_scale(sample: torch.Tensor) -> float:
+    """The dataset-wide scalar that makes E||x||_2 = sqrt(d) over raw rows [n, d] (April 2024
+    update)."""
+    mean_norm = float(sample.norm(dim=-1).mean()) if sample.shape[0] else 0.0
+    if mean_norm == 0:
+        raise ValueError("the training activations are all zero: there is nothing to learn")
+    return math.sqrt(sample.shape[1]) / mean_norm
+
+
+def start_from_sample(sae: Trainable, cfg: TrainConfig, sample: torch.Tensor) -> None:
     """Set the input scale, b_dec and the architecture's data-dependent start as `cfg` asks,
     from raw activations [n, d_in] (the trainer's start; benchmarks/train.py starts its SAEs
     with it too)."""
     cfg = cfg.resolved()
-    mean_norm = float(sample.norm(dim=-1).mean()) if sample.shape[0] else 0.0
-    if mean_norm == 0:
-        raise ValueError("the training activations are all zero: there is nothing to learn")
-    # April 2024 update: one dataset-wide scalar so that E‖x‖₂ = √d.
-    sae.cfg.input_scale = math.sqrt(sae.cfg.d_in) / mean_norm
+    sae.cfg.input_scale = input_scale(sample)
     if cfg.b_dec_init == "median":
         sae.init_b_dec(sample)  # Bricken et al. 2023, Gao et al. 2024
     settings = {name: getattr(cfg, name) for name in type(sae).start_settings}

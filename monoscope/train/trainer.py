@@ -27,7 +27,7 @@ from monoscope.distributed import World, all_reduce_sum_, joined, launched_world
 from monoscope.plan import check_fits, check_gather_fits
 from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep
 from monoscope.sae.registry import trained_class
-from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run, scattered
+from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
@@ -194,18 +194,16 @@ def _train(
     max_norm = limit * median if limit > 0 else None
     state = load_checkpoint(out, world if requested.shard_features else None)
     data_id = source.fingerprint()
-    # A sharded run's whole SAE is built by process 0 only, as it starts; a resumed one's slices
-    # are read from each process's checkpoint file.
-    whole = not requested.shard_features or (state is None and world.is_main)
+    # Each process of a sharded run starts its own slice; a resumed one's slices are read from
+    # each process's checkpoint file.
     if state is None:
-        start = new_start(requested, source, max_norm, with_sae=whole)
+        start = new_start(requested, source, max_norm, world)
     else:
+        whole = not requested.shard_features
         start = resumed_start(state, requested, data_id, source.description, out, whole)
     cfg = start.cfg
     resumed_cfg = None if state is None else SAEConfig.from_json(state.scalars["sae"])
     parts = _parts(start, total_steps, device, world, resumed_cfg)
-    if requested.shard_features:
-        start.sae = None  # process 0's whole starting SAE: each process holds its slice now
     record = {
         "train_config": recorded_settings(requested),
         "resolved_defaults": cfg.resolved_defaults(),
@@ -223,10 +221,12 @@ def _train(
     summary = _summary(parts, cfg, source, total_steps, median, max_norm, world)
     parts.sae.cfg.training = summary | {"processes": world.size}
     _final_weights(parts)
-    sae = _whole(parts.sae)
+    trained = parts.sae
     # Adam's state (twice the weights) and the average's copy are not needed any more: the
-    # refit's memory is.
+    # gathered SAE's memory and the refit's are.
     del parts, checkpointer, start
+    sae = _whole(trained)
+    del trained  # a sharded run's slice, in process 0 now part of the gathered SAE
     if not world.is_main:  # process 0 refits and saves the SAE (it alone holds all of it)
         return sae.eval()
     return _finish(sae, cfg, source, max_norm, total_steps)
@@ -260,13 +260,13 @@ def _parts(
     rotated = [] if rotation is None else list(rotation.tensors().values())
     sae: Trainable
     if cfg.shard_features:
-        if resumed is not None:
-            sae = ShardedTopKSAE(resumed, world).to(device)  # weights: the checkpoint's
-        else:
-            sae = scattered(start.sae, world, device)  # only the slice reaches the device
+        # A resumed run's weights are the checkpoint's.
+        sliced = ShardedTopKSAE(resumed, world) if resumed is not None else start.sae
+        assert sliced is not None and not isinstance(sliced, SparseAutoencoder)
+        sae = sliced.to(device)
         broadcast_tensors([sae.b_dec.data, *rotated], world)  # what every process shares
     else:
-        assert start.sae is not None  # built in every process unless sharded
+        assert isinstance(start.sae, SparseAutoencoder)  # built in every process unless sharded
         sae = start.sae.to(device)
         broadcast_parameters(sae, rotated, world)
         share_batches(sae, world)
@@ -580,7 +580,7 @@ def _check_sparsity(requested: TrainConfig, n_features: int, tokens: int) -> Non
 def _check_fits(cfg: TrainConfig, d_in: int, device: torch.device, world: World) -> None:
     """Refuse, before any work, a dictionary that cannot be split by features as asked, whose
     step cannot fit the device's memory (or the RAM the processes share), or a sharded one
-    process 0 cannot hold whole to start and save it, saying what to change (monoscope.plan)."""
+    process 0 cannot hold whole to save it, saying what to change (monoscope.plan)."""
     n_features = cfg.n_features(d_in)
     k = cfg.resolved(n_features).k or DEFAULT_K
     if cfg.shard_features:

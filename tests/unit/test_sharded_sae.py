@@ -20,9 +20,12 @@ import pytest
 import torch
 
 from monoscope.distributed import World
-from monoscope.sae import BatchTopKSAE, SAEConfig, TopKSAE, load_sae
+from monoscope.sae import BatchTopKSAE, SAEConfig, TopKSAE, base, build_sae, load_sae
+from monoscope.sae.base import random_direction_rows, random_directions
 from monoscope.sae.sharded import ShardedTopKSAE, check_shardable, shard_of
 from monoscope.sae.step_memory import StepMemory
+from monoscope.train import TrainConfig
+from monoscope.train.start import input_scale, start_from_sample
 from monoscope.train.step import apply_gradients
 
 TOLERANCE = 1e-5
@@ -148,9 +151,31 @@ def adam_differences(world: World, out: Path) -> dict[str, float]:
     return differences
 
 
+def start_differences(world: World) -> dict[str, float]:
+    """This process's slice as it starts itself (`init_slice`, then the trainer's start from a
+    sample: data-shaped decoder, least-squares scales, b_enc below the firing cuts) against
+    the slice of the whole SAE started so; `cut share` reports the share (nonzero: the cuts
+    took part)."""
+    config = TrainConfig(arch="topk", k=K, seed=5).resolved(FEATURES)
+    sample = torch.randn(512, D, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    cfg = SAEConfig("topk", D, FEATURES, k=K, input_scale=input_scale(sample))
+    whole = build_sae(cfg, seed=5)
+    start_from_sample(whole, config, sample)
+    sharded = ShardedTopKSAE(cfg, world)
+    sharded.init_slice(5)
+    start_from_sample(sharded, config, sample)
+    differences = {
+        f"started {name}": _max_difference(getattr(sharded, name), _slice_of(name, p, sharded))
+        for name, p in whole.named_parameters()
+    }
+    assert config.b_enc_init_share is not None
+    return {**differences, "cut share": config.b_enc_init_share}
+
+
 def all_differences(world: World, out: Path) -> dict[str, float]:
     """Every check of this file, in one process of `world`."""
     found = {f"forward {k}": v for k, v in forward_differences(world).items()}
+    found |= start_differences(world)
     for case, dead in [("no AuxK", None), *_dead_masks().items()]:
         for name, value in gradient_differences(world, dead).items():
             found[f"{case}: {name}"] = value
@@ -160,8 +185,9 @@ def all_differences(world: World, out: Path) -> dict[str, float]:
 def _check(found: dict[str, float], processes: int) -> None:
     """The differences within TOLERANCE; the checks exercised what they test."""
     informative = {"no AuxK: aux", "half: aux", "few: aux", "moved", "smallest W_enc bound"}
-    informative.add("b_dec sum")
+    informative |= {"b_dec sum", "cut share"}
     assert found["no AuxK: aux"] == 0 and found["half: aux"] > 0 and found["few: aux"] > 0
+    assert found["cut share"] > 0
     assert found["moved"] > 1e-3, "Adam should have moved the weights"
     assert found["smallest W_enc bound"] > 0
     wrong = {k: v for k, v in found.items() if k not in informative and not v <= TOLERANCE}
@@ -198,6 +224,15 @@ def test_what_cannot_be_sharded_is_refused():
     with pytest.raises(ValueError, match="trains topk SAEs only, not batchtopk"):
         shard_of(BatchTopKSAE(batchtopk), World())
     check_shardable(cfg, 3)
+
+
+@pytest.mark.parametrize(("n", "d"), [(100, 7), (33, 1), (4097, 5), (5, 3), (64, 16)])
+def test_a_span_of_random_directions_is_those_rows_of_the_whole_draw(monkeypatch, n, d):
+    monkeypatch.setattr(base, "DRAW_ROWS", 16)  # many blocks, and a short tail
+    whole = random_directions(n, d, torch.Generator().manual_seed(3))
+    for start, stop in [(0, n), (0, n // 2 or 1), (n // 2, n), (n // 3, 2 * n // 3 + 1)]:
+        rows = random_direction_rows(n, d, torch.Generator().manual_seed(3), slice(start, stop))
+        assert torch.equal(rows, whole[start:stop]), (start, stop)
 
 
 # -- several processes -------------------------------------------------------------------------
