@@ -11,7 +11,8 @@ search gives the same features in both:
   a substring of its explanation.
 
 Results are ordered by `sort` (id, density, max_act or score) in `order`, ties by id; features
-without a score come last in either order.
+without a score come last in either order. Words are looked up in the explanations through an
+index of their tokens built with the catalogue (`word_index.WordIndex`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from monoscope.analyze.schema import FeatureStoreError, database_file
+from monoscope.serve.word_index import WordIndex, sorted_unique
 
 SORTS = ("id", "density", "max_act", "score")
 ORDERS = ("asc", "desc")
@@ -35,18 +37,9 @@ TOP_TOKENS = 4
 """Distinct max-activating tokens shown beside each feature in lists."""
 
 _ID_QUERY = re.compile(r"#?(\d+)")
-FIND_LIMIT = 4096
-"""A word found more often than this in the explanations is matched by a loop over them (about
-40 ms a million) rather than found occurrence by occurrence (one C-level scan, ~12 ms, plus a
-step per occurrence)."""
-COUNT_SAMPLE = 1 << 22
-"""Characters of the joined explanations in which a word's occurrences are counted to choose
-between those two ways (the estimate only picks the faster; both give the same features)."""
 WORDS_KEPT = 32
 """Query words whose matches (a bool per feature) are kept: the next page of a search, or the
-same search in another order, is then found without scanning the explanations again."""
-_SEP = "\x00"
-"""Ends each explanation in the joined search text (query words never hold it)."""
+same search in another order, is then found without looking the word up again."""
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +96,10 @@ class Catalog:
     has_map: bool
 
     def __post_init__(self) -> None:
-        # Case-folded once, and joined into one text (each explanation followed by a
-        # separator no word holds): a word is then found by one C-level scan of it, not
-        # a Python loop over a million explanations.
-        self._folded = folded = [
-            e.lower().replace(_SEP, " ") if e else "" for e in self.explanation
-        ]
-        self._text = _SEP.join(folded) + _SEP
-        lengths = np.fromiter((len(e) + 1 for e in folded), dtype=np.int64, count=len(folded))
-        self._ends = np.cumsum(lengths)  # [n] offset one past each explanation's separator
+        # Indexed once (about 2 s a million): a first search for a common word is then
+        # milliseconds, where a loop over a million explanations took 70-120 ms.
+        self._words = WordIndex(self.explanation)
+        self._has_explanations = any(self.explanation)
         self._score = np.array([np.nan if s is None else s for s in self.score], dtype=np.float64)
         self._orders: dict[tuple[str, str], np.ndarray] = {}
         self._word_hits: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -123,7 +111,7 @@ class Catalog:
 
     @property
     def has_explanations(self) -> bool:
-        return len(self._text) > self.n_features  # more than the separators
+        return self._has_explanations
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, vocab: list[str]) -> Catalog:
@@ -188,32 +176,14 @@ class Catalog:
             if word in self._word_hits:
                 self._word_hits.move_to_end(word)
                 return self._word_hits[word]
-        hits = np.zeros(self.n_features, dtype=bool)
+        hits = self._words.containing(word)
         hits[np.asarray(self.token_index.get(word, ()), dtype=np.int64)] = True
-        hits[self._explained_with(word)] = True
         hits.flags.writeable = False
         with self._word_lock:
             self._word_hits[word] = hits
             if len(self._word_hits) > WORDS_KEPT:
                 self._word_hits.popitem(last=False)
         return hits
-
-    def _explained_with(self, word: str) -> np.ndarray:
-        """Ascending ids of the features whose explanation contains `word` (case-folded)."""
-        if _SEP in word:
-            return np.zeros(0, dtype=np.int64)
-        sample = min(len(self._text), COUNT_SAMPLE)
-        estimate = self._text.count(word, 0, sample) * len(self._text) / sample
-        if estimate > FIND_LIMIT:  # a common word: one pass over them all
-            ids = [i for i, e in enumerate(self._folded) if word in e]
-            return np.fromiter(ids, dtype=np.int64, count=len(ids))
-        starts, at = [], self._text.find(word)
-        while at >= 0:
-            starts.append(at)
-            # On to the next explanation: a feature counts once however often it matches.
-            fid = int(np.searchsorted(self._ends, at, side="right"))
-            at = self._text.find(word, int(self._ends[fid]))
-        return np.searchsorted(self._ends, np.asarray(starts, dtype=np.int64), side="right")
 
     def _order(self, sort: str, order: str) -> np.ndarray:
         """Ids in the sort's order [n], computed once per sort and order: a page of the whole
@@ -299,11 +269,11 @@ def _index_top_examples(
         # Unknown token ids map to key -1 and are dropped.
         token_keys = key_of_token[np.where((tokens >= 0) & (tokens < len(vocab)), tokens, -1)]
         keep = fired & (token_keys >= 0)
-        pairs.append(_sorted_unique(token_keys[keep] * n + features[keep]))
+        pairs.append(sorted_unique(token_keys[keep] * n + features[keep]))
     top_tokens = _top_tokens(centres, vocab, n)
     index: dict[str, list[int]] = {}
     if pairs:
-        both = _sorted_unique(np.concatenate(pairs))  # by key id, then feature
+        both = sorted_unique(np.concatenate(pairs))  # by key id, then feature
         key_col, feature_col = np.divmod(both, n)
         names = list(key_ids)
         bounds = np.flatnonzero(np.diff(key_col)) + 1
@@ -350,12 +320,6 @@ def _readable_example(row: tuple, conn: sqlite3.Connection) -> bool:
         return True
     log.warning("%s; left out of the search and top tokens", problem)
     return False
-
-
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique by sorting (numpy 2's hash-based unique is several times slower here)."""
-    values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def _distinct_texts(token_ids: list[int], vocab: list[str]) -> list[str]:

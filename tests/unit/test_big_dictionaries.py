@@ -28,7 +28,7 @@ from monoscope.analyze.schema import open_readonly
 from monoscope.harvest import HarvestConfig
 from monoscope.harvest import run as harvest
 from monoscope.sae import SAEConfig, build_sae
-from monoscope.serve import FeatureStore, export_site
+from monoscope.serve import FeatureStore, export_site, word_index
 from monoscope.serve import catalog as catalog_module
 from monoscope.serve import export as export_module
 from monoscope.serve import records as records_module
@@ -210,10 +210,10 @@ def rows(db: Path, sql: str) -> list[tuple]:
 # -- the browser ------------------------------------------------------------------------------
 
 
-def catalog(n: int, seed: int = 0) -> Catalog:
+def catalog(n: int, seed: int = 0, explanation: list[str | None] | None = None) -> Catalog:
     rng = np.random.default_rng(seed)
     words = ["bridge", "river", "cat", "Code", "golden gate"]
-    explanation = [
+    explanation = explanation or [
         None if rng.random() < 0.3 else f"{words[i % 5]} {rng.choice(words)} x{i}" for i in range(n)
     ]
     return Catalog(
@@ -254,20 +254,102 @@ def test_search_pages_equal_a_brute_force_search(query, sort, order):
         assert [item["id"] for item in page["items"]] == expected[offset : offset + 25]
 
 
-@pytest.mark.parametrize("find_limit", [0, 10**9], ids=["one-loop", "occurrence-by-occurrence"])
-def test_either_way_of_finding_a_word_and_the_kept_words_give_the_same_features(
-    find_limit, monkeypatch
+PIECES = [
+    *("Straße", "STRASSE", "ÉCOLE", "école", "ΟΔΟΣ", "σοφία", "東京タワーの展望台", "日本語"),
+    *("don't", "e.g.", "C++", "++", "x_1", "__init__", "42", "3.14", "U.S.", "(parens)", "a-b"),
+    *("—", "🙂ok", "İstanbul", "ﬁne", "\u212aelvin", "the", "then", "other", "river", "a", "E"),
+    *("x\x00y", "\x00", "lone\ud800"),
+]
+"""Pieces of explanations: Unicode (case folding that changes lengths, a final sigma, CJK
+without spaces), punctuation, underscores, digits, NULs and a lone surrogate."""
+GAPS = [" ", "  ", "", "\n", "\t", "\xa0", "\u3000", "\x1c", ", ", " - "]
+"""What joins them: whitespace of several kinds, or nothing (a token of two pieces)."""
+ODD_WORDS = [
+    *("straße", "strasse", "ss", "ß", "école", "e", "é", "οδος", "ος", "ς", "σ", "東京", "の"),
+    *("don't", "don", "'", "e.g.", ".", "c++", "++", "+", "x_1", "_", "__", "42", "3.", "u.s."),
+    *("(", "a-b", "—", "🙂", "i̇stanbul", "ﬁ", "k", "the", "then", "he", "zzz", "\x00"),
+    *("x\x00y", "\ud800", "alphabeta", "ab", "eriver", "thethe"),
+]
+"""Query words: parts of PIECES, words across two pieces or two texts, and words of none."""
+
+
+def odd_explanations(n: int, seed: int, nul: bool = True) -> list[str | None]:
+    """n random explanations of PIECES (without the NUL ones unless `nul`), some missing,
+    empty or blank; "alpha" ends one and "beta" starts the next, and one repeats a word."""
+    rng = np.random.default_rng(seed)
+    pieces = [p for p in PIECES if nul or "\x00" not in p]
+    out: list[str | None] = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.15:
+            out.append([None, "", "   "][int(kind * 20)])
+            continue
+        words = rng.choice(pieces, rng.integers(1, 7)).tolist()
+        gaps = rng.choice(GAPS, len(words) + 1).tolist()
+        text = "".join(g + w for g, w in zip(gaps, words, strict=False))
+        out.append(text + gaps[-1] if rng.random() < 0.3 else text)
+    out[n // 2 : n // 2 + 3] = ["gamma Alpha", "BETA river", "river river,river"]
+    return out
+
+
+def query_words(texts: list[str | None], seed: int, n: int = 150) -> list[str]:
+    """ODD_WORDS and n random parts of the texts' whitespace-separated tokens."""
+    rng = np.random.default_rng(seed)
+    tokens = [t for e in texts for t in (e or "").lower().split()]
+    words = list(ODD_WORDS)
+    for token in rng.choice(tokens, n):
+        start = int(rng.integers(len(token)))
+        words.append(token[start : int(rng.integers(start + 1, len(token) + 1))])
+    return words
+
+
+@pytest.mark.parametrize("share", [0.0, 2.0], ids=["over-all-pairs", "gathered-per-token"])
+@pytest.mark.parametrize(
+    ("chunk", "nul"),
+    [(7, True), (10**5, True), (10**5, False)],
+    ids=["chunks-some-with-a-nul", "one-chunk-split-text-by-text", "one-chunk-split-at-once"],
+)
+def test_the_word_index_finds_the_texts_holding_a_word_as_a_substring(
+    share, chunk, nul, monkeypatch
 ):
-    """Whichever way the sampled count picks, and with the kept words' matches evicted and
-    found again, a search gives what a brute-force one does."""
-    monkeypatch.setattr(catalog_module, "FIND_LIMIT", find_limit)
-    monkeypatch.setattr(catalog_module, "COUNT_SAMPLE", 64)
+    """Whichever way a word's tokens are united and the texts were split, the index finds
+    what `word in text.lower()` does, and nothing across two neighbouring texts."""
+    monkeypatch.setattr(word_index, "SCAN_SHARE", share)
+    texts = odd_explanations(300, seed=chunk + nul, nul=nul)
+    index = word_index.WordIndex(texts, chunk=chunk)
+    folded = [(e or "").lower() for e in texts]
+    for word in query_words(texts, seed=chunk):
+        found = np.flatnonzero(index.containing(word)).tolist()
+        assert found == [i for i, e in enumerate(folded) if word in e], word
+    assert not index.containing("alphabeta").any() and index.containing("alpha").any()
+    assert index.containing("ΟΔΟΣ".lower()).any()  # a final sigma, folded as in one text
+    with pytest.raises(ValueError, match="whitespace"):
+        index.containing("two words")
+
+
+def test_an_empty_index_finds_nothing():
+    for texts in ([], [None, "", " \t "]):
+        index = word_index.WordIndex(texts)
+        assert index.n_tokens == 1 and index.containing("a").tolist() == [False] * len(texts)
+
+
+@pytest.mark.parametrize("share", [0.0, 2.0], ids=["over-all-pairs", "gathered-per-token"])
+def test_either_way_of_finding_a_word_and_the_kept_words_give_the_same_features(share, monkeypatch):
+    """Whichever way a word's tokens are united, and with the kept words' matches evicted and
+    found again, a search gives what a brute-force one does (explanations or top tokens)."""
+    monkeypatch.setattr(word_index, "SCAN_SHARE", share)
     monkeypatch.setattr(catalog_module, "WORDS_KEPT", 2)
     cat = catalog(500)
     for query in ["river", "cat", "golden gate", "river", "x1", "cat code", "nothing", "river"]:
         page = cat.search(query, "id", "asc", 0, 500)
         assert [item["id"] for item in page["items"]] == brute_force_search(cat, query, "id", "asc")
     assert len(cat._word_hits) <= 2
+    cat = catalog(400, explanation=odd_explanations(400, seed=1))
+    for query in ["Straße école", "THE e.g.", "don't", "the", "ος σ", "++ x_1", "e", "alphabeta"]:
+        page = cat.search(query, "id", "desc", 0, 400)
+        assert [item["id"] for item in page["items"]] == brute_force_search(
+            cat, query, "id", "desc"
+        )
 
 
 def test_the_api_answers_a_page_and_a_sample(tmp_path, monkeypatch):
