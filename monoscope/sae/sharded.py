@@ -155,7 +155,8 @@ class ShardedTopKSAE(nn.Module):
     def init_slice(self, seed: int) -> None:
         """This slice of the whole SAE `build_sae(cfg, seed)` initialises (TopKSAE's tied
         start: decoder rows random unit vectors, the encoder their transpose, biases 0), the
-        whole never built: the rows before the slice are drawn and dropped a block at a time."""
+        whole never built: the rows before the slice are drawn (on the CPU, the same numbers
+        whatever the device) and dropped a block at a time."""
         span = slice(self.offset, self.offset + self.width)
         generator = torch.Generator().manual_seed(seed)
         rows = random_direction_rows(self.cfg.n_features, self.cfg.d_in, generator, span)

@@ -44,10 +44,15 @@ def init_sample(source, max_norm: float | None) -> torch.Tensor:
 
 
 def new_start(
-    requested: TrainConfig, source, max_norm: float | None, world: World | None = None
+    requested: TrainConfig,
+    source,
+    max_norm: float | None,
+    world: World | None = None,
+    device: torch.device | None = None,
 ) -> Start:
-    """A freshly initialised SAE started from a sample of `source` (with --shard-features,
-    this process's slice of it in `world`, the same slice of the same start), and for
+    """A freshly initialised SAE started from a sample of `source`, on the CPU (with
+    --shard-features, this process's slice of it in `world`, the same slice of the same
+    start, on `device`: its start takes collectives, which NCCL runs on GPUs only), and for
     --adam-basis eigen the rotation it is put in."""
     cfg = requested.resolved(requested.n_features(source.d))
     sample = init_sample(source, max_norm)
@@ -64,10 +69,12 @@ def new_start(
     )
     sae: Trainable
     if cfg.shard_features:
-        assert world is not None
+        assert world is not None and device is not None
+        sample = sample.to(device)
         if rotation is not None:  # process 0's: every slice is rotated alike
+            rotation = rotation.to(device)
             broadcast_tensors(list(rotation.tensors().values()), world)
-        sae = ShardedTopKSAE(sae_cfg, world)
+        sae = ShardedTopKSAE(sae_cfg, world).to(device)
         sae.init_slice(cfg.seed)
     else:
         sae = build_sae(sae_cfg, seed=cfg.seed)

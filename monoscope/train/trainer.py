@@ -197,7 +197,7 @@ def _train(
     # Each process of a sharded run starts its own slice; a resumed one's slices are read from
     # each process's checkpoint file.
     if state is None:
-        start = new_start(requested, source, max_norm, world)
+        start = new_start(requested, source, max_norm, world, device)
     else:
         whole = not requested.shard_features
         start = resumed_start(state, requested, data_id, source.description, out, whole)
