@@ -54,10 +54,11 @@ class AnalyzeConfig:
     """Bins of each feature's activation histogram (log-spaced, shared by all features)."""
     neighbours: int = 10
     """Nearest features by decoder cosine kept per feature, with their co-occurrence."""
-    exact_neighbours: int = 1 << 17
+    exact_neighbours: int | None = None
     """Dictionaries of up to this many features get exact neighbours (F² x d_in work: minutes at
     131k features on a few CPU cores, hours at 1M); larger ones an approximate search over
-    k-means lists (about sqrt(F)/8 times less work; see analyze/neighbours.py). 0: always exact."""
+    k-means lists (about sqrt(F)/8 times less work; see analyze/neighbours.py). 0: always exact;
+    unset: 131,072 on the CPU, 2,097,152 on an accelerator (one matmul a tile)."""
     logit_tokens: int = 10
     """Top and bottom tokens kept per feature by direct logit effect."""
     logits: bool = True
@@ -102,7 +103,7 @@ class AnalyzeConfig:
             "exact_neighbours",
         )
         for name in (*nonnegative, "cache_entries"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.logit_tokens < 1:
             raise ValueError(f"logit_tokens must be at least 1, got {self.logit_tokens}")

@@ -7,11 +7,12 @@ multiply-adds, which is the limit: about 1 minute at 65k features and 4 at 131k 
 cores, but hours at 1M (it is one matmul per tile, so a GPU takes it in about a minute).
 
 Approximate search (`approximate_neighbours`), for dictionaries past AnalyzeConfig's
-exact_neighbours: the unit directions are clustered into about sqrt(F) lists by spherical
-k-means on a sample, every feature is compared, exactly, with the members of the `probes` lists
-whose centroids are nearest it, and keeps the best k. Work: F x probes x (F / lists) x d, about
-sqrt(F) / probes times less than the exact search; features whose true neighbours sit in other
-lists miss them (benchmarks/bigdict.py measures the recall against the exact search).
+exact_neighbours (by default 131,072 features on the CPU, 2,097,152 on an accelerator): the
+unit directions are clustered into about sqrt(F) lists by spherical k-means on a sample, every
+feature is compared, exactly, with the members of the `probes` lists whose centroids are
+nearest it, and keeps the best k. Work: F x probes x (F / lists) x d, about sqrt(F) / probes
+times less than the exact search; features whose true neighbours sit in other lists miss them
+(benchmarks/bigdict.py measures the recall against the exact search).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+EXACT_ON_CPU = 1 << 17
+EXACT_ON_ACCELERATORS = 1 << 21
 BLOCK_ELEMENTS = 1 << 24
 """Similarities computed at a time (64 MiB of float32), whatever the number of features."""
 PROBES = 8
@@ -57,12 +60,21 @@ def cosine_neighbours(
     return nearest_of(unit, query, min(k, unit.shape[0] - 1), block_elements or BLOCK_ELEMENTS)
 
 
+def exact_limit(device: torch.device) -> int:
+    """The most features searched exactly by default on `device`: on an accelerator the exact
+    search is one matmul a tile, F² x d multiply-adds (1M x 576: 1.2e15 FLOPs, under a minute
+    at the tens of TFLOP/s of a datacenter GPU), where two CPU cores take hours at 1M."""
+    return EXACT_ON_CPU if device.type == "cpu" else EXACT_ON_ACCELERATORS
+
+
 def feature_neighbours(
-    directions: Tensor, k: int, exact_up_to: int, seed: int = 0
+    directions: Tensor, k: int, exact_up_to: int | None = None, seed: int = 0
 ) -> tuple[Tensor, Tensor, str]:
-    """(index, cosine) [F, k] as cosine_neighbours for F <= exact_up_to (or exact_up_to 0),
-    else approximate_neighbours; and which search ran ('exact', 'approximate', or 'none' for
-    k 0: no work at all)."""
+    """(index, cosine) [F, k] as cosine_neighbours for F <= exact_up_to (or exact_up_to 0;
+    None: `exact_limit` of the directions' device), else approximate_neighbours; and which
+    search ran ('exact', 'approximate', or 'none' for k 0: no work at all)."""
+    if exact_up_to is None:
+        exact_up_to = exact_limit(directions.device)
     n = directions.shape[0]
     if k == 0 or n < 2:
         empty = torch.zeros(n, 0)

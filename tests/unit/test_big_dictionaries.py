@@ -17,11 +17,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from monoscope.analyze import AnalyzeConfig, analyze, read_meta
+from monoscope.analyze import neighbours as neighbours_module
 from monoscope.analyze import runner as analyze_runner
 from monoscope.analyze.accumulate import Accumulator, state_bytes_per_feature
 from monoscope.analyze.neighbours import (
     approximate_neighbours,
     cosine_neighbours,
+    exact_limit,
     feature_neighbours,
 )
 from monoscope.analyze.schema import open_readonly
@@ -114,6 +116,16 @@ def test_feature_neighbours_chooses_the_search_by_size_and_skips_k_zero():
     assert search == "none" and index.shape == cosine.shape == (64, 0) and not products.sizes
 
 
+def test_the_default_exact_search_is_larger_on_an_accelerator(monkeypatch):
+    assert exact_limit(torch.device("cpu")) == 1 << 17
+    assert exact_limit(torch.device("cuda", 1)) == exact_limit(torch.device("mps")) == 1 << 21
+    w = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(neighbours_module, "EXACT_ON_CPU", 63)
+    assert feature_neighbours(w, 4)[2] == "approximate"  # the CPU's limit, as w is there
+    monkeypatch.setattr(neighbours_module, "EXACT_ON_CPU", 64)
+    assert feature_neighbours(w, 4)[2] == "exact"
+
+
 # -- the analysis -----------------------------------------------------------------------------
 
 
@@ -186,7 +198,9 @@ def test_big_dictionaries_encode_fewer_rows_at_a_time(store, tiny_llama, tmp_pat
         "SELECT * FROM neighbours ORDER BY feature, rank",
     ):
         assert rows(small, sql) == rows(reference, sql)
-    assert read_meta(open_readonly(small))["neighbour_search"] == "exact"
+    meta = read_meta(open_readonly(small))
+    # The default limit is recorded as the number it stood for: the CPU's.
+    assert meta["neighbour_search"] == "exact" and meta["params"]["exact_neighbours"] == 1 << 17
 
 
 def test_the_approximate_search_is_recorded(store, tiny_llama, tmp_path):
