@@ -64,9 +64,11 @@ def file_size(tensors: dict[str, Tensor]) -> int:
 
 
 def atomic_write_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor]) -> str:
-    """Write `tensors` (contiguous, on the CPU) to `path` as `safetensors.torch.save` lays
+    """Write `tensors` (contiguous, on any device) to `path` as `safetensors.torch.save` lays
     them out, so that readers see either the old file or the whole new one; the sha256 of
-    the bytes written."""
+    the bytes written. A GPU's tensors are copied to the CPU a WRITE_BYTES piece at a time:
+    host memory holds one piece, not the file (a sharded GPU run's checkpoint is hundreds of
+    GiB a rank, every rank of a node writing at once)."""
     path = Path(path)
     names, head = layout(tensors)
     digest = hashlib.sha256(head)
@@ -75,9 +77,9 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor]
         with os.fdopen(fd, "wb") as f:
             f.write(head)
             for name in names:
-                data = tensors[name].reshape(-1).view(torch.uint8).numpy().data
+                data = tensors[name].reshape(-1).view(torch.uint8)
                 for start in range(0, len(data), WRITE_BYTES):
-                    piece = data[start : start + WRITE_BYTES]
+                    piece = data[start : start + WRITE_BYTES].cpu().numpy().data
                     f.write(piece)
                     digest.update(piece)
             f.flush()

@@ -39,8 +39,8 @@ def usable(total: int) -> int:
 
 
 def required(plan: MemoryPlan, dense: bool = False) -> int:
-    """Bytes a rank needs: the step's peak (a checkpoint is written from the tensors as they
-    are, so on the CPU it adds nothing to it; a GPU's is copied to host memory)."""
+    """Bytes a rank needs: the step's peak (a checkpoint is written from the tensors where they
+    are, a piece at a time: it adds nothing)."""
     return plan.dense_peak if dense else plan.peak
 
 

@@ -98,8 +98,8 @@ class MemoryPlan:
     dense_preactivations: int
     """[rows, F] in the compute dtype: what a dense encoder adds."""
     checkpoint: int
-    """Bytes a checkpoint holds: the weights and Adam's moments (a GPU rank copies them to
-    host memory to write them)."""
+    """Bytes a checkpoint holds: the weights and Adam's moments (written from where they are,
+    a piece at a time: no memory beyond the step's)."""
 
     def part(self, key: str) -> int:
         return next(p.bytes for p in self.parts if p.key == key)

@@ -56,7 +56,7 @@ def _memory(plan: Plan) -> str:
         _row("peak: the trainer's blocked TopK step", gib(dp.peak), gib(sh.peak)),
         _row(f"peak with a dense GPU encoder (+ {dense})", gib(dp.dense_peak), gib(sh.dense_peak)),
         _row(
-            "host RAM of a GPU rank writing a checkpoint (its copy)",
+            "a checkpoint of a rank, on disk (weights and Adam)",
             gib(dp.checkpoint),
             gib(sh.checkpoint),
         ),

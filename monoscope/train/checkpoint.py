@@ -66,7 +66,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[di
 def save_checkpoint(folder: Path, state: TrainingState, shard: World | None = None) -> None:
     """Write `state` as the checkpoint in `folder`; with `shard` (a feature-sharded run's
     world), this process's part of it (every process must call this)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
+    tensors = {k: v.detach().contiguous() for k, v in state.tensors.items()}  # where they are
     if shard is None:
         name = f"checkpoint-{state.step:08d}.safetensors"
         pointer = {"file": name, "sha256": atomic_write_safetensors(folder / name, tensors)}

@@ -226,7 +226,7 @@ def _train(
     # gathered SAE's memory and the refit's are.
     del parts, checkpointer, start
     sae = _whole(trained)
-    del trained  # a sharded run's slice, in process 0 now part of the gathered SAE
+    del trained  # a sharded run's slice: in process 0, copied into the gathered SAE
     if not world.is_main:  # process 0 refits and saves the SAE (it alone holds all of it)
         return sae.eval()
     return _finish(sae, cfg, source, max_norm, total_steps)

@@ -1,5 +1,6 @@
 """eval, analyze and attribute with `device="cuda"` give the CPU's numbers, on a tiny model, a
-tiny activation store (harvested on the CPU) and a tiny TopK SAE."""
+tiny activation store (harvested on the CPU) and a tiny TopK SAE; a file written from CUDA
+tensors is the one written from their CPU copies."""
 
 from __future__ import annotations
 
@@ -111,3 +112,24 @@ def test_attribute_on_cuda_gives_the_cpu_numbers(inputs):
     for got, want in zip(cuda["rows"], cpu["rows"], strict=True):
         assert (got["feature"], got["position"]) == (want["feature"], want["position"])
         assert_close(got["attribution"], want["attribution"], "attribution", rel=1e-3)
+
+
+def test_a_file_written_from_cuda_tensors_is_the_one_written_from_their_cpu_copies(
+    tmp_path, monkeypatch
+):
+    """Checkpoints are written from the device a piece at a time (tensorfiles.py)."""
+    import torch
+
+    from monoscope import tensorfiles
+
+    monkeypatch.setattr(tensorfiles, "WRITE_BYTES", 1000)  # several pieces a tensor
+    generator = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(64, 33, generator=generator), "n": torch.arange(5)}
+    on_cpu = tensorfiles.atomic_write_safetensors(tmp_path / "cpu.safetensors", tensors)
+    on_cuda = tensorfiles.atomic_write_safetensors(
+        tmp_path / "cuda.safetensors", {k: v.cuda() for k, v in tensors.items()}
+    )
+    assert on_cuda == on_cpu
+    assert (tmp_path / "cuda.safetensors").read_bytes() == (
+        tmp_path / "cpu.safetensors"
+    ).read_bytes()
