@@ -90,9 +90,12 @@ def _remove_older(folder: Path, pattern: str, kept: str) -> None:
             old.unlink()
 
 
-def load_checkpoint(folder: Path, shard: World | None = None) -> TrainingState | None:
+def load_checkpoint(
+    folder: Path, shard: World | None = None, device: torch.device | None = None
+) -> TrainingState | None:
     """The latest checkpoint in `folder` (with `shard`, this process's part of a feature-sharded
-    run's), or None; a corrupt one is an error, not ignored; one of another layout is refused."""
+    run's), its tensors on `device` (default the CPU), or None; a corrupt one is an error, not
+    ignored; one of another layout is refused."""
     pointer = folder / POINTER
     if not pointer.exists():
         return None
@@ -115,15 +118,16 @@ def load_checkpoint(folder: Path, shard: World | None = None) -> TrainingState |
     step = meta.pop("step")
     for key in ("file", "sha256", "shards"):
         meta.pop(key, None)
-    return TrainingState(step, meta, _read_tensors(path))
+    return TrainingState(step, meta, _read_tensors(path, device or torch.device("cpu")))
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, each in memory of torch's own allocation: safetensors
-    may place one at any 4-byte offset, and fused Adam then rounds differently (a resumed run
-    would not go on bit for bit). One tensor at a time is held twice, not the file."""
+def _read_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each copied from the mapped file to `device` as it
+    is read (host memory never holds the file), into torch's own allocation: safetensors may
+    place a tensor at any 4-byte offset, and fused Adam then rounds differently (a resumed run
+    would not go on bit for bit)."""
     with safe_open(path, framework="pt") as f:
-        return {name: f.get_tensor(name).clone() for name in f.keys()}  # noqa: SIM118 (not a dict)
+        return {name: f.get_tensor(name).to(device, copy=True) for name in f.keys()}  # noqa: SIM118
 
 
 def _own_entry(meta: dict, shard: World | None, folder: Path) -> dict:

@@ -192,7 +192,7 @@ def _train(
     median = source.median_norm()
     limit = requested.outlier_multiple
     max_norm = limit * median if limit > 0 else None
-    state = load_checkpoint(out, world if requested.shard_features else None)
+    state = load_checkpoint(out, world if requested.shard_features else None, device)
     data_id = source.fingerprint()
     # Each process of a sharded run starts its own slice; a resumed one's slices are read from
     # each process's checkpoint file.

@@ -1,10 +1,12 @@
 """`monoscope train` on CUDA: one process against the same run on the CPU, one process holding a
-feature-sharded dictionary, and (on machines with two GPUs or more) data-parallel and
-feature-sharded runs over NCCL, each against the CPU run. A few steps only: the GPU's sums
+feature-sharded dictionary, the same stopped midway and resumed from its checkpoint, and (on
+machines with two GPUs or more) data-parallel and feature-sharded runs over NCCL, each against
+the CPU run. A few steps only: the GPU's sums
 round otherwise than the CPU's, and over many steps near-tied top-k choices flip."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,8 +46,6 @@ def assert_close_to(folder, reference) -> None:
     """Every weight tensor along the reference's (cosine > 0.99: Adam turns the rounding of a
     near-zero gradient into a step of up to the lr, so elementwise bounds would be loose), and
     the last logged FVU within 2% of it."""
-    import json
-
     from safetensors.torch import load_file
 
     got = load_file(str(folder / "weights.safetensors"))
@@ -80,4 +80,30 @@ def test_two_gpus_train_the_sae_the_cpu_trains(acts, on_cpu, tmp_path, extra):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert_close_to(out, on_cpu)
+
+
+@pytest.mark.parametrize("extra", [[], ["--shard-features"]], ids=["whole", "sharded"])
+def test_a_cuda_run_stopped_midway_resumes_from_its_checkpoint(
+    acts, on_cpu, tmp_path, monkeypatch, extra
+):
+    """The checkpoint is written from the GPU a piece at a time and read back onto it."""
+    from monoscope.cli import main
+    from monoscope.train import trainer
+
+    out = tmp_path / "sae"
+    argv = ["train", "--acts", str(acts), "--out", str(out), *OPTIONS, "--device", "cuda"]
+    argv += ["--checkpoint-every", "3", *extra]
+    real = trainer.learning_rate
+
+    def stopping(step, *args):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(step, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "learning_rate", stopping)
+        assert main(argv) == 130  # interrupted: rerun to resume
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 3
+    assert main(argv) == 0
     assert_close_to(out, on_cpu)
