@@ -1,8 +1,8 @@
 """`monoscope train` on CUDA: one process against the same run on the CPU, one process holding a
 feature-sharded dictionary, the same stopped midway and resumed from its checkpoint, and (on
 machines with two GPUs or more) data-parallel and feature-sharded runs over NCCL, each against
-the CPU run. A few steps only: the GPU's sums
-round otherwise than the CPU's, and over many steps near-tied top-k choices flip."""
+the CPU run. A few steps only: the GPU's sums round otherwise than the CPU's, and over many
+steps near-tied top-k choices flip."""
 
 from __future__ import annotations
 
