@@ -96,8 +96,8 @@ class Catalog:
     has_map: bool
 
     def __post_init__(self) -> None:
-        # Indexed once (about 2 s a million): a first search for a common word is then
-        # milliseconds, where a loop over a million explanations took 70-120 ms.
+        # Indexed once (about 2 s a million): a first search for a common word is then a few
+        # milliseconds; a loop over a million explanations would take ~100.
         self._words = WordIndex(self.explanation)
         self._has_explanations = any(self.explanation)
         self._score = np.array([np.nan if s is None else s for s in self.score], dtype=np.float64)
