@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from monoscope.analyze import schema
 from monoscope.analyze.checkpoint import checkpoint_path, same_run
 from monoscope.analyze.config import AnalyzeConfig
+from monoscope.analyze.neighbours import exact_limit
 from monoscope.artifacts import sha256_file
 from monoscope.harvest import ActivationStore
 from monoscope.harvest.store import MANIFEST
@@ -99,8 +100,16 @@ def identity(cfg: AnalyzeConfig, sae: SparseAutoencoder, store: ActivationStore,
             "site": site,
             "split": cfg.split,
         },
-        "params": cfg.params(),
+        "params": cfg.params() | _resolved_limits(cfg, sae),
     }
+
+
+def _resolved_limits(cfg: AnalyzeConfig, sae: SparseAutoencoder) -> dict[str, Any]:
+    """The defaults that depend on where the SAE is, as the numbers they stand for there: a
+    store records what its run did (and matches an earlier version's stores)."""
+    if cfg.exact_neighbours is not None:
+        return {}
+    return {"exact_neighbours": exact_limit(sae.W_dec.device)}
 
 
 def existing_is_complete(out: Path, identity: dict, overwrite: bool) -> bool:

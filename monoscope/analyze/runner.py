@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from monoscope.analyze.layout import NEIGHBOURS as MAP_NEIGHBOURS
 from monoscope.analyze.layout import feature_map, require_umap
 from monoscope.analyze.lock import writer_lock
 from monoscope.analyze.logits import logit_effects, token_texts, vocab_size
-from monoscope.analyze.neighbours import exact_limit, feature_neighbours
+from monoscope.analyze.neighbours import feature_neighbours
 from monoscope.analyze.opening import existing_is_complete, identity, store_for_writing
 from monoscope.analyze.tables import (
     Examples,
@@ -341,8 +341,6 @@ def run(
         sae = load_sae(cfg.sae, device=device)
     store = store if store is not None else ActivationStore(cfg.acts)
     site = check_compatible(sae, store, None)
-    if cfg.exact_neighbours is None:  # recorded as the number it stands for where the SAE is
-        cfg = replace(cfg, exact_neighbours=exact_limit(sae.W_dec.device))
     if cfg.split == "heldout" and store.heldout_fraction <= 0:
         raise StoreError(f"store {store.path} has no held-out split (heldout_fraction 0)")
     out = Path(cfg.out)
