@@ -29,11 +29,11 @@ resume on another device or number of processes: the same SAE within rounding)."
 @dataclass
 class Start:
     """What a run begins from: its resolved settings, its SAE (with --shard-features, this
-    process's slice of it; None where it was not built: `resumed_start`'s `with_sae`) and (in
-    the eigenbasis) the rotation the SAE and the batches are in."""
+    process's slice of it) and (in the eigenbasis) the rotation the SAE and the batches are
+    in."""
 
     cfg: TrainConfig
-    sae: Trainable | None
+    sae: Trainable
     rotation: Rotation | None
 
 
@@ -111,12 +111,13 @@ def resumed_start(
     data_id: str,
     data: Mapping[str, object],
     out: Path,
-    with_sae: bool = True,
+    world: World | None = None,
 ) -> Start:
     """The run a checkpoint in `out` holds, refused if it was begun with other settings or on
     other data than `data` (whose fingerprint is `data_id`); it goes on with the defaults it
-    started with, should this version's differ. Its SAE (if `with_sae`) is as initialised:
-    the checkpoint's weights are restored into it later."""
+    started with, should this version's differ. Its SAE (with --shard-features, this process's
+    slice of it in `world`) is as initialised: the checkpoint's weights are restored into it
+    later."""
     changed = changed_settings(state.scalars["train_config"], requested)
     if changed:
         raise ValueError(
@@ -132,7 +133,13 @@ def resumed_start(
     # before --idle-momentum, every run kept the momentum.
     recorded = from_older_version(state.scalars.get("resolved_defaults", {}))
     cfg = replace(requested, **({"idle_momentum": "keep"} | recorded)).resolved()
-    sae = build_sae(SAEConfig.from_json(state.scalars["sae"])) if with_sae else None
+    saved = SAEConfig.from_json(state.scalars["sae"])
+    sae: Trainable
+    if cfg.shard_features:
+        assert world is not None
+        sae = ShardedTopKSAE(saved, world)
+    else:
+        sae = build_sae(saved)
     return Start(cfg, sae, Rotation.from_tensors(state.tensors))
 
 

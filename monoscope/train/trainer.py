@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from monoscope.distributed import World, all_reduce_sum_, joined, launched_world, process_device
 from monoscope.plan import check_fits, check_gather_fits
-from monoscope.sae import SAEConfig, SparseAutoencoder, TrainStep
+from monoscope.sae import SparseAutoencoder, TrainStep
 from monoscope.sae.registry import trained_class
-from monoscope.sae.sharded import ShardedTopKSAE, Trainable, check_shardable_run
+from monoscope.sae.sharded import Trainable, check_shardable_run
 from monoscope.sae.step_memory import StepMemory
 from monoscope.sae.training import DEFAULT_K, SPARSITY_PENALTY
 from monoscope.train.average import WeightAverage
@@ -199,11 +199,9 @@ def _train(
     if state is None:
         start = new_start(requested, source, max_norm, world, device)
     else:
-        whole = not requested.shard_features
-        start = resumed_start(state, requested, data_id, source.description, out, whole)
+        start = resumed_start(state, requested, data_id, source.description, out, world)
     cfg = start.cfg
-    resumed_cfg = None if state is None else SAEConfig.from_json(state.scalars["sae"])
-    parts = _parts(start, total_steps, device, world, resumed_cfg)
+    parts = _parts(start, total_steps, device, world)
     record = {
         "train_config": recorded_settings(requested),
         "resolved_defaults": cfg.resolved_defaults(),
@@ -245,31 +243,18 @@ def _whole(trained: Trainable) -> SparseAutoencoder:
     return trained.local
 
 
-def _parts(
-    start: Start,
-    total_steps: int,
-    device: torch.device,
-    world: World,
-    resumed: SAEConfig | None = None,
-) -> RunParts:
-    """The SAE on `device` (with --shard-features, this process's slice of it; of the SAE of
-    config `resumed`, for a resumed run), the optimizer and the run's other state, as the new
-    run starts them (in every process alike)."""
+def _parts(start: Start, total_steps: int, device: torch.device, world: World) -> RunParts:
+    """The SAE on `device` (with --shard-features, this process's slice of it), the optimizer
+    and the run's other state, as the new run starts them (in every process alike)."""
     cfg = start.cfg
     rotation = None if start.rotation is None else start.rotation.to(device)
     rotated = [] if rotation is None else list(rotation.tensors().values())
-    sae: Trainable
-    if cfg.shard_features:
-        # A resumed run's weights are the checkpoint's.
-        sliced = ShardedTopKSAE(resumed, world) if resumed is not None else start.sae
-        assert sliced is not None and not isinstance(sliced, SparseAutoencoder)
-        sae = sliced.to(device)
-        broadcast_tensors([sae.b_dec.data, *rotated], world)  # what every process shares
-    else:
-        assert isinstance(start.sae, SparseAutoencoder)  # built in every process unless sharded
-        sae = start.sae.to(device)
+    sae = start.sae.to(device)
+    if isinstance(sae, SparseAutoencoder):
         broadcast_parameters(sae, rotated, world)
         share_batches(sae, world)
+    else:
+        broadcast_tensors([sae.b_dec.data, *rotated], world)  # what every process shares
     # start.cfg is resolved: the architecture's defaults are written out.
     assert cfg.lr is not None and cfg.adam_beta1 is not None and cfg.coefficient is not None
     groups: list[dict[str, Any]] = [
